@@ -1,0 +1,278 @@
+//! The dialect-neutral vocabulary of what portald owns in the kernel's NAT tables.
+//!
+//! The engine compiles services into a [`NatState`]; each dialect renders it (and changes to
+//! it) as kernel text, and parses a live dump back into the same vocabulary so the diff never
+//! sees dialect details.
+
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+/// Transport protocol of a portal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// Lower-case name as the kernel tools spell it (`tcp`, `udp`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which traffic a portal rule catches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Path {
+    /// Traffic arriving from other namespaces or hosts (nat PREROUTING).
+    Container,
+    /// Traffic originated on this host (nat OUTPUT).
+    Host,
+}
+
+impl Path {
+    pub const ALL: [Path; 2] = [Path::Container, Path::Host];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Path::Container => "container",
+            Path::Host => "host",
+        }
+    }
+}
+
+impl fmt::Display for Path {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What identifies one portal rule: the traffic it catches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PortalKey {
+    pub path: Path,
+    pub vip: Ipv4Addr,
+    pub protocol: Protocol,
+    pub port: u16,
+}
+
+impl fmt::Display for PortalKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}:{}/{}", self.path, self.vip, self.port, self.protocol)
+    }
+}
+
+/// Where caught traffic goes.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Action {
+    /// Userspace mode, container path: REDIRECT to the local proxy port.
+    Redirect { to_port: u16 },
+    /// Userspace mode, host path: DNAT to a local address (the proxy listener).
+    DnatLocal { to: SocketAddrV4 },
+}
+
+/// A comment that is safe to place inside any kernel tool's argument: it can never end the
+/// argument it stands in, whatever quoting the dialect uses.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Comment(String);
+
+/// Longest comment accepted; iptables' comment match stops at 255 bytes, nft at 128.
+pub const MAX_COMMENT_LEN: usize = 120;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommentError {
+    #[error("comment is empty")]
+    Empty,
+    #[error("comment is longer than {MAX_COMMENT_LEN} bytes")]
+    TooLong,
+    #[error("comment holds {0:?}, which is not a letter, digit or one of `-._/:`")]
+    BadChar(char),
+}
+
+impl Comment {
+    /// Accepts only `[A-Za-z0-9-._/:]`: no quote, space, backslash or shell metacharacter.
+    pub fn new(text: impl Into<String>) -> Result<Self, CommentError> {
+        let text = text.into();
+        if text.is_empty() {
+            return Err(CommentError::Empty);
+        }
+        if text.len() > MAX_COMMENT_LEN {
+            return Err(CommentError::TooLong);
+        }
+        if let Some(bad) = text
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '/' | ':')))
+        {
+            return Err(CommentError::BadChar(bad));
+        }
+        Ok(Comment(text))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Comment {
+    type Error = CommentError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Comment::new(value)
+    }
+}
+
+impl From<Comment> for String {
+    fn from(value: Comment) -> Self {
+        value.0
+    }
+}
+
+impl fmt::Display for Comment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One portal: catch `key`, send it to `action`. The comment names `namespace/service:port`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PortalRule {
+    pub key: PortalKey,
+    pub comment: Comment,
+    pub action: Action,
+}
+
+/// Structure portald owns besides the rules themselves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "path")]
+pub enum Scaffold {
+    /// The container that holds the portal rules of a path (an iptables chain, an nft chain).
+    Chain(Path),
+    /// The hook that sends the path's traffic into that chain (a jump from a built-in chain,
+    /// an nft base chain).
+    Hook(Path),
+}
+
+impl fmt::Display for Scaffold {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scaffold::Chain(p) => write!(f, "chain {p}"),
+            Scaffold::Hook(p) => write!(f, "hook {p}"),
+        }
+    }
+}
+
+/// Everything portald owns in the kernel's NAT state, in one dialect-neutral value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NatState {
+    pub scaffold: BTreeSet<Scaffold>,
+    pub rules: BTreeMap<PortalKey, PortalRule>,
+}
+
+impl NatState {
+    pub fn is_empty(&self) -> bool {
+        self.scaffold.is_empty() && self.rules.is_empty()
+    }
+
+    pub fn insert_rule(&mut self, rule: PortalRule) {
+        self.rules.insert(rule.key, rule);
+    }
+}
+
+/// A rule found in portald's own space that it did not write and cannot read back; the plan
+/// removes it since nothing but portald may live there.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct StrayRule {
+    /// The owned chain it sits in (dialect spelling).
+    pub chain: String,
+    /// The rule as the dump printed it; the dialect can delete it from this text.
+    pub text: String,
+}
+
+/// A rule outside portald's space: never changed, only looked at for conflicts.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ForeignRule {
+    /// `table/chain` in the dialect's spelling.
+    pub location: String,
+    /// The rule as the dump printed it.
+    pub text: String,
+    /// Destination address the rule matches, when it matches exactly one IPv4 address.
+    pub dst: Option<Ipv4Addr>,
+    pub protocol: Option<Protocol>,
+    pub dport: Option<u16>,
+    /// Whether the rule rewrites or ends the packet's path (DNAT, REDIRECT, DROP, ...).
+    pub terminal: bool,
+}
+
+/// A parsed live dump.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Live {
+    pub owned: NatState,
+    pub stray: Vec<StrayRule>,
+    pub foreign: Vec<ForeignRule>,
+}
+
+/// One step of change to portald's kernel state.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "op")]
+pub enum Change {
+    AddScaffold { scaffold: Scaffold },
+    RemoveScaffold { scaffold: Scaffold },
+    AddRule { rule: PortalRule },
+    RemoveRule { rule: PortalRule },
+    ReplaceRule { old: PortalRule, new: PortalRule },
+    RemoveStray { stray: StrayRule },
+}
+
+/// Applies changes to a state the way the kernel would: the pure model the fake kernel and
+/// the property tests use (`apply(diff(a, b), a) == b`).
+pub fn apply_changes(state: &NatState, changes: &[Change]) -> NatState {
+    let mut next = state.clone();
+    for change in changes {
+        match change {
+            Change::AddScaffold { scaffold } => {
+                next.scaffold.insert(*scaffold);
+            }
+            Change::RemoveScaffold { scaffold } => {
+                next.scaffold.remove(scaffold);
+            }
+            Change::AddRule { rule } | Change::ReplaceRule { new: rule, .. } => {
+                next.insert_rule(rule.clone());
+            }
+            Change::RemoveRule { rule } => {
+                next.rules.remove(&rule.key);
+            }
+            Change::RemoveStray { .. } => {}
+        }
+    }
+    next
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comment_rejects_anything_that_could_leave_an_argument() {
+        for bad in ["a b", "a\"b", "a'b", "a\nb", "a;b", "a$b", "a`b", "a\\b", ""] {
+            assert!(Comment::new(bad).is_err(), "{bad:?} must be rejected");
+        }
+        assert_eq!(
+            Comment::new("default/apache-service:12345").unwrap().as_str(),
+            "default/apache-service:12345"
+        );
+    }
+}
