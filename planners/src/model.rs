@@ -71,7 +71,11 @@ pub struct PortalKey {
 
 impl fmt::Display for PortalKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}:{}/{}", self.path, self.vip, self.port, self.protocol)
+        write!(
+            f,
+            "{} {}:{}/{}",
+            self.path, self.vip, self.port, self.protocol
+        )
     }
 }
 
@@ -179,7 +183,30 @@ impl fmt::Display for Scaffold {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NatState {
     pub scaffold: BTreeSet<Scaffold>,
+    /// Serialized as a list: JSON maps need string keys.
+    #[serde(with = "rules_as_list")]
     pub rules: BTreeMap<PortalKey, PortalRule>,
+}
+
+mod rules_as_list {
+    use super::{PortalKey, PortalRule};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::collections::BTreeMap;
+
+    pub fn serialize<S: Serializer>(
+        rules: &BTreeMap<PortalKey, PortalRule>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let list: Vec<&PortalRule> = rules.values().collect();
+        list.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<PortalKey, PortalRule>, D::Error> {
+        let list = Vec::<PortalRule>::deserialize(d)?;
+        Ok(list.into_iter().map(|r| (r.key, r)).collect())
+    }
 }
 
 impl NatState {
@@ -267,11 +294,15 @@ mod tests {
 
     #[test]
     fn comment_rejects_anything_that_could_leave_an_argument() {
-        for bad in ["a b", "a\"b", "a'b", "a\nb", "a;b", "a$b", "a`b", "a\\b", ""] {
+        for bad in [
+            "a b", "a\"b", "a'b", "a\nb", "a;b", "a$b", "a`b", "a\\b", "",
+        ] {
             assert!(Comment::new(bad).is_err(), "{bad:?} must be rejected");
         }
         assert_eq!(
-            Comment::new("default/apache-service:12345").unwrap().as_str(),
+            Comment::new("default/apache-service:12345")
+                .unwrap()
+                .as_str(),
             "default/apache-service:12345"
         );
     }
