@@ -3,8 +3,10 @@
 //! Nothing here runs a process: a dialect says which command to run and what text to send,
 //! and the engine's one process seam does the running.
 
+pub mod iptables;
 pub mod model;
 
+pub use iptables::Iptables;
 pub use model::*;
 
 /// A command line for the engine's process seam to run.

@@ -1,0 +1,405 @@
+//! Reading an `iptables-save` dump (any tables, with or without `-c` counters) into what
+//! portald owns, strays in its space, and foreign rules.
+//!
+//! A rule counts as portald's only if re-rendering what was read gives back the very words
+//! the dump printed; anything else in portald's space is a stray, so the plan replaces it
+//! with a rule portald can read. Unknown matches, targets and options outside portald's
+//! space are never an error: they are carried as text.
+
+use super::render::{hook_spec, rule_spec};
+use super::tokenize::split_words;
+use super::{hook_chain, path_of_chain, CHAIN_PREFIX, TABLE};
+use crate::{
+    Action, Comment, ForeignRule, Live, ParseError, Path, PortalKey, PortalRule, Protocol,
+    Scaffold, StrayRule,
+};
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+fn error(line: usize, message: impl Into<String>) -> ParseError {
+    ParseError {
+        dialect: "iptables",
+        line,
+        message: message.into(),
+    }
+}
+
+/// Targets after which a packet does not go on through the chain that sent it: it is
+/// accepted, dropped or queued, or its address is rewritten (which ends `nat` traversal).
+/// `RETURN`, jumps to user chains, `MARK`, `LOG`, `CT` and the like are not terminal.
+pub fn is_terminal_target(target: &str) -> bool {
+    matches!(
+        target,
+        "ACCEPT"
+            | "DROP"
+            | "REJECT"
+            | "DNAT"
+            | "SNAT"
+            | "MASQUERADE"
+            | "REDIRECT"
+            | "NETMAP"
+            | "TPROXY"
+            | "QUEUE"
+            | "NFQUEUE"
+    )
+}
+
+/// Options whose value is free text: it is skipped unread, so a comment such as `-d` can
+/// never pass for a match.
+const FREE_TEXT_OPTIONS: [&str; 5] = [
+    "--comment",
+    "--log-prefix",
+    "--nflog-prefix",
+    "--string",
+    "--hex-string",
+];
+
+/// `A` or `A/32` as one IPv4 address; prefixes, ranges and IPv6 are not one address.
+fn single_address(value: &str) -> Option<Ipv4Addr> {
+    let addr = match value.split_once('/') {
+        Some((addr, "32")) | Some((addr, "255.255.255.255")) => addr,
+        Some(_) => return None,
+        None => value,
+    };
+    addr.parse().ok()
+}
+
+fn protocol(value: &str) -> Option<Protocol> {
+    match value {
+        "tcp" | "6" => Some(Protocol::Tcp),
+        "udp" | "17" => Some(Protocol::Udp),
+        _ => None,
+    }
+}
+
+/// Best-effort reading of a foreign rule's words (after `-A CHAIN`).
+fn foreign(location: String, text: String, words: &[String]) -> ForeignRule {
+    let mut rule = ForeignRule {
+        location,
+        text,
+        dst: None,
+        protocol: None,
+        dport: None,
+        terminal: false,
+    };
+    let mut module = "";
+    let mut negated = false;
+    let mut i = 0;
+    while i < words.len() {
+        let word = words[i].as_str();
+        let value = words.get(i + 1).map(String::as_str);
+        let mut consumed = 1;
+        match word {
+            "!" => {
+                negated = true;
+                i += 1;
+                continue;
+            }
+            "-d" | "--destination" | "--dst" => {
+                consumed = 2;
+                if !negated {
+                    rule.dst = value.and_then(single_address);
+                }
+            }
+            "-p" | "--protocol" => {
+                consumed = 2;
+                if !negated {
+                    rule.protocol = value.and_then(protocol);
+                }
+            }
+            "-m" | "--match" => {
+                consumed = 2;
+                module = value.unwrap_or("");
+            }
+            "--dport" | "--destination-port" if matches!(module, "tcp" | "udp") => {
+                consumed = 2;
+                if !negated {
+                    rule.dport = value.and_then(|v| v.parse().ok());
+                }
+            }
+            "-j" | "--jump" => {
+                consumed = 2;
+                rule.terminal = value.is_some_and(is_terminal_target);
+            }
+            _ if FREE_TEXT_OPTIONS.contains(&word) => consumed = 2,
+            _ => {}
+        }
+        negated = false;
+        i += consumed;
+    }
+    rule
+}
+
+/// A portal rule, if the words are exactly what [`rule_spec`] renders for it.
+fn portal_rule(path: Path, words: &[String]) -> Option<PortalRule> {
+    let w: Vec<&str> = words.iter().map(String::as_str).collect();
+    let (vip, protocol, comment, port, target) = match w.as_slice() {
+        ["-d", vip, "-p", p, "-m", "comment", "--comment", comment, "-m", m, "--dport", port, "-j", target @ ..]
+            if p == m =>
+        {
+            (vip, p, comment, port, target)
+        }
+        _ => return None,
+    };
+    let action = match target {
+        ["REDIRECT", "--to-ports", to_port] => Action::Redirect {
+            to_port: to_port.parse().ok()?,
+        },
+        ["DNAT", "--to-destination", to] => Action::DnatLocal {
+            to: to.parse::<SocketAddrV4>().ok()?,
+        },
+        _ => return None,
+    };
+    let rule = PortalRule {
+        key: PortalKey {
+            path,
+            vip: vip.strip_suffix("/32")?.parse().ok()?,
+            protocol: protocol_name(protocol)?,
+            port: port.parse().ok()?,
+        },
+        comment: Comment::new(*comment).ok()?,
+        action,
+    };
+    // Leading zeros, other spellings: only what renders back identically is portald's.
+    let rendered = split_words(&rule_spec(&rule)).ok()?;
+    (rendered == words).then_some(rule)
+}
+
+fn protocol_name(name: &str) -> Option<Protocol> {
+    match name {
+        "tcp" => Some(Protocol::Tcp),
+        "udp" => Some(Protocol::Udp),
+        _ => None,
+    }
+}
+
+/// Which path's hook these words are, if they are exactly a hook in its built-in chain.
+fn hook(chain_name: &str, words: &[String]) -> Option<Path> {
+    Path::ALL.into_iter().find(|path| {
+        hook_chain(*path) == chain_name
+            && split_words(&hook_spec(*path)).is_ok_and(|spec| spec == words)
+    })
+}
+
+/// Whether a rule sends packets into portald's space (`-j PORTAL-*` or `-g PORTAL-*`).
+fn jumps_into_portald(words: &[String]) -> bool {
+    words.windows(2).any(|pair| {
+        matches!(pair[0].as_str(), "-j" | "--jump" | "-g" | "--goto")
+            && pair[1].starts_with(CHAIN_PREFIX)
+    })
+}
+
+/// Strips a `[packets:bytes] ` counter prefix (`iptables-save -c`).
+fn strip_counters(line: &str, number: usize) -> Result<&str, ParseError> {
+    let Some(rest) = line.strip_prefix('[') else {
+        return Ok(line);
+    };
+    let (counters, rest) = rest
+        .split_once(']')
+        .ok_or_else(|| error(number, "counters `[` without `]`"))?;
+    let valid = counters
+        .split_once(':')
+        .is_some_and(|(p, b)| p.parse::<u64>().is_ok() && b.parse::<u64>().is_ok());
+    if !valid {
+        return Err(error(number, format!("bad counters `[{counters}]`")));
+    }
+    Ok(rest.trim_start())
+}
+
+/// Reads a whole dump.
+pub fn live(dump: &str) -> Result<Live, ParseError> {
+    let mut live = Live::default();
+    let mut table: Option<&str> = None;
+    for (index, raw) in dump.lines().enumerate() {
+        let number = index + 1;
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('*') {
+            table = Some(name.trim());
+            continue;
+        }
+        if line == "COMMIT" {
+            if table.take().is_none() {
+                return Err(error(number, "`COMMIT` outside a table"));
+            }
+            continue;
+        }
+        let Some(current) = table else {
+            return Err(error(number, "rule or chain before any `*table` line"));
+        };
+        if let Some(declaration) = line.strip_prefix(':') {
+            let name = declaration.split_whitespace().next().unwrap_or_default();
+            if current == TABLE {
+                if let Some(path) = path_of_chain(name) {
+                    live.owned.scaffold.insert(Scaffold::Chain(path));
+                }
+            }
+            continue;
+        }
+        let text = strip_counters(line, number)?;
+        let words = split_words(text).map_err(|e| error(number, e.to_string()))?;
+        let (chain_name, spec) = match words.as_slice() {
+            [append, chain_name, spec @ ..] if append == "-A" || append == "--append" => {
+                (chain_name.as_str(), spec)
+            }
+            _ => {
+                let start: String = text.chars().take(40).collect();
+                return Err(error(number, format!("not a rule: `{start}`")));
+            }
+        };
+        read_rule(&mut live, current, chain_name, spec, text);
+    }
+    if let Some(open) = table {
+        return Err(error(
+            dump.lines().count(),
+            format!("table `{open}` has no `COMMIT`"),
+        ));
+    }
+    Ok(live)
+}
+
+/// Files one rule as owned, stray or foreign.
+fn read_rule(live: &mut Live, table: &str, chain_name: &str, spec: &[String], text: &str) {
+    let stray = |live: &mut Live| {
+        live.stray.push(StrayRule {
+            chain: chain_name.to_string(),
+            text: text.to_string(),
+        })
+    };
+    if table == TABLE && chain_name.starts_with(CHAIN_PREFIX) {
+        let rule = path_of_chain(chain_name).and_then(|path| portal_rule(path, spec));
+        match rule {
+            // A second rule for the same key is a duplicate the kernel would never reach.
+            Some(rule) if !live.owned.rules.contains_key(&rule.key) => {
+                live.owned.insert_rule(rule);
+            }
+            _ => stray(live),
+        }
+        return;
+    }
+    if table == TABLE && jumps_into_portald(spec) {
+        match hook(chain_name, spec) {
+            Some(path) if live.owned.scaffold.insert(Scaffold::Hook(path)) => {}
+            // Not portald's spelling, or a duplicate hook: either way it must go.
+            _ => stray(live),
+        }
+        return;
+    }
+    live.foreign.push(foreign(
+        format!("{table}/{chain_name}"),
+        text.to_string(),
+        spec,
+    ));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(text: &str) -> Vec<String> {
+        split_words(text).unwrap()
+    }
+
+    #[test]
+    fn foreign_reads_destination_protocol_port_and_terminal_target() {
+        let rule = foreign(
+            "nat/DOCKER".into(),
+            String::new(),
+            &words("-d 10.11.0.1/32 ! -i docker0 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 172.17.0.2:80"),
+        );
+        assert_eq!(rule.dst, Some(Ipv4Addr::new(10, 11, 0, 1)));
+        assert_eq!(rule.protocol, Some(Protocol::Tcp));
+        assert_eq!(rule.dport, Some(8080));
+        assert!(rule.terminal);
+    }
+
+    #[test]
+    fn foreign_ignores_negated_and_wide_matches() {
+        let rule = foreign(
+            "nat/OUTPUT".into(),
+            String::new(),
+            &words("! -d 127.0.0.0/8 -p udp -m udp ! --dport 53 -j DOCKER"),
+        );
+        assert_eq!((rule.dst, rule.dport), (None, None));
+        assert_eq!(rule.protocol, Some(Protocol::Udp));
+        assert!(!rule.terminal);
+        let wide = foreign(
+            "nat/X".into(),
+            String::new(),
+            &words("-d 10.0.0.0/8 -p tcp -m multiport --dports 80,443 -j RETURN"),
+        );
+        assert_eq!((wide.dst, wide.dport, wide.terminal), (None, None, false));
+    }
+
+    #[test]
+    fn foreign_never_reads_a_comment_as_a_match() {
+        let rule = foreign(
+            "nat/X".into(),
+            String::new(),
+            &words("-m comment --comment -d -j MARK --set-xmark 0x1/0x1"),
+        );
+        assert_eq!(rule.dst, None);
+        assert!(!rule.terminal);
+    }
+
+    #[test]
+    fn portal_rule_rejects_a_spelling_that_would_not_render_back() {
+        let zero_port = words(
+            "-d 10.11.0.1/32 -p tcp -m comment --comment \"a/b:1\" -m tcp --dport 080 \
+             -j REDIRECT --to-ports 33945",
+        );
+        assert_eq!(portal_rule(Path::Container, &zero_port), None);
+        let good = words(
+            "-d 10.11.0.1/32 -p tcp -m comment --comment \"a/b:1\" -m tcp --dport 80 \
+             -j REDIRECT --to-ports 33945",
+        );
+        assert!(portal_rule(Path::Container, &good).is_some());
+    }
+
+    #[test]
+    fn hostile_but_valid_dumps_parse_and_keep_their_text() {
+        let dump = "*filter\r\n:INPUT DROP [12:345]\n:weird-chain - [0:0]\n\
+            [1:2] -A INPUT -m foo --bar \"baz \\\" qux\" ! -s ::1 -d fe80::1/128 -j WEIRD --x\n\
+            -A INPUT -d 10.11.0.9 -p 17 -m udp --dport 53 -j DROP\nCOMMIT\n\
+            *nat\n:PORTAL-EXTRA - [0:0]\n-A PORTAL-EXTRA -j RETURN\n\
+            -A PREROUTING -m comment --comment portald:host-portals -j PORTAL-HOST\nCOMMIT\n";
+        let live = live(dump).unwrap();
+        assert_eq!(live.foreign.len(), 2);
+        assert_eq!(
+            live.foreign[0].text,
+            r#"-A INPUT -m foo --bar "baz \" qux" ! -s ::1 -d fe80::1/128 -j WEIRD --x"#
+        );
+        assert_eq!(live.foreign[0].dst, None);
+        let udp = &live.foreign[1];
+        assert_eq!(
+            (udp.dst, udp.protocol, udp.dport, udp.terminal),
+            (
+                Some(Ipv4Addr::new(10, 11, 0, 9)),
+                Some(Protocol::Udp),
+                Some(53),
+                true
+            )
+        );
+        // An unknown PORTAL-* chain is not scaffold, but its rules are strays; a host hook in
+        // the container hook's chain is a stray too.
+        assert!(live.owned.is_empty());
+        let chains: Vec<&str> = live.stray.iter().map(|s| s.chain.as_str()).collect();
+        assert_eq!(chains, ["PORTAL-EXTRA", "PREROUTING"]);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_printable_rule_text_parses_without_error(spec in "[ -~]{0,80}") {
+            let escaped = spec.replace('"', "");
+            let dump = format!("*nat\n-A PORTAL-HOST {escaped}\n-A OUTPUT {escaped}\nCOMMIT\n");
+            proptest::prop_assert!(live(&dump).is_ok());
+        }
+    }
+
+    #[test]
+    fn a_rule_before_any_table_is_an_error_with_its_line_number() {
+        let err = live("# header\n-A INPUT -j ACCEPT\n").unwrap_err();
+        assert_eq!(err.line, 2);
+    }
+}
