@@ -5,9 +5,11 @@
 
 pub mod iptables;
 pub mod model;
+pub mod nftables;
 
 pub use iptables::Iptables;
 pub use model::*;
+pub use nftables::Nftables;
 
 /// A command line for the engine's process seam to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
