@@ -1,1 +1,15 @@
-//! Engine.
+//! portald's engine: load → validate → allocate → compile → observe → diff → plan → apply.
+
+pub mod allocate;
+pub mod catalog;
+pub mod compile;
+pub mod config;
+pub mod diagnostics;
+pub mod diff;
+pub mod endpoints;
+pub mod exec;
+pub mod load;
+pub mod model;
+pub mod observe;
+pub mod pipeline;
+pub mod plan;

@@ -1,0 +1,195 @@
+//! Command-line arguments.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use engine::config::{Backend, Config, Mode, PortRange};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "portald",
+    version,
+    about = "Kubernetes-style services (portal IPs) for any Linux host"
+)]
+pub struct Cli {
+    /// Log format on standard error (filter with RUST_LOG).
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Validate a services directory; exit 0 when clean, 1 on errors.
+    Check(CheckArgs),
+    /// Show what apply would change against the live state (dry run).
+    Plan(PlanArgs),
+    /// Write or refresh the allocation record (`portald.lock`) of a services directory.
+    Lock(LockArgs),
+    /// Capture the live state to a file, for `plan --live FILE`.
+    Snapshot(SnapshotArgs),
+}
+
+/// Settings that shape the intended state.
+#[derive(Args, Debug, Clone)]
+pub struct EngineArgs {
+    /// CIDR the VIPs (portal IPs) are allocated from.
+    #[arg(long, default_value = "10.11.0.0/16")]
+    pub portal_cidr: ipnetwork_arg::Cidr,
+    /// Local ports the userspace proxy listeners use, LOW-HIGH.
+    #[arg(long, default_value_t = engine::config::DEFAULT_PROXY_PORTS)]
+    pub proxy_port_range: PortRange,
+    /// Kernel interface.
+    #[arg(long, value_enum, default_value = "iptables")]
+    pub backend: BackendArg,
+    /// Data path.
+    #[arg(long, value_enum, default_value = "userspace")]
+    pub mode: ModeArg,
+    /// Serve `spec.externalIPs` (off by default: a file could capture any address's traffic).
+    #[arg(long)]
+    pub allow_external_ips: bool,
+    /// Allocation record; default `<DIR>/portald.lock`.
+    #[arg(long)]
+    pub lock: Option<PathBuf>,
+}
+
+impl EngineArgs {
+    pub fn config(&self) -> Config {
+        Config {
+            portal_cidr: self.portal_cidr.0,
+            proxy_ports: self.proxy_port_range,
+            backend: match self.backend {
+                BackendArg::Iptables => Backend::Iptables,
+                BackendArg::Nftables => Backend::Nftables,
+            },
+            mode: match self.mode {
+                ModeArg::Userspace => Mode::Userspace,
+            },
+            allow_external_ips: self.allow_external_ips,
+            ..Config::default()
+        }
+    }
+
+    pub fn lock_path(&self, dir: &std::path::Path) -> PathBuf {
+        self.lock
+            .clone()
+            .unwrap_or_else(|| dir.join(engine::allocate::LOCK_FILE_NAME))
+    }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum BackendArg {
+    Iptables,
+    Nftables,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ModeArg {
+    Userspace,
+}
+
+pub mod ipnetwork_arg {
+    //! `--portal-cidr` parsing with a message that names the flag's rules.
+    use std::str::FromStr;
+
+    #[derive(Debug, Clone, Copy)]
+    pub struct Cidr(pub ipnetwork::Ipv4Network);
+
+    impl FromStr for Cidr {
+        type Err = String;
+        fn from_str(s: &str) -> Result<Self, Self::Err> {
+            let net: ipnetwork::Ipv4Network = s
+                .parse()
+                .map_err(|e| format!("`{s}` is not an IPv4 CIDR: {e}"))?;
+            if net.prefix() > 30 {
+                return Err(format!(
+                    "`{s}` is too small: a prefix of /30 or shorter is needed"
+                ));
+            }
+            if net.network() != net.ip() {
+                return Err(format!(
+                    "`{s}` has host bits set; did you mean {}/{}?",
+                    net.network(),
+                    net.prefix()
+                ));
+            }
+            Ok(Cidr(net))
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum ReportFormat {
+    Text,
+    Json,
+    Github,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// Services directory.
+    pub dir: PathBuf,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: ReportFormat,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// Where the live state comes from.
+#[derive(Args, Debug, Clone)]
+pub struct LiveArgs {
+    /// Plan against a captured state (`portald snapshot`, or raw `iptables-save -t nat` /
+    /// `nft -j list ruleset` output) instead of the kernel.
+    #[arg(long, conflicts_with = "no_live")]
+    pub live: Option<PathBuf>,
+    /// Plan against an empty live state (no kernel access needed).
+    #[arg(long)]
+    pub no_live: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PlanArgs {
+    /// Services directory.
+    pub dir: PathBuf,
+    #[command(flatten)]
+    pub live: LiveArgs,
+    /// Print the plan as JSON (versioned by `format_version`).
+    #[arg(long)]
+    pub json: bool,
+    /// Also save the plan (JSON) to this file, for `apply PLANFILE`.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print the exact batch the kernel would be sent.
+    #[arg(long)]
+    pub show_batch: bool,
+    /// Exit 0 when there is nothing to do, 2 when there are changes, 1 on error.
+    #[arg(long)]
+    pub detailed_exitcode: bool,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct LockArgs {
+    /// Services directory.
+    pub dir: PathBuf,
+    #[command(flatten)]
+    pub live: LiveArgs,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct SnapshotArgs {
+    /// File to write (default: standard output).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "iptables")]
+    pub backend: BackendArg,
+}

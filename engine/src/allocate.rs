@@ -1,0 +1,355 @@
+//! Stable VIPs and proxy ports: kept from the lock file, else from the live rules, else the
+//! first free one in order, so every host with the same directory and lock agrees.
+
+use crate::config::Config;
+use crate::diagnostics::{Diagnostic, Severity};
+use crate::model::{ObjectKey, ProxyPort, Service, ServicePort, Vip, VipRequest};
+use planners::{Action, NatState, Protocol};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+/// The allocation record users commit next to their services (`portald.lock`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lock {
+    pub format_version: u32,
+    #[serde(default)]
+    pub portal_cidr: String,
+    #[serde(default)]
+    pub vips: BTreeMap<String, Ipv4Addr>,
+    #[serde(default)]
+    pub proxy_ports: BTreeMap<String, u16>,
+}
+
+pub const LOCK_FORMAT_VERSION: u32 = 1;
+pub const LOCK_FILE_NAME: &str = "portald.lock";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("cannot read lock file `{path}`")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("lock file `{path}` is not valid: {message}")]
+    Parse { path: String, message: String },
+    #[error("cannot write lock file `{path}`")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Lock {
+    pub fn parse(text: &str, path: &str) -> Result<Lock, LockError> {
+        let lock: Lock = serde_json::from_str(text).map_err(|e| LockError::Parse {
+            path: path.to_string(),
+            message: e.to_string(),
+        })?;
+        if lock.format_version != LOCK_FORMAT_VERSION {
+            return Err(LockError::Parse {
+                path: path.to_string(),
+                message: format!(
+                    "format_version {} is not {LOCK_FORMAT_VERSION}",
+                    lock.format_version
+                ),
+            });
+        }
+        Ok(lock)
+    }
+
+    /// Reads a lock file; a missing file is an empty lock.
+    pub fn read(path: &std::path::Path) -> Result<Lock, LockError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Lock::parse(&text, &path.display().to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Lock::default()),
+            Err(source) => Err(LockError::Read {
+                path: path.display().to_string(),
+                source,
+            }),
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut text = serde_json::to_string_pretty(self).expect("lock serializes");
+        text.push('\n');
+        text
+    }
+
+    /// Writes atomically (temp file + rename) so a crash never leaves half a lock.
+    pub fn write(&self, path: &std::path::Path) -> Result<(), LockError> {
+        let tmp = path.with_extension("lock.tmp");
+        let err = |source| LockError::Write {
+            path: path.display().to_string(),
+            source,
+        };
+        std::fs::write(&tmp, self.render()).map_err(err)?;
+        std::fs::rename(&tmp, path).map_err(err)
+    }
+}
+
+/// Key of a service port in the lock and listener names: `ns/name:label/proto`.
+pub fn port_id(key: &ObjectKey, port: &ServicePort) -> String {
+    format!("{key}:{}/{}", port.label(), port.protocol)
+}
+
+/// What allocation needs to know of the live host.
+#[derive(Debug, Clone, Default)]
+pub struct LiveHints {
+    /// portald's rules now in the kernel.
+    pub nat: NatState,
+    /// Ports held by processes other than portald.
+    pub foreign_ports: BTreeSet<(Protocol, u16)>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Allocation {
+    pub vips: BTreeMap<ObjectKey, Vip>,
+    pub proxy_ports: BTreeMap<String, ProxyPort>,
+    pub lock: Lock,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// Allocates VIPs and proxy ports for `services`. `keep_absent` keeps lock entries of
+/// services not loaded (their file is broken: their addresses must not move).
+pub fn allocate(
+    services: &BTreeMap<ObjectKey, Service>,
+    lock: &Lock,
+    live: &LiveHints,
+    config: &Config,
+    keep_absent: bool,
+) -> Allocation {
+    let mut out = Allocation::default();
+    let cidr = config.portal_cidr;
+    let usable = |ip: Ipv4Addr| cidr.contains(ip) && ip != cidr.network() && ip != cidr.broadcast();
+    let live_vips = live_vips_by_service(&live.nat);
+    let mut taken: BTreeMap<Ipv4Addr, ObjectKey> = BTreeMap::new();
+
+    // Live VIPs of services not loaded stay reserved until their rules are gone.
+    for (key, ip) in &live_vips {
+        if !services.contains_key(key) {
+            taken.insert(*ip, key.clone());
+        }
+    }
+    // Lock entries of services still present are honoured before explicit requests, so an
+    // explicit clusterIP cannot steal an address another service already has.
+    let locked: BTreeMap<ObjectKey, Ipv4Addr> = lock
+        .vips
+        .iter()
+        .filter_map(|(k, ip)| parse_key(k).map(|k| (k, *ip)))
+        .collect();
+    for (key, service) in services {
+        if service.vip == VipRequest::Auto {
+            if let Some(ip) = locked.get(key).copied().filter(|ip| usable(*ip)) {
+                if !taken.contains_key(&ip) {
+                    taken.insert(ip, key.clone());
+                    out.vips.insert(key.clone(), Vip(ip));
+                }
+            }
+        }
+    }
+    for (key, service) in services {
+        let VipRequest::Explicit(ip) = service.vip else {
+            continue;
+        };
+        let (field, line) = match &service.vip_at {
+            Some(at) => (at.field.clone(), at.line),
+            None => ("spec.clusterIP".to_string(), service.source.line),
+        };
+        let problem = if !cidr.contains(ip) {
+            Some(format!("clusterIP {ip} is outside the portal CIDR {cidr}"))
+        } else if ip == cidr.network() || ip == cidr.broadcast() {
+            Some(format!(
+                "clusterIP {ip} is the network or broadcast address of {cidr}"
+            ))
+        } else {
+            taken
+                .get(&ip)
+                .map(|other| format!("clusterIP {ip} is already taken by service `{other}`"))
+        };
+        match problem {
+            Some(message) => out.diagnostics.push(Diagnostic {
+                file: service.source.file.clone(),
+                line,
+                severity: Severity::Error,
+                object: Some(format!("Service `{key}`")),
+                field: Some(field),
+                message,
+            }),
+            None => {
+                taken.insert(ip, key.clone());
+                out.vips.insert(key.clone(), Vip(ip));
+            }
+        }
+    }
+    // Then what the kernel already has, then the first free address, in key order.
+    let mut next = u32::from(cidr.network()) + 1;
+    let last = u32::from(cidr.broadcast());
+    for (key, service) in services {
+        if service.vip != VipRequest::Auto || out.vips.contains_key(key) {
+            continue;
+        }
+        if let Some(ip) = live_vips
+            .get(key)
+            .copied()
+            .filter(|ip| usable(*ip) && !taken.contains_key(ip))
+        {
+            taken.insert(ip, key.clone());
+            out.vips.insert(key.clone(), Vip(ip));
+            continue;
+        }
+        while next < last && taken.contains_key(&Ipv4Addr::from(next)) {
+            next += 1;
+        }
+        if next >= last {
+            out.diagnostics.push(Diagnostic {
+                file: service.source.file.clone(),
+                line: service.source.line,
+                severity: Severity::Error,
+                object: Some(format!("Service `{key}`")),
+                field: None,
+                message: format!("portal CIDR {cidr} has no free address left"),
+            });
+            continue;
+        }
+        let ip = Ipv4Addr::from(next);
+        taken.insert(ip, key.clone());
+        out.vips.insert(key.clone(), Vip(ip));
+    }
+
+    allocate_ports(services, lock, live, config, &mut out);
+
+    out.lock = Lock {
+        format_version: LOCK_FORMAT_VERSION,
+        portal_cidr: cidr.to_string(),
+        vips: out
+            .vips
+            .iter()
+            .filter(|(k, _)| services.get(*k).is_some_and(|s| s.vip == VipRequest::Auto))
+            .map(|(k, v)| (k.to_string(), v.0))
+            .collect(),
+        proxy_ports: out
+            .proxy_ports
+            .iter()
+            .map(|(k, p)| (k.clone(), p.0))
+            .collect(),
+    };
+    if keep_absent {
+        for (k, ip) in &lock.vips {
+            if parse_key(k).is_some_and(|key| !services.contains_key(&key)) {
+                out.lock.vips.entry(k.clone()).or_insert(*ip);
+            }
+        }
+        for (k, port) in &lock.proxy_ports {
+            let present = k
+                .split_once(':')
+                .and_then(|(key, _)| parse_key(key))
+                .is_some_and(|key| services.contains_key(&key));
+            if !present {
+                out.lock.proxy_ports.entry(k.clone()).or_insert(*port);
+            }
+        }
+    }
+    out
+}
+
+fn allocate_ports(
+    services: &BTreeMap<ObjectKey, Service>,
+    lock: &Lock,
+    live: &LiveHints,
+    config: &Config,
+    out: &mut Allocation,
+) {
+    let range = config.proxy_ports;
+    // Proxy ports the live rules point at, by the rule's comment.
+    let mut live_ports: BTreeMap<String, u16> = BTreeMap::new();
+    for rule in live.nat.rules.values() {
+        if let Action::Redirect { to_port } = rule.action {
+            live_ports.insert(format!("{}/{}", rule.comment, rule.key.protocol), to_port);
+        }
+    }
+    let mut taken: BTreeSet<(Protocol, u16)> = live.foreign_ports.clone();
+    let wanted: Vec<(String, Protocol, &Service)> = services
+        .iter()
+        .filter(|(key, _)| out.vips.contains_key(*key))
+        .flat_map(|(key, s)| {
+            s.ports
+                .iter()
+                .map(move |p| (port_id(key, p), p.protocol, s))
+        })
+        .collect();
+    let free = |taken: &BTreeSet<(Protocol, u16)>, proto: Protocol, port: u16| {
+        range.contains(port) && !taken.contains(&(proto, port))
+    };
+    // Lock first (the committed record), then live, then first free.
+    for (id, proto, _) in &wanted {
+        if let Some(port) = lock
+            .proxy_ports
+            .get(id)
+            .copied()
+            .filter(|p| free(&taken, *proto, *p))
+        {
+            taken.insert((*proto, port));
+            out.proxy_ports.insert(id.clone(), ProxyPort(port));
+        }
+    }
+    for (id, proto, _) in &wanted {
+        if out.proxy_ports.contains_key(id) {
+            continue;
+        }
+        if let Some(port) = live_ports
+            .get(id)
+            .copied()
+            .filter(|p| free(&taken, *proto, *p))
+        {
+            taken.insert((*proto, port));
+            out.proxy_ports.insert(id.clone(), ProxyPort(port));
+        }
+    }
+    for (id, proto, service) in &wanted {
+        if out.proxy_ports.contains_key(id) {
+            continue;
+        }
+        match range.iter().find(|p| free(&taken, *proto, *p)) {
+            Some(port) => {
+                taken.insert((*proto, port));
+                out.proxy_ports.insert(id.clone(), ProxyPort(port));
+            }
+            None => out.diagnostics.push(Diagnostic {
+                file: service.source.file.clone(),
+                line: service.source.line,
+                severity: Severity::Error,
+                object: Some(format!("Service `{}`", service.key)),
+                field: None,
+                message: format!(
+                    "proxy port range {range} has no free {proto} port left for `{id}`"
+                ),
+            }),
+        }
+    }
+}
+
+/// `ns/name` → key.
+pub fn parse_key(text: &str) -> Option<ObjectKey> {
+    let (ns, name) = text.split_once('/')?;
+    (!ns.is_empty() && !name.is_empty() && !name.contains(['/', ':']))
+        .then(|| ObjectKey::new(ns, name))
+}
+
+/// VIPs of the services the live rules belong to, read from their `ns/name:port` comments.
+fn live_vips_by_service(nat: &NatState) -> BTreeMap<ObjectKey, Ipv4Addr> {
+    let mut out = BTreeMap::new();
+    for rule in nat.rules.values() {
+        if let Some(key) = rule
+            .comment
+            .as_str()
+            .split_once(':')
+            .and_then(|(k, _)| parse_key(k))
+        {
+            out.entry(key).or_insert(rule.key.vip);
+        }
+    }
+    out
+}

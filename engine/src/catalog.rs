@@ -1,0 +1,77 @@
+//! Puts the objects of all files together and checks what spans files (duplicate names).
+
+use crate::diagnostics::{Diagnostic, Severity};
+use crate::load::{Object, ParsedFile};
+use crate::model::Catalog;
+use std::collections::BTreeSet;
+
+/// The catalog of valid objects, all diagnostics, and the files that had errors (whose objects
+/// are not in the catalog: the caller decides what stays in force for them).
+#[derive(Debug, Clone, Default)]
+pub struct Assembled {
+    pub catalog: Catalog,
+    pub diagnostics: Vec<Diagnostic>,
+    pub broken_files: BTreeSet<String>,
+}
+
+impl Assembled {
+    pub fn has_errors(&self) -> bool {
+        self.diagnostics.iter().any(Diagnostic::is_error)
+    }
+}
+
+/// Assembles files in path order; on a duplicate the first definition wins and the later one
+/// is reported.
+pub fn assemble<'a>(files: impl IntoIterator<Item = &'a ParsedFile>) -> Assembled {
+    let mut out = Assembled::default();
+    for file in files {
+        out.diagnostics.extend(file.diagnostics.iter().cloned());
+        if file.has_errors() {
+            out.broken_files.insert(file.path.clone());
+            continue;
+        }
+        for object in &file.objects {
+            match object {
+                Object::Service(service) => {
+                    if let Some(first) = out.catalog.services.get(&service.key) {
+                        out.diagnostics.push(Diagnostic {
+                            file: service.source.file.clone(),
+                            line: service.source.line,
+                            severity: Severity::Error,
+                            object: Some(format!("Service `{}`", service.key)),
+                            field: Some("metadata.name".into()),
+                            message: format!(
+                                "duplicate service: already defined at {}",
+                                first.source
+                            ),
+                        });
+                        continue;
+                    }
+                    out.catalog
+                        .services
+                        .insert(service.key.clone(), service.clone());
+                }
+                Object::Endpoints(group) => out.catalog.endpoint_groups.push(group.clone()),
+                Object::Pod(pod) => {
+                    if let Some(first) = out.catalog.pods.iter().find(|p| p.key == pod.key) {
+                        out.diagnostics.push(Diagnostic {
+                            file: pod.source.file.clone(),
+                            line: pod.source.line,
+                            severity: Severity::Warning,
+                            object: Some(format!("Pod `{}`", pod.key)),
+                            field: Some("metadata.name".into()),
+                            message: format!(
+                                "duplicate pod: already defined at {}; this one is ignored",
+                                first.source
+                            ),
+                        });
+                        continue;
+                    }
+                    out.catalog.pods.push(pod.clone());
+                }
+            }
+        }
+    }
+    out.diagnostics.sort();
+    out
+}

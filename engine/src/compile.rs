@@ -1,0 +1,225 @@
+//! Compiles services, endpoints and allocations into the intended state: NAT rules plus the
+//! set of proxy listeners.
+
+use crate::allocate::{port_id, Allocation};
+use crate::config::Config;
+use crate::diagnostics::{Diagnostic, Severity};
+use crate::endpoints::EndpointIndex;
+use crate::model::*;
+use planners::{Action, Comment, NatState, Path, PortalKey, PortalRule, Protocol, Scaffold};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+/// A proxy listener, identified by protocol and port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ListenerKey {
+    #[serde(rename = "listener_protocol")]
+    pub protocol: Protocol,
+    #[serde(rename = "listener_port")]
+    pub port: ProxyPort,
+}
+
+impl std::fmt::Display for ListenerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.protocol, self.port)
+    }
+}
+
+/// What one proxy listener serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listener {
+    /// `ns/name:port`, as in the rule comments.
+    pub name: String,
+    pub vip: Vip,
+    pub service_port: u16,
+    pub endpoints: Vec<Endpoint>,
+    pub affinity_seconds: Option<u32>,
+}
+
+/// The normalized model of one service port, for output and golden files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortView {
+    pub name: Option<String>,
+    pub protocol: Protocol,
+    pub port: u16,
+    pub target_port: TargetPort,
+    pub proxy_port: Option<ProxyPort>,
+    pub endpoints: Vec<Endpoint>,
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceView {
+    pub name: String,
+    pub source: SourceRef,
+    #[serde(rename = "type")]
+    pub service_type: ServiceType,
+    pub vip: Option<Vip>,
+    pub headless: bool,
+    pub affinity_seconds: Option<u32>,
+    pub external_ips: Vec<Ipv4Addr>,
+    pub ports: Vec<PortView>,
+}
+
+/// The intended state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Intent {
+    pub nat: NatState,
+    #[serde(with = "listeners_as_list")]
+    pub listeners: BTreeMap<ListenerKey, Listener>,
+    pub services: Vec<ServiceView>,
+}
+
+/// `ns/name:port` for a rule comment. Names were validated as DNS labels, so this only fails
+/// for overlong names, which then get a hashed, still unique, comment.
+pub fn portal_comment(key: &ObjectKey, port: &ServicePort) -> Comment {
+    let text = format!("{key}:{}", port.label());
+    Comment::new(text.clone()).unwrap_or_else(|_| {
+        let hash = fnv1a(text.as_bytes());
+        let keep: String = text.chars().take(planners::MAX_COMMENT_LEN - 9).collect();
+        Comment::new(format!("{keep}.{hash:08x}")).expect("truncated comment is valid")
+    })
+}
+
+fn fnv1a(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// Compiles the catalog. Services without an allocation (an error was reported) are left out.
+pub fn compile(
+    catalog: &Catalog,
+    allocation: &Allocation,
+    config: &Config,
+) -> (Intent, Vec<Diagnostic>) {
+    let mut intent = Intent::default();
+    let mut diagnostics = Vec::new();
+    // portald's scaffold stays while portald manages the host; `cleanup` removes it.
+    for path in Path::ALL {
+        intent.nat.scaffold.insert(Scaffold::Chain(path));
+        intent.nat.scaffold.insert(Scaffold::Hook(path));
+    }
+    let index = EndpointIndex::new(catalog);
+    for (key, service) in &catalog.services {
+        let vip = allocation.vips.get(key).copied();
+        let headless = service.vip == VipRequest::Headless;
+        let mut view = ServiceView {
+            name: key.to_string(),
+            source: service.source.clone(),
+            service_type: service.service_type,
+            vip,
+            headless,
+            affinity_seconds: service.affinity_seconds,
+            external_ips: service.external_ips.clone(),
+            ports: Vec::new(),
+        };
+        let mut addresses: Vec<Ipv4Addr> = vip.map(|v| v.0).into_iter().collect();
+        if !service.external_ips.is_empty() {
+            if config.allow_external_ips {
+                addresses.extend(service.external_ips.iter().copied());
+            } else {
+                diagnostics.push(Diagnostic {
+                    file: service.source.file.clone(),
+                    line: service.source.line,
+                    severity: Severity::Warning,
+                    object: Some(format!("Service `{key}`")),
+                    field: Some("spec.externalIPs".into()),
+                    message: "externalIPs are not served: allow them with --allow-external-ips"
+                        .into(),
+                });
+                view.external_ips.clear();
+            }
+        }
+        for port in &service.ports {
+            let resolved = index.resolve(service, port);
+            let proxy_port =
+                vip.and_then(|_| allocation.proxy_ports.get(&port_id(key, port)).copied());
+            if let (Some(vip), Some(proxy_port)) = (vip, proxy_port) {
+                let comment = portal_comment(key, port);
+                for address in &addresses {
+                    for (path, action) in [
+                        (
+                            Path::Container,
+                            Action::Redirect {
+                                to_port: proxy_port.0,
+                            },
+                        ),
+                        (
+                            Path::Host,
+                            Action::DnatLocal {
+                                to: SocketAddrV4::new(config.host_target, proxy_port.0),
+                            },
+                        ),
+                    ] {
+                        intent.nat.insert_rule(PortalRule {
+                            key: PortalKey {
+                                path,
+                                vip: *address,
+                                protocol: port.protocol,
+                                port: port.port,
+                            },
+                            comment: comment.clone(),
+                            action,
+                        });
+                    }
+                }
+                intent.listeners.insert(
+                    ListenerKey {
+                        protocol: port.protocol,
+                        port: proxy_port,
+                    },
+                    Listener {
+                        name: comment.to_string(),
+                        vip,
+                        service_port: port.port,
+                        endpoints: resolved.endpoints.clone(),
+                        affinity_seconds: service.affinity_seconds,
+                    },
+                );
+            }
+            view.ports.push(PortView {
+                name: port.name.clone(),
+                protocol: port.protocol,
+                port: port.port,
+                target_port: port.target.clone(),
+                proxy_port,
+                endpoints: resolved.endpoints,
+                notes: resolved.notes,
+            });
+        }
+        intent.services.push(view);
+    }
+    (intent, diagnostics)
+}
+
+/// Listener maps as lists in JSON, whose maps need string keys.
+pub mod listeners_as_list {
+    use super::{Listener, ListenerKey};
+    use crate::observe::ListenerEntry;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::collections::BTreeMap;
+
+    pub fn serialize<S: Serializer>(
+        map: &BTreeMap<ListenerKey, Listener>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let list: Vec<ListenerEntry> = map
+            .iter()
+            .map(|(k, l)| ListenerEntry {
+                key: *k,
+                listener: l.clone(),
+            })
+            .collect();
+        list.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<ListenerKey, Listener>, D::Error> {
+        let list = Vec::<ListenerEntry>::deserialize(d)?;
+        Ok(list.into_iter().map(|e| (e.key, e.listener)).collect())
+    }
+}

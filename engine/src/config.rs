@@ -1,0 +1,130 @@
+//! Settings that shape the intended state (portal CIDR, proxy ports, mode, dialect).
+
+use ipnetwork::Ipv4Network;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::ops::RangeInclusive;
+use std::str::FromStr;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Iptables,
+    Nftables,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Iptables => "iptables",
+            Backend::Nftables => "nftables",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// The seed's design: NAT to a local proxy listener, proxy to endpoints.
+    Userspace,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Userspace => "userspace",
+        })
+    }
+}
+
+/// An inclusive port range written `LOW-HIGH`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct PortRange {
+    pub low: u16,
+    pub high: u16,
+}
+
+impl PortRange {
+    pub fn iter(&self) -> RangeInclusive<u16> {
+        self.low..=self.high
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        (self.low..=self.high).contains(&port)
+    }
+}
+
+impl FromStr for PortRange {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (low, high) = s
+            .split_once('-')
+            .ok_or_else(|| format!("`{s}` is not a range LOW-HIGH"))?;
+        let low: u16 = low
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{low}` is not a port"))?;
+        let high: u16 = high
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{high}` is not a port"))?;
+        if low == 0 || low > high {
+            return Err(format!("`{s}` is empty or starts at 0"));
+        }
+        Ok(PortRange { low, high })
+    }
+}
+
+impl TryFrom<String> for PortRange {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        value.parse()
+    }
+}
+
+impl From<PortRange> for String {
+    fn from(value: PortRange) -> Self {
+        value.to_string()
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.low, self.high)
+    }
+}
+
+/// Proxy ports default below Linux's ephemeral range (32768-60999) so outgoing
+/// connections never hold them.
+pub const DEFAULT_PROXY_PORTS: PortRange = PortRange {
+    low: 20000,
+    high: 29999,
+};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub portal_cidr: Ipv4Network,
+    pub proxy_ports: PortRange,
+    pub backend: Backend,
+    pub mode: Mode,
+    /// Whether `spec.externalIPs` may capture traffic (off: a file could hijack any address).
+    pub allow_external_ips: bool,
+    /// Where host-path DNAT sends traffic: the proxy listens on all addresses, this one is
+    /// reachable from OUTPUT without a route.
+    pub host_target: Ipv4Addr,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            portal_cidr: "10.11.0.0/16".parse().expect("valid default CIDR"),
+            proxy_ports: DEFAULT_PROXY_PORTS,
+            backend: Backend::Iptables,
+            mode: Mode::Userspace,
+            allow_external_ips: false,
+            host_target: Ipv4Addr::LOCALHOST,
+        }
+    }
+}

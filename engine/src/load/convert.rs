@@ -1,0 +1,861 @@
+//! Turns generic documents into validated objects, reporting every problem with its place.
+
+use super::positions::Positions;
+use super::spec::{self, IntOrString, KNOWN_UNUSED};
+use super::{Object, SourceFile};
+use crate::diagnostics::{Diagnostic, Severity};
+use crate::model::*;
+use planners::Protocol;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use std::cell::OnceCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+
+/// `ClientIP` affinity default, as in Kubernetes (3 hours).
+pub const DEFAULT_AFFINITY_SECONDS: u32 = 10_800;
+const MAX_AFFINITY_SECONDS: i64 = 86_400;
+
+/// Per-file context: where diagnostics go and how to find lines.
+pub struct FileCtx<'a> {
+    file: &'a SourceFile,
+    positions: OnceCell<Positions>,
+    diagnostics: Vec<Diagnostic>,
+}
+
+/// Where in the file the current object is: document index and path prefix (`items[2]`).
+#[derive(Clone)]
+struct Place {
+    doc: usize,
+    prefix: String,
+    object: Option<String>,
+}
+
+impl Place {
+    fn path(&self, field: &str) -> String {
+        match (self.prefix.is_empty(), field.is_empty()) {
+            (true, _) => field.to_string(),
+            (false, true) => self.prefix.clone(),
+            (false, false) if field.starts_with('[') => format!("{}{field}", self.prefix),
+            (false, false) => format!("{}.{field}", self.prefix),
+        }
+    }
+}
+
+impl<'a> FileCtx<'a> {
+    pub fn new(file: &'a SourceFile) -> Self {
+        FileCtx {
+            file,
+            positions: OnceCell::new(),
+            diagnostics: Vec::new(),
+        }
+    }
+
+    pub fn into_diagnostics(self) -> Vec<Diagnostic> {
+        self.diagnostics
+    }
+
+    fn line(&self, place: &Place, field: &str) -> Option<usize> {
+        let positions = self
+            .positions
+            .get_or_init(|| Positions::index(&self.file.text));
+        positions.line(place.doc, &place.path(field))
+    }
+
+    fn report(
+        &mut self,
+        severity: Severity,
+        place: &Place,
+        field: &str,
+        message: impl Into<String>,
+    ) {
+        let line = self.line(place, field);
+        self.diagnostics.push(Diagnostic {
+            file: self.file.path.clone(),
+            line,
+            severity,
+            object: place.object.clone(),
+            field: (!field.is_empty()).then(|| field.to_string()),
+            message: message.into(),
+        });
+    }
+
+    fn error(&mut self, place: &Place, field: &str, message: impl Into<String>) {
+        self.report(Severity::Error, place, field, message);
+    }
+
+    fn warn(&mut self, place: &Place, field: &str, message: impl Into<String>) {
+        self.report(Severity::Warning, place, field, message);
+    }
+
+    fn source(&self, place: &Place) -> SourceRef {
+        SourceRef {
+            file: self.file.path.clone(),
+            line: self.line(place, ""),
+        }
+    }
+
+    /// Converts one document (which may be a `List`).
+    pub fn document(&mut self, doc: usize, value: &Value, out: &mut Vec<Object>) {
+        let place = Place {
+            doc,
+            prefix: String::new(),
+            object: None,
+        };
+        self.object(&place, value, out);
+    }
+
+    fn object(&mut self, place: &Place, value: &Value, out: &mut Vec<Object>) {
+        if value.is_null() {
+            return;
+        }
+        let Some(map) = value.as_object() else {
+            self.error(place, "", "expected an object (a mapping with `kind`)");
+            return;
+        };
+        let kind = map.get("kind").and_then(Value::as_str);
+        let api = map.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+        let Some(kind) = kind else {
+            self.error(place, "kind", "`kind` is missing");
+            return;
+        };
+        if kind == "List" || (kind.ends_with("List") && map.contains_key("items")) {
+            let items = map.get("items").and_then(Value::as_array);
+            for (i, item) in items.into_iter().flatten().enumerate() {
+                let child = Place {
+                    doc: place.doc,
+                    prefix: place.path(&format!("items[{i}]")),
+                    object: None,
+                };
+                self.object(&child, item, out);
+            }
+            return;
+        }
+        let name = name_of(map);
+        let mut place = place.clone();
+        place.object = Some(format!("{kind} `{}`", name.as_deref().unwrap_or("?")));
+        if let Some(text) = template_marker(value) {
+            self.warn(
+                &place,
+                "",
+                format!("looks like an unrendered template (`{text}`); skipped"),
+            );
+            return;
+        }
+        match (kind, api) {
+            ("Service", "v1beta1" | "v1beta2") => self.service_v1beta1(&place, value, out),
+            ("Service", "" | "v1") if map.contains_key("id") => {
+                self.service_v1beta1(&place, value, out)
+            }
+            ("Service", "v1" | "") => self.service_v1(&place, value, out),
+            ("Endpoints", "v1" | "") => self.endpoints_v1(&place, value, out),
+            ("EndpointSlice", "discovery.k8s.io/v1" | "discovery.k8s.io/v1beta1") => {
+                self.endpoint_slice(&place, value, out)
+            }
+            ("Pod", "v1" | "") => self.pod(&place, value, out),
+            (kind @ ("Service" | "Endpoints" | "EndpointSlice" | "Pod"), api) => self.error(
+                &place,
+                "apiVersion",
+                format!("apiVersion `{api}` of {kind} is not supported"),
+            ),
+            (kind, _) => self.report(
+                Severity::Note,
+                &place,
+                "kind",
+                format!("kind `{kind}` is not served; skipped"),
+            ),
+        }
+    }
+
+    /// Deserializes into a spec type, reporting type errors and unknown fields with paths.
+    fn decode<T: DeserializeOwned>(
+        &mut self,
+        place: &Place,
+        value: &Value,
+        warn_unknown: bool,
+    ) -> Option<T> {
+        let mut unknown = Vec::new();
+        let mut on_ignored = |path: serde_ignored::Path| unknown.push(ignored_path(&path));
+        let ignoring = serde_ignored::Deserializer::new(value, &mut on_ignored);
+        let result: Result<T, _> = serde_path_to_error::deserialize(ignoring);
+        match result {
+            Ok(spec) => {
+                if warn_unknown {
+                    for (path, pattern) in unknown {
+                        if !KNOWN_UNUSED
+                            .iter()
+                            .any(|k| pattern == *k || pattern.starts_with(&format!("{k}.")))
+                        {
+                            self.warn(place, &path, "unknown field; ignored");
+                        }
+                    }
+                }
+                Some(spec)
+            }
+            Err(e) => {
+                let path = e.path().to_string();
+                let path = if path == "." { String::new() } else { path };
+                self.error(place, &path, e.inner().to_string());
+                None
+            }
+        }
+    }
+
+    fn service_v1(&mut self, place: &Place, value: &Value, out: &mut Vec<Object>) {
+        let Some(spec) = self.decode::<spec::ServiceV1>(place, value, true) else {
+            return;
+        };
+        let errors_before = self.error_count();
+        let Some(key) = self.object_key(place, &spec.metadata) else {
+            return;
+        };
+        let service_type = match spec.spec.service_type.as_deref() {
+            None | Some("ClusterIP") => ServiceType::ClusterIP,
+            Some("NodePort") => ServiceType::NodePort,
+            Some("LoadBalancer") => ServiceType::LoadBalancer,
+            Some("ExternalName") => {
+                self.report(
+                    Severity::Note,
+                    place,
+                    "spec.type",
+                    "ExternalName services have no VIP to serve; skipped",
+                );
+                return;
+            }
+            Some(other) => {
+                self.error(
+                    place,
+                    "spec.type",
+                    format!("unknown service type `{other}`"),
+                );
+                return;
+            }
+        };
+        if matches!(
+            service_type,
+            ServiceType::NodePort | ServiceType::LoadBalancer
+        ) {
+            self.warn(
+                place,
+                "spec.type",
+                format!("{service_type:?}: the ClusterIP part is served; node ports and load balancers are not supported yet"),
+            );
+        }
+        let vip = self.vip_request(place, "spec.clusterIP", spec.spec.cluster_ip.as_deref());
+        let mut ports = Vec::new();
+        if spec.spec.ports.is_empty() && vip != Some(VipRequest::Headless) {
+            self.error(place, "spec.ports", "a service needs at least one port");
+        }
+        let mut names = BTreeMap::new();
+        let mut numbers = BTreeSet::new();
+        let multi = spec.spec.ports.len() > 1;
+        for (i, p) in spec.spec.ports.iter().enumerate() {
+            let field = format!("spec.ports[{i}]");
+            if let Some(port) = self.service_port(place, &field, p, multi) {
+                if let Some(name) = &port.name {
+                    if let Some(first) = names.insert(name.clone(), i) {
+                        self.error(
+                            place,
+                            &format!("{field}.name"),
+                            format!("port name `{name}` is already used by `spec.ports[{first}]`"),
+                        );
+                        continue;
+                    }
+                }
+                if !numbers.insert((port.port, port.protocol)) {
+                    self.error(
+                        place,
+                        &format!("{field}.port"),
+                        format!("port {}/{} is listed twice", port.port, port.protocol),
+                    );
+                    continue;
+                }
+                ports.push(port);
+            }
+        }
+        let affinity = self.affinity(
+            place,
+            spec.spec.session_affinity.as_deref(),
+            spec.spec
+                .session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds),
+        );
+        let mut external_ips = Vec::new();
+        for (i, ip) in spec.spec.external_ips.iter().enumerate() {
+            match ip.parse::<Ipv4Addr>() {
+                Ok(ip) => external_ips.push(ip),
+                Err(_) => self.error(
+                    place,
+                    &format!("spec.externalIPs[{i}]"),
+                    format!("`{ip}` is not an IPv4 address"),
+                ),
+            }
+        }
+        if self.error_count() > errors_before {
+            return;
+        }
+        let (Some(vip), Some(affinity)) = (vip, affinity) else {
+            return;
+        };
+        let vip_at = self.field_ref(place, "spec.clusterIP", vip);
+        out.push(Object::Service(Service {
+            key,
+            source: self.source(place),
+            service_type,
+            vip,
+            vip_at,
+            ports,
+            selector: spec.spec.selector,
+            affinity_seconds: affinity,
+            external_ips,
+        }));
+    }
+
+    fn service_v1beta1(&mut self, place: &Place, value: &Value, out: &mut Vec<Object>) {
+        let Some(spec) = self.decode::<spec::ServiceV1Beta1>(place, value, true) else {
+            return;
+        };
+        let errors_before = self.error_count();
+        let Some(id) = spec.id.as_deref() else {
+            self.error(place, "id", "`id` is missing");
+            return;
+        };
+        let mut place = place.clone();
+        place.object = Some(format!("Service `default/{id}`"));
+        let place = &place;
+        if let Err(why) = check_dns_label(id) {
+            self.error(
+                place,
+                "id",
+                format!("`{}` is not a valid name: {why}", escape(id)),
+            );
+            return;
+        }
+        let port = self.port_number(place, "port", spec.port);
+        let protocol = self.protocol(place, "protocol", spec.protocol.as_deref());
+        let target = match &spec.container_port {
+            None => port.map(TargetPort::Number),
+            Some(t) => self.target_port(place, "containerPort", t),
+        };
+        let vip = self.vip_request(place, "portalIP", spec.portal_ip.as_deref());
+        let affinity = self.affinity(place, spec.session_affinity.as_deref(), None);
+        if self.error_count() > errors_before {
+            return;
+        }
+        let (Some(port), Some(protocol), Some(target), Some(vip), Some(affinity)) =
+            (port, protocol, target, vip, affinity)
+        else {
+            return;
+        };
+        let vip_at = self.field_ref(place, "portalIP", vip);
+        out.push(Object::Service(Service {
+            key: ObjectKey::new("default", id),
+            source: self.source(place),
+            service_type: ServiceType::ClusterIP,
+            vip,
+            vip_at,
+            ports: vec![ServicePort {
+                name: None,
+                protocol,
+                port,
+                target,
+            }],
+            selector: spec.selector,
+            affinity_seconds: affinity,
+            external_ips: Vec::new(),
+        }));
+    }
+
+    fn service_port(
+        &mut self,
+        place: &Place,
+        field: &str,
+        p: &spec::ServicePortV1,
+        multi: bool,
+    ) -> Option<ServicePort> {
+        let before = self.error_count();
+        let name = match &p.name {
+            Some(name) if !name.is_empty() => {
+                if let Err(why) = check_dns_label(name) {
+                    self.error(
+                        place,
+                        &format!("{field}.name"),
+                        format!("`{}` is not a valid port name: {why}", escape(name)),
+                    );
+                }
+                Some(name.clone())
+            }
+            _ => {
+                if multi {
+                    self.error(
+                        place,
+                        &format!("{field}.name"),
+                        "every port of a multi-port service needs a name",
+                    );
+                }
+                None
+            }
+        };
+        let protocol = self.protocol(place, &format!("{field}.protocol"), p.protocol.as_deref());
+        let port = self.port_number(place, &format!("{field}.port"), p.port);
+        let target = match &p.target_port {
+            None => port.map(TargetPort::Number),
+            Some(t) => self.target_port(place, &format!("{field}.targetPort"), t),
+        };
+        if self.error_count() > before {
+            return None;
+        }
+        Some(ServicePort {
+            name,
+            protocol: protocol?,
+            port: port?,
+            target: target?,
+        })
+    }
+
+    fn port_number(&mut self, place: &Place, field: &str, port: Option<i64>) -> Option<u16> {
+        match port {
+            None => {
+                self.error(place, field, "port is missing");
+                None
+            }
+            Some(p) if (1..=65535).contains(&p) => Some(p as u16),
+            Some(p) => {
+                self.error(place, field, format!("port {p} is out of range 1-65535"));
+                None
+            }
+        }
+    }
+
+    fn target_port(&mut self, place: &Place, field: &str, t: &IntOrString) -> Option<TargetPort> {
+        match t {
+            IntOrString::Int(n) => self
+                .port_number(place, field, Some(*n))
+                .map(TargetPort::Number),
+            IntOrString::Str(s) => match s.parse::<i64>() {
+                Ok(n) => self
+                    .port_number(place, field, Some(n))
+                    .map(TargetPort::Number),
+                Err(_) => match check_dns_label(s) {
+                    Ok(()) => Some(TargetPort::Name(s.clone())),
+                    Err(why) => {
+                        self.error(
+                            place,
+                            field,
+                            format!("`{}` is not a valid port name: {why}", escape(s)),
+                        );
+                        None
+                    }
+                },
+            },
+        }
+    }
+
+    fn protocol(&mut self, place: &Place, field: &str, protocol: Option<&str>) -> Option<Protocol> {
+        match protocol {
+            None | Some("TCP") => Some(Protocol::Tcp),
+            Some("UDP") => Some(Protocol::Udp),
+            Some("SCTP") => {
+                self.error(place, field, "protocol SCTP is not supported (TCP or UDP)");
+                None
+            }
+            Some(other) => {
+                self.error(
+                    place,
+                    field,
+                    format!("protocol `{}` is not TCP or UDP", escape(other)),
+                );
+                None
+            }
+        }
+    }
+
+    fn vip_request(&mut self, place: &Place, field: &str, ip: Option<&str>) -> Option<VipRequest> {
+        match ip {
+            None | Some("") => Some(VipRequest::Auto),
+            Some("None") => Some(VipRequest::Headless),
+            Some(text) => match text.parse::<IpAddr>() {
+                Ok(IpAddr::V4(ip)) => Some(VipRequest::Explicit(ip)),
+                Ok(IpAddr::V6(_)) => {
+                    self.error(
+                        place,
+                        field,
+                        format!("`{text}`: IPv6 VIPs are not supported yet"),
+                    );
+                    None
+                }
+                Err(_) => {
+                    self.error(
+                        place,
+                        field,
+                        format!("`{}` is not an IP address", escape(text)),
+                    );
+                    None
+                }
+            },
+        }
+    }
+
+    /// `Some(None)` = no affinity; `None` = invalid.
+    fn affinity(
+        &mut self,
+        place: &Place,
+        mode: Option<&str>,
+        timeout: Option<i64>,
+    ) -> Option<Option<u32>> {
+        match mode {
+            None | Some("None") => Some(None),
+            Some("ClientIP") => match timeout {
+                None => Some(Some(DEFAULT_AFFINITY_SECONDS)),
+                Some(t) if (1..=MAX_AFFINITY_SECONDS).contains(&t) => Some(Some(t as u32)),
+                Some(t) => {
+                    self.error(
+                        place,
+                        "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+                        format!("timeout {t} is out of range 1-{MAX_AFFINITY_SECONDS}"),
+                    );
+                    None
+                }
+            },
+            Some(other) => {
+                self.error(
+                    place,
+                    "spec.sessionAffinity",
+                    format!("`{}` is not `None` or `ClientIP`", escape(other)),
+                );
+                None
+            }
+        }
+    }
+
+    fn object_key(&mut self, place: &Place, meta: &spec::ObjectMeta) -> Option<ObjectKey> {
+        let Some(name) = meta.name.as_deref() else {
+            self.error(place, "metadata.name", "`metadata.name` is missing");
+            return None;
+        };
+        let namespace = meta.namespace.as_deref().unwrap_or("default");
+        let mut ok = true;
+        if let Err(why) = check_dns_label(name) {
+            self.error(
+                place,
+                "metadata.name",
+                format!("`{}` is not a valid name: {why}", escape(name)),
+            );
+            ok = false;
+        }
+        if let Err(why) = check_dns_label(namespace) {
+            self.error(
+                place,
+                "metadata.namespace",
+                format!("`{}` is not a valid namespace: {why}", escape(namespace)),
+            );
+            ok = false;
+        }
+        ok.then(|| ObjectKey::new(namespace, name))
+    }
+
+    fn endpoints_v1(&mut self, place: &Place, value: &Value, out: &mut Vec<Object>) {
+        let Some(spec) = self.decode::<spec::EndpointsV1>(place, value, true) else {
+            return;
+        };
+        let Some(key) = self.object_key(place, &spec.metadata) else {
+            return;
+        };
+        let before = self.error_count();
+        let mut groups = Vec::new();
+        for (s, subset) in spec.subsets.iter().enumerate() {
+            let ports = self.endpoint_ports(place, &format!("subsets[{s}].ports"), &subset.ports);
+            let mut addresses = Vec::new();
+            for (list, ready, items) in [
+                ("addresses", true, &subset.addresses),
+                ("notReadyAddresses", false, &subset.not_ready_addresses),
+            ] {
+                for (a, addr) in items.iter().enumerate() {
+                    let field = format!("subsets[{s}].{list}[{a}].ip");
+                    if let Some(ip) = self.endpoint_ip(place, &field, addr.ip.as_deref()) {
+                        addresses.push(EndpointAddress {
+                            ip,
+                            ready,
+                            serving: ready,
+                            terminating: false,
+                        });
+                    }
+                }
+            }
+            groups.push(EndpointGroup {
+                service: key.clone(),
+                source: self.source(place),
+                addresses,
+                ports,
+            });
+        }
+        if self.error_count() == before {
+            out.extend(groups.into_iter().map(Object::Endpoints));
+        }
+    }
+
+    fn endpoint_slice(&mut self, place: &Place, value: &Value, out: &mut Vec<Object>) {
+        if value
+            .get("addressType")
+            .and_then(Value::as_str)
+            .is_some_and(|t| t != "IPv4")
+        {
+            self.report(
+                Severity::Note,
+                place,
+                "addressType",
+                "only IPv4 endpoint slices are served; skipped",
+            );
+            return;
+        }
+        let Some(spec) = self.decode::<spec::EndpointSliceV1>(place, value, true) else {
+            return;
+        };
+        let Some(slice_key) = self.object_key(place, &spec.metadata) else {
+            return;
+        };
+        let Some(service) = spec.metadata.labels.get("kubernetes.io/service-name") else {
+            self.error(
+                place,
+                "metadata.labels",
+                "label `kubernetes.io/service-name` is missing: the slice belongs to no service",
+            );
+            return;
+        };
+        let before = self.error_count();
+        let ports = self.endpoint_ports(place, "ports", &spec.ports);
+        let mut addresses = Vec::new();
+        for (e, endpoint) in spec.endpoints.iter().enumerate() {
+            // The API says consumers use the first address only.
+            let field = format!("endpoints[{e}].addresses[0]");
+            let Some(first) = endpoint.addresses.first() else {
+                self.error(
+                    place,
+                    &format!("endpoints[{e}].addresses"),
+                    "an endpoint needs an address",
+                );
+                continue;
+            };
+            if let Some(ip) = self.endpoint_ip(place, &field, Some(first)) {
+                let ready = endpoint.conditions.ready.unwrap_or(true);
+                addresses.push(EndpointAddress {
+                    ip,
+                    ready,
+                    serving: endpoint.conditions.serving.unwrap_or(ready),
+                    terminating: endpoint.conditions.terminating.unwrap_or(false),
+                });
+            }
+        }
+        if self.error_count() == before {
+            out.push(Object::Endpoints(EndpointGroup {
+                service: ObjectKey::new(&slice_key.namespace, service),
+                source: self.source(place),
+                addresses,
+                ports,
+            }));
+        }
+    }
+
+    fn endpoint_ports(
+        &mut self,
+        place: &Place,
+        field: &str,
+        ports: &[spec::EndpointPortSpec],
+    ) -> Vec<NamedPort> {
+        let mut out = Vec::new();
+        for (i, p) in ports.iter().enumerate() {
+            let f = format!("{field}[{i}]");
+            let protocol = self.protocol(place, &format!("{f}.protocol"), p.protocol.as_deref());
+            let port = self.port_number(place, &format!("{f}.port"), p.port);
+            if let Some(name) = p.name.as_deref().filter(|n| !n.is_empty()) {
+                if let Err(why) = check_dns_label(name) {
+                    self.error(
+                        place,
+                        &format!("{f}.name"),
+                        format!("`{}` is not a valid port name: {why}", escape(name)),
+                    );
+                    continue;
+                }
+            }
+            if let (Some(protocol), Some(port)) = (protocol, port) {
+                out.push(NamedPort {
+                    name: p.name.clone().filter(|n| !n.is_empty()),
+                    port,
+                    protocol,
+                });
+            }
+        }
+        out
+    }
+
+    fn endpoint_ip(&mut self, place: &Place, field: &str, ip: Option<&str>) -> Option<Ipv4Addr> {
+        match ip.map(str::parse::<IpAddr>) {
+            None => {
+                self.error(place, field, "address is missing");
+                None
+            }
+            Some(Ok(IpAddr::V4(ip))) => Some(ip),
+            Some(Ok(IpAddr::V6(_))) => {
+                self.warn(place, field, "IPv6 endpoints are not served yet; skipped");
+                None
+            }
+            Some(Err(_)) => {
+                self.error(
+                    place,
+                    field,
+                    format!("`{}` is not an IP address", escape(ip.unwrap_or_default())),
+                );
+                None
+            }
+        }
+    }
+
+    fn pod(&mut self, place: &Place, value: &Value, out: &mut Vec<Object>) {
+        let Some(spec) = self.decode::<spec::PodV1>(place, value, false) else {
+            return;
+        };
+        let Some(key) = self.object_key(place, &spec.metadata) else {
+            return;
+        };
+        let before = self.error_count();
+        let ip = match spec.status.pod_ip.as_deref() {
+            None | Some("") => None,
+            Some(text) => self.endpoint_ip(place, "status.podIP", Some(text)),
+        };
+        let ready = match &spec.status.conditions {
+            Some(conditions)
+                if conditions
+                    .iter()
+                    .any(|c| c.kind.as_deref() == Some("Ready")) =>
+            {
+                conditions.iter().any(|c| {
+                    c.kind.as_deref() == Some("Ready") && c.status.as_deref() == Some("True")
+                })
+            }
+            // A pod written by hand has no kubelet to report conditions: running counts as ready.
+            _ => matches!(spec.status.phase.as_deref(), None | Some("Running")),
+        };
+        let mut ports = Vec::new();
+        for (c, container) in spec.spec.containers.iter().enumerate() {
+            for (i, p) in container.ports.iter().enumerate() {
+                let f = format!("spec.containers[{c}].ports[{i}]");
+                let protocol =
+                    self.protocol(place, &format!("{f}.protocol"), p.protocol.as_deref());
+                let port = self.port_number(place, &format!("{f}.containerPort"), p.container_port);
+                if let (Some(protocol), Some(port)) = (protocol, port) {
+                    ports.push(NamedPort {
+                        name: p.name.clone(),
+                        port,
+                        protocol,
+                    });
+                }
+            }
+        }
+        if self.error_count() == before {
+            out.push(Object::Pod(Pod {
+                key,
+                source: self.source(place),
+                labels: spec.metadata.labels,
+                ip,
+                ready,
+                ports,
+            }));
+        }
+    }
+
+    fn field_ref(&self, place: &Place, field: &str, vip: VipRequest) -> Option<FieldRef> {
+        matches!(vip, VipRequest::Explicit(_)).then(|| FieldRef {
+            field: field.to_string(),
+            line: self.line(place, field),
+        })
+    }
+
+    fn error_count(&self) -> usize {
+        self.diagnostics.iter().filter(|d| d.is_error()).count()
+    }
+}
+
+fn name_of(map: &serde_json::Map<String, Value>) -> Option<String> {
+    let meta = map
+        .get("metadata")
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str);
+    let name = meta.or_else(|| map.get("id").and_then(Value::as_str))?;
+    let namespace = map
+        .get("metadata")
+        .and_then(|m| m.get("namespace"))
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    Some(escape(&format!("{namespace}/{name}")))
+}
+
+/// Finds a `{{ ... }}` placeholder in the object's name: the file is a template.
+fn template_marker(value: &Value) -> Option<String> {
+    let name = value
+        .get("metadata")
+        .and_then(|m| m.get("name"))
+        .or_else(|| value.get("id"))
+        .and_then(Value::as_str)?;
+    name.contains("{{").then(|| name.to_string())
+}
+
+/// Kubernetes' DNS-1123 label: what names, namespaces and port names may be.
+pub fn check_dns_label(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("it is empty");
+    }
+    if name.len() > 63 {
+        return Err("it is longer than 63 characters");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err("only lower-case letters, digits and `-` are allowed");
+    }
+    if name.starts_with('-') || name.ends_with('-') {
+        return Err("it must start and end with a letter or digit");
+    }
+    Ok(())
+}
+
+/// Shows hostile text safely inside a message: control characters and quotes escaped.
+pub fn escape(text: &str) -> String {
+    let escaped: String = text.escape_debug().collect();
+    if escaped.len() > 80 {
+        format!("{}...", escaped.chars().take(77).collect::<String>())
+    } else {
+        escaped
+    }
+}
+
+/// `spec.ports[0].nodePort` and its pattern `spec.ports[].nodePort`.
+fn ignored_path(path: &serde_ignored::Path) -> (String, String) {
+    fn walk(path: &serde_ignored::Path, exact: &mut String, pattern: &mut String) {
+        match path {
+            serde_ignored::Path::Root => {}
+            serde_ignored::Path::Seq { parent, index } => {
+                walk(parent, exact, pattern);
+                exact.push_str(&format!("[{index}]"));
+                pattern.push_str("[]");
+            }
+            serde_ignored::Path::Map { parent, key } => {
+                walk(parent, exact, pattern);
+                if !exact.is_empty() {
+                    exact.push('.');
+                    pattern.push('.');
+                }
+                exact.push_str(key);
+                pattern.push_str(key);
+            }
+            serde_ignored::Path::Some { parent }
+            | serde_ignored::Path::NewtypeStruct { parent }
+            | serde_ignored::Path::NewtypeVariant { parent } => walk(parent, exact, pattern),
+        }
+    }
+    let (mut exact, mut pattern) = (String::new(), String::new());
+    walk(path, &mut exact, &mut pattern);
+    (exact, pattern)
+}

@@ -1,0 +1,184 @@
+//! Reading the services directory: files in, objects and diagnostics out.
+//!
+//! [`read_dir`] is the only I/O here; [`parse_file`] is pure and works file by file so one bad
+//! file never hides the good ones.
+
+mod convert;
+pub mod positions;
+pub mod spec;
+pub mod yaml;
+
+use crate::diagnostics::{Diagnostic, Severity};
+use crate::model::{EndpointGroup, Pod, Service};
+use std::path::{Path, PathBuf};
+
+/// One input file, its path relative to the services directory (`/`-separated).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceFile {
+    pub path: String,
+    pub text: String,
+}
+
+/// An object understood from a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Object {
+    Service(Service),
+    Endpoints(EndpointGroup),
+    Pod(Pod),
+}
+
+/// What one file yielded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedFile {
+    pub path: String,
+    pub objects: Vec<Object>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl ParsedFile {
+    pub fn has_errors(&self) -> bool {
+        self.diagnostics.iter().any(Diagnostic::is_error)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read services directory `{path}`")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Whether a path names a file portald reads: `*.yaml`, `*.yml`, `*.json`.
+pub fn is_service_file(name: &str) -> bool {
+    name.ends_with(".yaml") || name.ends_with(".yml") || name.ends_with(".json")
+}
+
+/// Hidden entries and Kubernetes ConfigMap volume internals (`..data`, `..2024_...`).
+fn is_skipped(name: &str) -> bool {
+    name.starts_with('.')
+}
+
+/// Reads every service file below `dir`, sorted by path. Unreadable files become diagnostics.
+pub fn read_dir(dir: &Path) -> Result<(Vec<SourceFile>, Vec<Diagnostic>), LoadError> {
+    let mut files = Vec::new();
+    let mut diagnostics = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    let mut visited = std::collections::BTreeSet::new();
+    while let Some(current) = pending.pop() {
+        // Symlinked folders (ConfigMap `..data`) are skipped by name; guard loops anyway.
+        if let Ok(real) = std::fs::canonicalize(&current) {
+            if !visited.insert(real) {
+                continue;
+            }
+        }
+        let entries = std::fs::read_dir(&current).map_err(|source| LoadError::Dir {
+            path: current.clone(),
+            source,
+        })?;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if is_skipped(&name) {
+                continue;
+            }
+            let path = entry.path();
+            let relative = relative_path(dir, &path);
+            // `metadata` follows symlinks: a ConfigMap's `svc.yaml -> ..data/svc.yaml` is read.
+            match std::fs::metadata(&path) {
+                Ok(meta) if meta.is_dir() => pending.push(path),
+                Ok(meta) if meta.is_file() && is_service_file(&name) => {
+                    match std::fs::read(&path) {
+                        Ok(bytes) => match String::from_utf8(bytes) {
+                            Ok(text) => files.push(SourceFile {
+                                path: relative,
+                                text,
+                            }),
+                            Err(_) => {
+                                diagnostics.push(file_error(&relative, "file is not UTF-8 text"))
+                            }
+                        },
+                        Err(e) => diagnostics
+                            .push(file_error(&relative, &format!("cannot read file: {e}"))),
+                    }
+                }
+                Ok(_) => {}
+                // A dangling link mid-swap is reported, not fatal; the watcher will come back.
+                Err(e) => {
+                    diagnostics.push(file_error(&relative, &format!("cannot read file: {e}")))
+                }
+            }
+        }
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    diagnostics.sort();
+    Ok((files, diagnostics))
+}
+
+fn relative_path(dir: &Path, path: &Path) -> String {
+    let rel = path.strip_prefix(dir).unwrap_or(path);
+    rel.components()
+        .map(|c| c.as_os_str().to_string_lossy())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn file_error(path: &str, message: &str) -> Diagnostic {
+    Diagnostic {
+        file: path.to_string(),
+        line: None,
+        severity: Severity::Error,
+        object: None,
+        field: None,
+        message: message.to_string(),
+    }
+}
+
+/// Parses one file into objects and diagnostics. Pure.
+pub fn parse_file(file: &SourceFile) -> ParsedFile {
+    let json = file.path.ends_with(".json");
+    let mut parsed = ParsedFile {
+        path: file.path.clone(),
+        objects: Vec::new(),
+        diagnostics: Vec::new(),
+    };
+    match yaml::parse_documents(&file.text, json) {
+        Err(e) => parsed.diagnostics.push(Diagnostic {
+            file: file.path.clone(),
+            line: e.line,
+            severity: Severity::Error,
+            object: None,
+            field: None,
+            message: format!(
+                "malformed {}: {}",
+                if json { "JSON" } else { "YAML" },
+                e.message
+            ),
+        }),
+        Ok(docs) => {
+            let mut ctx = convert::FileCtx::new(file);
+            for (index, doc) in docs.iter().enumerate() {
+                ctx.document(index, doc, &mut parsed.objects);
+            }
+            parsed.diagnostics = ctx.into_diagnostics();
+        }
+    }
+    parsed.diagnostics.sort();
+    parsed
+}
+
+/// Reads and parses a whole directory.
+pub fn load_dir(dir: &Path) -> Result<Vec<ParsedFile>, LoadError> {
+    let (files, read_errors) = read_dir(dir)?;
+    let mut parsed: Vec<ParsedFile> = files.iter().map(parse_file).collect();
+    for diagnostic in read_errors {
+        parsed.push(ParsedFile {
+            path: diagnostic.file.clone(),
+            objects: Vec::new(),
+            diagnostics: vec![diagnostic],
+        });
+    }
+    parsed.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(parsed)
+}

@@ -1,0 +1,102 @@
+//! The one place that knows the YAML and JSON libraries: text in, generic documents out.
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+/// A syntax error with the line it was found on (1-based).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyntaxError {
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+/// Parses every document of a YAML or JSON text. Empty YAML documents come back as `Null` so
+/// that document indices match the line index in [`super::positions`].
+pub fn parse_documents(text: &str, json: bool) -> Result<Vec<Value>, SyntaxError> {
+    if json {
+        return serde_json::Deserializer::from_str(text)
+            .into_iter::<Value>()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| SyntaxError {
+                line: Some(e.line()),
+                message: strip_location(&e.to_string()),
+            });
+    }
+    let mut docs = Vec::new();
+    for document in serde_yaml::Deserializer::from_str(text) {
+        let value = serde_yaml::Value::deserialize(document).map_err(|e| SyntaxError {
+            line: e.location().map(|l| l.line()),
+            message: strip_location(&e.to_string()),
+        })?;
+        docs.push(to_json(value));
+    }
+    Ok(docs)
+}
+
+/// YAML allows keys and tags JSON has not; fold them into plain JSON values.
+fn to_json(value: serde_yaml::Value) -> Value {
+    match value {
+        serde_yaml::Value::Null => Value::Null,
+        serde_yaml::Value::Bool(b) => Value::Bool(b),
+        serde_yaml::Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                Value::from(i)
+            } else if let Some(u) = n.as_u64() {
+                Value::from(u)
+            } else {
+                n.as_f64().map(Value::from).unwrap_or(Value::Null)
+            }
+        }
+        serde_yaml::Value::String(s) => Value::String(s),
+        serde_yaml::Value::Sequence(items) => {
+            Value::Array(items.into_iter().map(to_json).collect())
+        }
+        serde_yaml::Value::Mapping(map) => {
+            let mut out = Map::new();
+            for (k, v) in map {
+                let key = match k {
+                    serde_yaml::Value::String(s) => s,
+                    other => serde_yaml::to_string(&other)
+                        .unwrap_or_default()
+                        .trim_end()
+                        .to_string(),
+                };
+                out.insert(key, to_json(v));
+            }
+            Value::Object(out)
+        }
+        serde_yaml::Value::Tagged(tagged) => to_json(tagged.value),
+    }
+}
+
+/// The libraries append "at line X column Y"; the diagnostic carries the line already.
+fn strip_location(message: &str) -> String {
+    match message.find(" at line ") {
+        Some(cut) => message[..cut].to_string(),
+        None => message.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yaml_syntax_error_reports_its_line() {
+        let err = parse_documents("a: 1\nb: [\n", false).unwrap_err();
+        assert!(err.line.is_some());
+    }
+
+    #[test]
+    fn multi_document_yaml_keeps_empty_documents_in_place() {
+        let docs = parse_documents("a: 1\n---\n---\nb: 2\n", false).unwrap();
+        assert_eq!(docs.len(), 3);
+        assert_eq!(docs[2]["b"], 2);
+    }
+
+    #[test]
+    fn json_syntax_error_reports_its_line() {
+        let err = parse_documents("{\n\"a\": 1,\n}\n", true).unwrap_err();
+        assert_eq!(err.line, Some(3));
+    }
+}

@@ -1,0 +1,196 @@
+//! Validated domain types: what the engine sees once the files have been read and checked.
+
+use planners::Protocol;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+/// `namespace/name` of an object.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ObjectKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn new(namespace: &str, name: &str) -> Self {
+        ObjectKey {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Where an object came from: the file (relative to the services directory) and line.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SourceRef {
+    pub file: String,
+    pub line: Option<usize>,
+}
+
+impl fmt::Display for SourceRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{line}", self.file),
+            None => f.write_str(&self.file),
+        }
+    }
+}
+
+/// A field of an object: its path and line.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct FieldRef {
+    pub field: String,
+    pub line: Option<usize>,
+}
+
+/// A service's virtual IP (portal IP). Never an endpoint, never a listener address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Vip(pub Ipv4Addr);
+
+impl fmt::Display for Vip {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A local port a userspace proxy listener holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ProxyPort(pub u16);
+
+impl fmt::Display for ProxyPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// An address of a backend that serves a service port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Endpoint(pub SocketAddrV4);
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The port on the endpoints, by number or by the name of a container / endpoint port.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TargetPort {
+    Number(u16),
+    Name(String),
+}
+
+impl fmt::Display for TargetPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TargetPort::Number(n) => n.fmt(f),
+            TargetPort::Name(n) => f.write_str(n),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServicePort {
+    pub name: Option<String>,
+    pub protocol: Protocol,
+    pub port: u16,
+    pub target: TargetPort,
+}
+
+impl ServicePort {
+    /// The name used in rule comments and listener names: the port's name, else its number.
+    pub fn label(&self) -> String {
+        self.name.clone().unwrap_or_else(|| self.port.to_string())
+    }
+}
+
+/// How the service gets its VIP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "ip")]
+pub enum VipRequest {
+    /// Allocated from the portal CIDR.
+    Auto,
+    /// `spec.clusterIP` / `portalIP` given in the file.
+    Explicit(Ipv4Addr),
+    /// `clusterIP: None`: no VIP, nothing to proxy.
+    Headless,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServiceType {
+    ClusterIP,
+    NodePort,
+    LoadBalancer,
+    ExternalName,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    pub key: ObjectKey,
+    pub source: SourceRef,
+    pub service_type: ServiceType,
+    pub vip: VipRequest,
+    /// Where an explicit VIP was written, for conflicts found later.
+    pub vip_at: Option<FieldRef>,
+    pub ports: Vec<ServicePort>,
+    /// `None` when the service has no selector (endpoints come from Endpoints objects).
+    pub selector: Option<BTreeMap<String, String>>,
+    /// `ClientIP` affinity timeout in seconds.
+    pub affinity_seconds: Option<u32>,
+    pub external_ips: Vec<Ipv4Addr>,
+}
+
+/// One backend address from an Endpoints or EndpointSlice object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointAddress {
+    pub ip: Ipv4Addr,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamedPort {
+    pub name: Option<String>,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+/// Addresses that share a port list: an Endpoints subset or an EndpointSlice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointGroup {
+    pub service: ObjectKey,
+    pub source: SourceRef,
+    pub addresses: Vec<EndpointAddress>,
+    pub ports: Vec<NamedPort>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pod {
+    pub key: ObjectKey,
+    pub source: SourceRef,
+    pub labels: BTreeMap<String, String>,
+    pub ip: Option<Ipv4Addr>,
+    pub ready: bool,
+    pub ports: Vec<NamedPort>,
+}
+
+/// Everything valid that was loaded, keyed for deterministic iteration.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Catalog {
+    pub services: BTreeMap<ObjectKey, Service>,
+    pub endpoint_groups: Vec<EndpointGroup>,
+    pub pods: Vec<Pod>,
+}

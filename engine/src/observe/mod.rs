@@ -1,0 +1,170 @@
+//! Observing the live state: portald's kernel rules (through the process seam), the
+//! listeners it runs, and which ports other processes hold.
+
+pub mod sockets;
+
+use crate::compile::{Listener, ListenerKey};
+use crate::config::Backend;
+use crate::exec::{Exec, ExecError};
+use planners::{Dialect, Live, ParseError, Protocol};
+use serde::{Deserialize, Serialize};
+use sockets::HeldSocket;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The dialect object for a backend.
+pub fn dialect(backend: Backend) -> &'static dyn Dialect {
+    match backend {
+        Backend::Iptables => &planners::Iptables,
+        Backend::Nftables => &planners::Nftables,
+    }
+}
+
+/// What is live now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// The raw dump the kernel tool printed (kept so a snapshot can be replayed exactly).
+    pub dump: String,
+    pub live: Live,
+    pub listeners: BTreeMap<ListenerKey, Listener>,
+    pub sockets: Vec<HeldSocket>,
+}
+
+impl Observed {
+    /// Ports held by processes other than portald and not by a listener portald reports.
+    pub fn foreign_ports(&self) -> BTreeSet<(Protocol, u16)> {
+        self.sockets
+            .iter()
+            .filter(|s| !s.is_portald())
+            .filter(|s| {
+                !self.listeners.contains_key(&ListenerKey {
+                    protocol: s.protocol,
+                    port: crate::model::ProxyPort(s.port),
+                })
+            })
+            .map(|s| (s.protocol, s.port))
+            .collect()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ObserveError {
+    #[error("cannot read the live {dialect} state")]
+    Exec {
+        dialect: &'static str,
+        #[source]
+        source: ExecError,
+    },
+    #[error("cannot parse the live state")]
+    Parse(#[from] ParseError),
+    #[error("snapshot `{path}` is not valid: {message}")]
+    Snapshot { path: String, message: String },
+}
+
+/// Reads the kernel rules through `exec` and the socket table from `/proc`.
+pub fn observe(
+    backend: Backend,
+    exec: &dyn Exec,
+    listeners: BTreeMap<ListenerKey, Listener>,
+) -> Result<Observed, ObserveError> {
+    let dialect = dialect(backend);
+    let dump = exec
+        .run(&dialect.observe_command(), None)
+        .map_err(|source| ObserveError::Exec {
+            dialect: dialect.name(),
+            source,
+        })?
+        .stdout;
+    let live = dialect.parse_live(&dump)?;
+    Ok(Observed {
+        dump,
+        live,
+        listeners,
+        sockets: sockets::read_sockets(),
+    })
+}
+
+/// A captured live state (`portald snapshot`), replayable with `plan --live FILE`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub format_version: u32,
+    pub backend: Backend,
+    /// The kernel tool's dump, as printed.
+    pub dump: String,
+    #[serde(default)]
+    pub listeners: Vec<ListenerEntry>,
+    #[serde(default)]
+    pub sockets: Vec<HeldSocket>,
+}
+
+/// A listener with its key, for JSON (whose maps need string keys).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenerEntry {
+    #[serde(flatten)]
+    pub key: ListenerKey,
+    #[serde(flatten)]
+    pub listener: Listener,
+}
+
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+
+impl Snapshot {
+    pub fn from_observed(backend: Backend, observed: &Observed) -> Self {
+        Snapshot {
+            format_version: SNAPSHOT_FORMAT_VERSION,
+            backend,
+            dump: observed.dump.clone(),
+            listeners: observed
+                .listeners
+                .iter()
+                .map(|(k, l)| ListenerEntry {
+                    key: *k,
+                    listener: l.clone(),
+                })
+                .collect(),
+            sockets: observed.sockets.clone(),
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut text = serde_json::to_string_pretty(self).expect("snapshot serializes");
+        text.push('\n');
+        text
+    }
+}
+
+/// Reads `--live FILE`: a snapshot, or a raw dump as the backend's tool prints it.
+pub fn from_file_text(backend: Backend, text: &str, path: &str) -> Result<Observed, ObserveError> {
+    let is_snapshot = text.trim_start().starts_with('{') && text.contains("\"format_version\"");
+    if !is_snapshot {
+        let live = dialect(backend).parse_live(text)?;
+        return Ok(Observed {
+            dump: text.to_string(),
+            live,
+            ..Observed::default()
+        });
+    }
+    let snapshot: Snapshot = serde_json::from_str(text).map_err(|e| ObserveError::Snapshot {
+        path: path.to_string(),
+        message: e.to_string(),
+    })?;
+    if snapshot.backend != backend {
+        return Err(ObserveError::Snapshot {
+            path: path.to_string(),
+            message: format!(
+                "it was taken with --backend {}, not {backend}",
+                snapshot.backend
+            ),
+        });
+    }
+    let live = dialect(backend).parse_live(&snapshot.dump)?;
+    Ok(Observed {
+        dump: snapshot.dump,
+        live,
+        listeners: snapshot
+            .listeners
+            .into_iter()
+            .map(|e| (e.key, e.listener))
+            .collect(),
+        sockets: snapshot.sockets,
+    })
+}

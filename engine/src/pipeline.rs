@@ -1,0 +1,81 @@
+//! The pure pipeline, start to end: parsed files + lock + observed state → intent and plan.
+
+use crate::allocate::{allocate, Allocation, LiveHints, Lock};
+use crate::catalog::{assemble, Assembled};
+use crate::compile::{compile, Intent};
+use crate::config::Config;
+use crate::diagnostics::Diagnostic;
+use crate::diff::{diff, ChangeSet, DiffOptions};
+use crate::load::ParsedFile;
+use crate::observe::Observed;
+use crate::plan::{make_plan, Plan};
+
+/// Everything one pass computed, for output and for apply.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub assembled: Assembled,
+    pub allocation: Allocation,
+    pub intent: Intent,
+    pub changes: ChangeSet,
+    pub plan: Plan,
+    /// All diagnostics, sorted by file and line.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Outcome {
+    pub fn has_errors(&self) -> bool {
+        self.diagnostics.iter().any(Diagnostic::is_error)
+    }
+}
+
+/// Validates only: load diagnostics plus allocation conflicts, no live state needed.
+pub fn check(files: &[ParsedFile], lock: &Lock, config: &Config) -> Vec<Diagnostic> {
+    run(files, lock, &Observed::default(), config, false).diagnostics
+}
+
+/// Runs load → allocate → compile → diff → plan. `listeners_known` says whether
+/// `observed.listeners` is the real listener state (a daemon answered) or unknown.
+pub fn run(
+    files: &[ParsedFile],
+    lock: &Lock,
+    observed: &Observed,
+    config: &Config,
+    listeners_known: bool,
+) -> Outcome {
+    let assembled = assemble(files);
+    let hints = LiveHints {
+        nat: observed.live.owned.clone(),
+        foreign_ports: observed.foreign_ports(),
+    };
+    let allocation = allocate(
+        &assembled.catalog.services,
+        lock,
+        &hints,
+        config,
+        !assembled.broken_files.is_empty(),
+    );
+    let (intent, compile_diagnostics) = compile(&assembled.catalog, &allocation, config);
+    let mut diagnostics = assembled.diagnostics.clone();
+    diagnostics.extend(allocation.diagnostics.iter().cloned());
+    diagnostics.extend(compile_diagnostics);
+    diagnostics.sort();
+    let has_errors = diagnostics.iter().any(Diagnostic::is_error);
+    let changes = diff(
+        &intent,
+        observed,
+        DiffOptions {
+            // Nothing is lost: while any input is wrong, what looks removed stays.
+            hold_removals: has_errors,
+            listeners_known,
+        },
+    );
+    let plan = make_plan(&changes, &observed.live.owned, config.backend, config.mode);
+    Outcome {
+        assembled,
+        allocation,
+        intent,
+        changes,
+        plan,
+        diagnostics,
+    }
+}

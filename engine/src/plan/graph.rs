@@ -1,0 +1,128 @@
+//! The plan as a dependency graph (make before break), linearized deterministically.
+
+use super::Step;
+use petgraph::graph::{DiGraph, NodeIndex};
+use petgraph::Direction;
+use planners::{Action, Change, Path, Protocol, Scaffold};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+
+/// Builds the dependency graph of `steps`: an edge `a → b` means `a` must come first.
+pub fn build(steps: &[Step]) -> DiGraph<usize, ()> {
+    let mut graph = DiGraph::new();
+    let nodes: Vec<NodeIndex> = (0..steps.len()).map(|i| graph.add_node(i)).collect();
+    let mut chain_add = BTreeMap::new();
+    let mut chain_remove = BTreeMap::new();
+    let mut hook_remove = BTreeMap::new();
+    let mut opens: BTreeMap<(Protocol, u16), NodeIndex> = BTreeMap::new();
+    let mut closes: BTreeMap<(Protocol, u16), NodeIndex> = BTreeMap::new();
+    for (i, step) in steps.iter().enumerate() {
+        match step {
+            Step::Kernel(Change::AddScaffold {
+                scaffold: Scaffold::Chain(p),
+            }) => {
+                chain_add.insert(*p, nodes[i]);
+            }
+            Step::Kernel(Change::RemoveScaffold {
+                scaffold: Scaffold::Chain(p),
+            }) => {
+                chain_remove.insert(*p, nodes[i]);
+            }
+            Step::Kernel(Change::RemoveScaffold {
+                scaffold: Scaffold::Hook(p),
+            }) => {
+                hook_remove.insert(*p, nodes[i]);
+            }
+            Step::OpenListener { key, .. } => {
+                opens.insert((key.protocol, key.port.0), nodes[i]);
+            }
+            Step::CloseListener { key, .. } => {
+                closes.insert((key.protocol, key.port.0), nodes[i]);
+            }
+            _ => {}
+        }
+    }
+    let target = |rule: &planners::PortalRule| match rule.action {
+        Action::Redirect { to_port } => (rule.key.protocol, to_port),
+        Action::DnatLocal { to } => (rule.key.protocol, to.port()),
+    };
+    for (i, step) in steps.iter().enumerate() {
+        let me = nodes[i];
+        let Step::Kernel(change) = step else { continue };
+        let mut needs = |before: Option<&NodeIndex>| {
+            if let Some(b) = before {
+                graph.add_edge(*b, me, ());
+            }
+        };
+        match change {
+            // A chain exists before anything jumps to it or is put in it.
+            Change::AddScaffold {
+                scaffold: Scaffold::Hook(p),
+            } => needs(chain_add.get(p)),
+            Change::AddRule { rule } => {
+                needs(chain_add.get(&rule.key.path));
+                // The listener is open before a rule sends traffic to it.
+                needs(opens.get(&target(rule)));
+            }
+            Change::ReplaceRule { old, new } => {
+                needs(chain_add.get(&new.key.path));
+                needs(opens.get(&target(new)));
+                if let Some(close) = closes.get(&target(old)) {
+                    graph.add_edge(me, *close, ());
+                }
+            }
+            Change::RemoveRule { rule } => {
+                // The rule is gone before its listener closes, and before its chain goes.
+                if let Some(close) = closes.get(&target(rule)) {
+                    graph.add_edge(me, *close, ());
+                }
+                if let Some(chain) = chain_remove.get(&rule.key.path) {
+                    graph.add_edge(me, *chain, ());
+                }
+            }
+            Change::RemoveScaffold {
+                scaffold: Scaffold::Chain(p),
+            } => {
+                // No jump into a chain that is about to go.
+                needs(hook_remove.get(p));
+            }
+            Change::RemoveStray { .. } => {
+                for path in Path::ALL {
+                    if let Some(chain) = chain_remove.get(&path) {
+                        graph.add_edge(me, *chain, ());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    graph
+}
+
+/// Kahn's algorithm, always taking the ready step with the smallest (phase, sort key): the
+/// same steps give the same order, whatever order they came in.
+pub fn linearize(steps: &[Step], graph: &DiGraph<usize, ()>) -> Vec<usize> {
+    let mut indegree: Vec<usize> = graph
+        .node_indices()
+        .map(|n| graph.neighbors_directed(n, Direction::Incoming).count())
+        .collect();
+    let keys: Vec<(u8, String)> = steps.iter().map(|s| (s.phase(), s.sort_key())).collect();
+    let mut ready: BinaryHeap<Reverse<(&(u8, String), usize)>> = BinaryHeap::new();
+    for n in graph.node_indices() {
+        if indegree[n.index()] == 0 {
+            ready.push(Reverse((&keys[n.index()], n.index())));
+        }
+    }
+    let mut order = Vec::with_capacity(steps.len());
+    while let Some(Reverse((_, i))) = ready.pop() {
+        order.push(i);
+        for next in graph.neighbors_directed(NodeIndex::new(i), Direction::Outgoing) {
+            indegree[next.index()] -= 1;
+            if indegree[next.index()] == 0 {
+                ready.push(Reverse((&keys[next.index()], next.index())));
+            }
+        }
+    }
+    assert_eq!(order.len(), steps.len(), "plan graph has a cycle");
+    order
+}

@@ -1,0 +1,177 @@
+//! The ordered plan: steps in dependency order and the exact kernel batch.
+
+pub mod graph;
+pub mod render;
+
+use crate::compile::{Listener, ListenerKey};
+use crate::config::{Backend, Mode};
+use crate::diff::{ChangeSet, ListenerChange};
+use crate::observe::dialect;
+use planners::{Change, NatState};
+use serde::{Deserialize, Serialize};
+
+pub const PLAN_FORMAT_VERSION: u32 = 1;
+
+/// One step of a plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "step")]
+pub enum Step {
+    OpenListener {
+        #[serde(flatten)]
+        key: ListenerKey,
+        listener: Listener,
+    },
+    UpdateListener {
+        #[serde(flatten)]
+        key: ListenerKey,
+        old: Listener,
+        new: Listener,
+    },
+    Kernel(Change),
+    CloseListener {
+        #[serde(flatten)]
+        key: ListenerKey,
+        listener: Listener,
+    },
+}
+
+impl Step {
+    /// Listeners open (and update) before the kernel batch; they close after it.
+    pub fn phase(&self) -> u8 {
+        match self {
+            Step::OpenListener { .. } | Step::UpdateListener { .. } => 0,
+            Step::Kernel(_) => 1,
+            Step::CloseListener { .. } => 2,
+        }
+    }
+
+    /// A total order among steps of one phase, independent of input order.
+    pub fn sort_key(&self) -> String {
+        match self {
+            Step::OpenListener { key, .. }
+            | Step::UpdateListener { key, .. }
+            | Step::CloseListener { key, .. } => {
+                format!("{}/{:05}", key.protocol, key.port.0)
+            }
+            Step::Kernel(change) => {
+                // Readable order among independent steps: structure first, hooks last.
+                let rank = match change {
+                    Change::AddScaffold {
+                        scaffold: planners::Scaffold::Chain(_),
+                    } => 0,
+                    Change::RemoveStray { .. } => 1,
+                    Change::RemoveScaffold {
+                        scaffold: planners::Scaffold::Hook(_),
+                    } => 2,
+                    Change::RemoveRule { .. } => 3,
+                    Change::ReplaceRule { .. } => 4,
+                    Change::AddRule { .. } => 5,
+                    Change::AddScaffold {
+                        scaffold: planners::Scaffold::Hook(_),
+                    } => 6,
+                    Change::RemoveScaffold {
+                        scaffold: planners::Scaffold::Chain(_),
+                    } => 7,
+                };
+                format!(
+                    "{rank}{}",
+                    serde_json::to_string(change).expect("change serializes")
+                )
+            }
+        }
+    }
+}
+
+/// Counts for the summary line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    pub add: usize,
+    pub change: usize,
+    pub remove: usize,
+}
+
+/// A plan: what apply will do, in order, with the exact batch for the kernel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    pub format_version: u32,
+    pub backend: Backend,
+    pub mode: Mode,
+    pub summary: Summary,
+    pub steps: Vec<Step>,
+    /// Exactly what apply sends to the kernel tool, on standard input.
+    pub batch: String,
+    /// Removals held back because some input files are broken.
+    pub held_back: usize,
+    /// What portald owned when the plan was made: a saved plan is stale once this changes.
+    pub observed: NatState,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    pub fn kernel_changes(&self) -> Vec<Change> {
+        self.steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Kernel(c) => Some(c.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// Orders a change set into a plan.
+pub fn make_plan(changes: &ChangeSet, observed: &NatState, backend: Backend, mode: Mode) -> Plan {
+    let mut steps: Vec<Step> = Vec::new();
+    for change in &changes.listeners {
+        steps.push(match change {
+            ListenerChange::Open { key, listener } => Step::OpenListener {
+                key: *key,
+                listener: listener.clone(),
+            },
+            ListenerChange::Update { key, old, new } => Step::UpdateListener {
+                key: *key,
+                old: old.clone(),
+                new: new.clone(),
+            },
+            ListenerChange::Close { key, listener } => Step::CloseListener {
+                key: *key,
+                listener: listener.clone(),
+            },
+        });
+    }
+    steps.extend(changes.nat.iter().cloned().map(Step::Kernel));
+    let graph = graph::build(&steps);
+    let order = graph::linearize(&steps, &graph);
+    let ordered: Vec<Step> = order.into_iter().map(|i| steps[i].clone()).collect();
+    let mut summary = Summary::default();
+    for step in &ordered {
+        match step {
+            Step::OpenListener { .. }
+            | Step::Kernel(Change::AddRule { .. } | Change::AddScaffold { .. }) => summary.add += 1,
+            Step::UpdateListener { .. } | Step::Kernel(Change::ReplaceRule { .. }) => {
+                summary.change += 1
+            }
+            _ => summary.remove += 1,
+        }
+    }
+    let kernel: Vec<Change> = ordered
+        .iter()
+        .filter_map(|s| match s {
+            Step::Kernel(c) => Some(c.clone()),
+            _ => None,
+        })
+        .collect();
+    Plan {
+        format_version: PLAN_FORMAT_VERSION,
+        backend,
+        mode,
+        summary,
+        batch: dialect(backend).render_batch(&kernel),
+        steps: ordered,
+        held_back: changes.held_back,
+        observed: observed.clone(),
+    }
+}
