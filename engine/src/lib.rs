@@ -13,3 +13,5 @@ pub mod model;
 pub mod observe;
 pub mod pipeline;
 pub mod plan;
+pub mod apply;
+pub mod dataplane;

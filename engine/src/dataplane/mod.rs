@@ -1,0 +1,424 @@
+//! The userspace data plane: one listener per portal proxy port, forwarding to endpoints.
+//!
+//! The kernel's REDIRECT/DNAT rules bring a portal's traffic to a listener here; each
+//! listener balances new TCP connections and UDP client flows over the service's endpoints
+//! (round robin, optional client-IP affinity, retry on another endpoint when one refuses or
+//! stays silent). The reconciler drives it only through [`DataPlane`]'s open / update / close.
+
+#![forbid(unsafe_code)]
+
+mod balancer;
+mod sockopt;
+mod tcp;
+mod udp;
+
+#[cfg(test)]
+mod tests;
+
+pub use sockopt::original_dst;
+
+use balancer::Balancer;
+use planners::Protocol;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+/// Tuning of the data plane; the defaults are the 2014 userspace proxy's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataPlaneConfig {
+    /// Address the listeners bind; `0.0.0.0` because REDIRECT from PREROUTING rewrites the
+    /// destination to the address of the interface the packet came in on.
+    pub listen_addr: IpAddr,
+    /// Timeout of dial attempt `i`; attempts past the end reuse the last entry.
+    pub dial_timeouts: Vec<Duration>,
+    /// Most endpoints tried for one connection (also bounded by the endpoint count).
+    pub max_attempts: usize,
+    /// One direction finished and the other silent this long: the connection is reaped.
+    pub half_close_timeout: Duration,
+    /// A UDP client flow with no datagram either way this long is removed.
+    pub udp_idle_timeout: Duration,
+}
+
+impl Default for DataPlaneConfig {
+    fn default() -> Self {
+        DataPlaneConfig {
+            listen_addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            dial_timeouts: [250, 500, 1000, 2000]
+                .into_iter()
+                .map(Duration::from_millis)
+                .collect(),
+            max_attempts: 4,
+            half_close_timeout: Duration::from_secs(60),
+            udp_idle_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl DataPlaneConfig {
+    /// Timeout of the zero-based dial `attempt`; never zero, so a misconfigured empty list
+    /// still lets a dial succeed.
+    fn dial_timeout(&self, attempt: usize) -> Duration {
+        self.dial_timeouts
+            .get(attempt)
+            .or(self.dial_timeouts.last())
+            .copied()
+            .unwrap_or(Duration::from_secs(1))
+    }
+}
+
+/// Where a listener forwards to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Backends {
+    pub endpoints: Vec<SocketAddr>,
+    /// Client-IP affinity: a client stays on its endpoint until this long has passed since
+    /// its last connection (or flow).
+    pub affinity: Option<Duration>,
+}
+
+/// What to open: one proxy port of one service port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerSpec {
+    pub protocol: Protocol,
+    /// 0 binds an ephemeral port (tests); [`DataPlane::open`] returns the bound one.
+    pub port: u16,
+    /// The service port it serves, `ns/svc:port`; only for logs, errors and status.
+    pub name: String,
+    pub backends: Backends,
+}
+
+/// Names a listener in errors and logs: `tcp/30001 (default/web:http)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerId {
+    pub protocol: Protocol,
+    pub port: u16,
+    /// Unknown when the caller names a listener that is not open.
+    pub name: Option<String>,
+}
+
+impl fmt::Display for ListenerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.protocol, self.port)?;
+        if let Some(name) = &self.name {
+            write!(f, " ({name})")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataPlaneError {
+    #[error("listener `{0}` is already open")]
+    AlreadyOpen(ListenerId),
+    #[error("listener `{0}` cannot bind: the port is in use")]
+    PortInUse(ListenerId, #[source] io::Error),
+    #[error("listener `{0}` cannot bind")]
+    Bind(ListenerId, #[source] io::Error),
+    #[error("listener `{0}` is not open")]
+    NotOpen(ListenerId),
+    #[error("listener `{0}` cannot open: the data plane is shut down")]
+    ShutDown(ListenerId),
+}
+
+/// A snapshot of one listener, for `portald status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerStatus {
+    pub protocol: Protocol,
+    pub port: u16,
+    pub name: String,
+    pub endpoints: Vec<SocketAddr>,
+    pub affinity: Option<Duration>,
+    /// Open TCP connections, or live UDP flows.
+    pub active: usize,
+    /// TCP connections accepted, or UDP flows created.
+    pub accepted: u64,
+    /// Connections (flows) handed to each endpoint, including endpoints since removed.
+    pub per_endpoint: BTreeMap<SocketAddr, u64>,
+    /// Dial attempts that failed (refused, timed out) and UDP upstream errors.
+    pub failures: u64,
+    /// Client connections reset, or datagrams dropped, because no endpoint could take them.
+    pub rejected: u64,
+}
+
+/// Counters and balancing state one listener shares with its connection tasks; connections
+/// keep it alive after the listener is closed so their counts stay consistent.
+struct Shared {
+    id: ListenerId,
+    balancer: Mutex<Balancer>,
+    active: AtomicUsize,
+    accepted: AtomicU64,
+    failures: AtomicU64,
+    rejected: AtomicU64,
+    per_endpoint: Mutex<BTreeMap<SocketAddr, u64>>,
+}
+
+impl Shared {
+    fn new(id: ListenerId, backends: &Backends) -> Self {
+        Shared {
+            id,
+            balancer: Mutex::new(Balancer::new(backends)),
+            active: AtomicUsize::new(0),
+            accepted: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            per_endpoint: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn balancer(&self) -> MutexGuard<'_, Balancer> {
+        lock(&self.balancer)
+    }
+
+    fn sent_to(&self, endpoint: SocketAddr) {
+        *lock(&self.per_endpoint).entry(endpoint).or_default() += 1;
+    }
+
+    fn failed(&self) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn rejected(&self) {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one connection or flow as active for as long as the guard lives.
+    fn activate(self: &Arc<Self>) -> ActiveGuard {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+        self.active.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard(self.clone())
+    }
+
+    fn status(&self) -> ListenerStatus {
+        let balancer = self.balancer();
+        ListenerStatus {
+            protocol: self.id.protocol,
+            port: self.id.port,
+            name: self.id.name.clone().unwrap_or_default(),
+            endpoints: balancer.endpoints().to_vec(),
+            affinity: balancer.affinity(),
+            active: self.active.load(Ordering::Relaxed),
+            accepted: self.accepted.load(Ordering::Relaxed),
+            per_endpoint: lock(&self.per_endpoint).clone(),
+            failures: self.failures.load(Ordering::Relaxed),
+            rejected: self.rejected.load(Ordering::Relaxed),
+        }
+    }
+}
+
+struct ActiveGuard(Arc<Shared>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What every connection task needs besides its listener: the config, the shutdown signal,
+/// and a drain token whose drop tells [`DataPlane::shutdown`] the task is gone.
+#[derive(Clone)]
+struct TaskCtx {
+    config: Arc<DataPlaneConfig>,
+    stop_all: watch::Receiver<bool>,
+    _drain: mpsc::Sender<()>,
+}
+
+impl TaskCtx {
+    /// Resolves once [`DataPlane::shutdown`] has begun.
+    async fn stopped(&mut self) {
+        // An error means the data plane itself is gone, which is a stop too.
+        let _ = self.stop_all.wait_for(|stop| *stop).await;
+    }
+}
+
+struct Listener {
+    shared: Arc<Shared>,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+struct Inner {
+    config: Arc<DataPlaneConfig>,
+    listeners: Mutex<BTreeMap<(Protocol, u16), Listener>>,
+    stop_all: watch::Sender<bool>,
+    /// Cloned into every task; `None` once shutdown has begun.
+    drain: Mutex<Option<mpsc::Sender<()>>>,
+    drained: tokio::sync::Mutex<mpsc::Receiver<()>>,
+}
+
+/// The set of open listeners. Cheap to clone; all clones drive the same listeners.
+#[derive(Clone)]
+pub struct DataPlane {
+    inner: Arc<Inner>,
+}
+
+impl DataPlane {
+    pub fn new(config: DataPlaneConfig) -> Self {
+        let (drain, drained) = mpsc::channel(1);
+        DataPlane {
+            inner: Arc::new(Inner {
+                config: Arc::new(config),
+                listeners: Mutex::new(BTreeMap::new()),
+                stop_all: watch::channel(false).0,
+                drain: Mutex::new(Some(drain)),
+                drained: tokio::sync::Mutex::new(drained),
+            }),
+        }
+    }
+
+    /// Binds the listener and starts serving; returns the bound port.
+    pub async fn open(&self, spec: ListenerSpec) -> Result<u16, DataPlaneError> {
+        let mut id = ListenerId {
+            protocol: spec.protocol,
+            port: spec.port,
+            name: Some(spec.name.clone()),
+        };
+        if spec.port != 0 && self.listeners().contains_key(&(spec.protocol, spec.port)) {
+            return Err(DataPlaneError::AlreadyOpen(id));
+        }
+        let Some(drain) = lock(&self.inner.drain).clone() else {
+            return Err(DataPlaneError::ShutDown(id));
+        };
+        let addr = SocketAddr::new(self.inner.config.listen_addr, spec.port);
+        let bind_error = |id: &ListenerId, e: io::Error| {
+            if e.kind() == io::ErrorKind::AddrInUse {
+                DataPlaneError::PortInUse(id.clone(), e)
+            } else {
+                DataPlaneError::Bind(id.clone(), e)
+            }
+        };
+        let bound = match spec.protocol {
+            Protocol::Tcp => tcp::bind(addr).map(Bound::Tcp),
+            Protocol::Udp => tokio::net::UdpSocket::bind(addr).await.map(Bound::Udp),
+        }
+        .map_err(|e| bind_error(&id, e))?;
+        id.port = bound.port().map_err(|e| bind_error(&id, e))?;
+
+        let ctx = TaskCtx {
+            config: self.inner.config.clone(),
+            stop_all: self.inner.stop_all.subscribe(),
+            _drain: drain,
+        };
+        let shared = Arc::new(Shared::new(id.clone(), &spec.backends));
+        let (stop, stopped) = oneshot::channel();
+        let mut listeners = self.listeners();
+        // Checked again under the lock: a concurrent open of the same port may have won.
+        if listeners.contains_key(&(id.protocol, id.port)) {
+            return Err(DataPlaneError::AlreadyOpen(id));
+        }
+        let task = match bound {
+            Bound::Tcp(listener) => {
+                tokio::spawn(tcp::serve(listener, shared.clone(), ctx, stopped))
+            }
+            Bound::Udp(socket) => tokio::spawn(udp::serve(socket, shared.clone(), ctx, stopped)),
+        };
+        tracing::info!(
+            listener = %id,
+            endpoints = ?spec.backends.endpoints,
+            affinity = ?spec.backends.affinity,
+            "listener open"
+        );
+        listeners.insert((id.protocol, id.port), Listener { shared, stop, task });
+        Ok(id.port)
+    }
+
+    /// New connections (and new UDP flows) use `backends`; established ones continue.
+    pub fn update(
+        &self,
+        protocol: Protocol,
+        port: u16,
+        backends: Backends,
+    ) -> Result<(), DataPlaneError> {
+        let listeners = self.listeners();
+        let listener = listeners
+            .get(&(protocol, port))
+            .ok_or_else(|| DataPlaneError::NotOpen(unnamed(protocol, port)))?;
+        tracing::info!(
+            listener = %listener.shared.id,
+            endpoints = ?backends.endpoints,
+            affinity = ?backends.affinity,
+            "listener updated"
+        );
+        listener.shared.balancer().update(&backends);
+        Ok(())
+    }
+
+    /// Stops accepting and frees the port; established TCP connections continue until they
+    /// end. UDP flows end with the listener, as their replies leave from its socket.
+    pub async fn close(&self, protocol: Protocol, port: u16) -> Result<(), DataPlaneError> {
+        let listener = self
+            .listeners()
+            .remove(&(protocol, port))
+            .ok_or_else(|| DataPlaneError::NotOpen(unnamed(protocol, port)))?;
+        stop_listener(listener).await;
+        Ok(())
+    }
+
+    /// All listeners, in protocol then port order.
+    pub fn status(&self) -> Vec<ListenerStatus> {
+        self.listeners()
+            .values()
+            .map(|listener| listener.shared.status())
+            .collect()
+    }
+
+    /// Closes every listener and every connection, and waits until all are gone.
+    pub async fn shutdown(&self) {
+        let listeners = std::mem::take(&mut *self.listeners());
+        for listener in listeners.into_values() {
+            stop_listener(listener).await;
+        }
+        self.inner.stop_all.send_replace(true);
+        drop(lock(&self.inner.drain).take());
+        // Every task holds a drain sender; `recv` yields `None` once the last one is dropped.
+        while self.inner.drained.lock().await.recv().await.is_some() {}
+        tracing::info!("data plane shut down");
+    }
+
+    fn listeners(&self) -> MutexGuard<'_, BTreeMap<(Protocol, u16), Listener>> {
+        lock(&self.inner.listeners)
+    }
+}
+
+enum Bound {
+    Tcp(tokio::net::TcpListener),
+    Udp(tokio::net::UdpSocket),
+}
+
+impl Bound {
+    fn port(&self) -> io::Result<u16> {
+        match self {
+            Bound::Tcp(listener) => listener.local_addr().map(|a| a.port()),
+            Bound::Udp(socket) => socket.local_addr().map(|a| a.port()),
+        }
+    }
+}
+
+async fn stop_listener(listener: Listener) {
+    // The task may already have ended on its own (a fatal accept error); nothing to stop then.
+    let _ = listener.stop.send(());
+    if let Err(e) = listener.task.await {
+        tracing::warn!(listener = %listener.shared.id, error = %e, "listener task failed");
+    }
+    tracing::info!(listener = %listener.shared.id, "listener closed");
+}
+
+fn unnamed(protocol: Protocol, port: u16) -> ListenerId {
+    ListenerId {
+        protocol,
+        port,
+        name: None,
+    }
+}
+
+/// Locks, ignoring poisoning: every critical section here leaves its data consistent, so a
+/// panic elsewhere must not take the whole data plane down with it.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

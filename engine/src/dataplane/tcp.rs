@@ -1,0 +1,248 @@
+//! TCP listeners: accept, dial an endpoint with retries, and copy both ways with half-close.
+
+use super::sockopt::{original_dst, reset};
+use super::{DataPlaneConfig, Shared, TaskCtx};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::oneshot;
+use tokio::time::{sleep, sleep_until, timeout, Instant};
+
+/// Pause after a failed accept, so running out of file descriptors does not spin a core.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
+
+const COPY_BUFFER: usize = 16 * 1024;
+
+pub(super) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // A reopened listener must bind while connections of its previous life sit in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// Accepts until `stop` fires (close) or the data plane shuts down; each connection runs in
+/// its own task, which outlives the listener.
+pub(super) async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut ctx: TaskCtx,
+    mut stop: oneshot::Receiver<()>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut stop => break,
+            _ = ctx.stopped() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                tokio::spawn(connection(stream, peer, shared.clone(), ctx.clone()));
+            }
+            Err(e) => {
+                tracing::warn!(listener = %shared.id, error = %e, "accept failed");
+                sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
+async fn connection(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>, mut ctx: TaskCtx) {
+    let _active = shared.activate();
+    let config = ctx.config.clone();
+    tokio::select! {
+        _ = proxy(client, peer, &shared, &config) => {}
+        _ = ctx.stopped() => {
+            tracing::debug!(listener = %shared.id, client = %peer, "connection closed by shutdown");
+        }
+    }
+}
+
+async fn proxy(client: TcpStream, peer: SocketAddr, shared: &Shared, config: &DataPlaneConfig) {
+    let id = &shared.id;
+    if let Err(e) = client.set_nodelay(true) {
+        tracing::debug!(listener = %id, client = %peer, error = %e, "cannot set TCP_NODELAY");
+    }
+    let original = original_dst(&client);
+    tracing::debug!(listener = %id, client = %peer, original_dst = ?original, "connection accepted");
+
+    let plan = shared
+        .balancer()
+        .plan(peer.ip(), Instant::now(), config.max_attempts);
+    if plan.is_empty() {
+        tracing::debug!(listener = %id, client = %peer, "no endpoints; resetting client");
+        shared.rejected();
+        reset(client);
+        return;
+    }
+    let Some((endpoint, upstream)) = dial(&plan, shared, config).await else {
+        tracing::warn!(listener = %id, client = %peer, tried = ?plan, "no endpoint answered; resetting client");
+        shared.balancer().failed(peer.ip());
+        shared.rejected();
+        reset(client);
+        return;
+    };
+    shared
+        .balancer()
+        .established(peer.ip(), endpoint, Instant::now());
+    shared.sent_to(endpoint);
+    if let Err(e) = upstream.set_nodelay(true) {
+        tracing::debug!(listener = %id, %endpoint, error = %e, "cannot set TCP_NODELAY");
+    }
+    tracing::debug!(listener = %id, client = %peer, %endpoint, "connection proxied");
+    let outcome = splice(client, upstream, config.half_close_timeout).await;
+    tracing::debug!(listener = %id, client = %peer, %endpoint, %outcome, "connection ended");
+}
+
+/// Tries the planned endpoints in order, each within its attempt's timeout.
+async fn dial(
+    plan: &[SocketAddr],
+    shared: &Shared,
+    config: &DataPlaneConfig,
+) -> Option<(SocketAddr, TcpStream)> {
+    for (attempt, &endpoint) in plan.iter().enumerate() {
+        let limit = config.dial_timeout(attempt);
+        let error = match timeout(limit, TcpStream::connect(endpoint)).await {
+            Ok(Ok(stream)) => return Some((endpoint, stream)),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {limit:?}"),
+        };
+        shared.failed();
+        tracing::warn!(
+            listener = %shared.id,
+            %endpoint,
+            attempt = attempt + 1,
+            %error,
+            "endpoint dial failed"
+        );
+    }
+    None
+}
+
+/// How a proxied connection ended.
+#[derive(Debug)]
+enum Outcome {
+    /// Both directions reached EOF; both sides got a FIN.
+    Closed,
+    /// One direction ended and the other stayed silent past the half-close timeout.
+    Reaped,
+    /// A read or write failed (typically a reset); both sides got an RST.
+    Failed(io::Error),
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Closed => f.write_str("closed"),
+            Outcome::Reaped => f.write_str("reaped after half-close timeout"),
+            Outcome::Failed(e) => write!(f, "aborted: {e}"),
+        }
+    }
+}
+
+/// Copies both ways until both directions end. An EOF in one direction becomes a
+/// `shutdown(SHUT_WR)` on the other socket, so a client that half-closes still receives the
+/// whole response. Once one direction is done, the other must keep moving: silence for
+/// `half_close_timeout` reaps the connection, so neither side lingers in FIN_WAIT2 or
+/// CLOSE_WAIT because its peer vanished.
+async fn splice(
+    mut client: TcpStream,
+    mut upstream: TcpStream,
+    half_close_timeout: Duration,
+) -> Outcome {
+    let base = Instant::now();
+    // Nanoseconds after `base` of the latest read or write in either direction, EOF included;
+    // a write counts so a slow reader draining a long response is not mistaken for silence.
+    let last_activity = AtomicU64::new(0);
+    let outcome = {
+        let (mut client_read, mut client_write) = client.split();
+        let (mut upstream_read, mut upstream_write) = upstream.split();
+        let to_upstream = pipe(&mut client_read, &mut upstream_write, &last_activity, base);
+        let to_client = pipe(&mut upstream_read, &mut client_write, &last_activity, base);
+        tokio::pin!(to_upstream, to_client);
+        let (first, remaining) = tokio::select! {
+            r = &mut to_upstream => (r, to_client.as_mut()),
+            r = &mut to_client => (r, to_upstream.as_mut()),
+        };
+        match first {
+            Err(e) => Outcome::Failed(e),
+            Ok(()) => finish(remaining, &last_activity, base, half_close_timeout).await,
+        }
+    };
+    if matches!(outcome, Outcome::Closed) {
+        return outcome;
+    }
+    reset(client);
+    reset(upstream);
+    outcome
+}
+
+/// Waits for the remaining direction, reaping it once it has been silent too long.
+async fn finish<F>(
+    mut remaining: std::pin::Pin<&mut F>,
+    last_activity: &AtomicU64,
+    base: Instant,
+    half_close_timeout: Duration,
+) -> Outcome
+where
+    F: std::future::Future<Output = io::Result<()>>,
+{
+    loop {
+        let silent_since = base + Duration::from_nanos(last_activity.load(Ordering::Relaxed));
+        let deadline = silent_since + half_close_timeout;
+        tokio::select! {
+            r = remaining.as_mut() => {
+                return match r {
+                    Ok(()) => Outcome::Closed,
+                    Err(e) => Outcome::Failed(e),
+                };
+            }
+            _ = sleep_until(deadline) => {
+                // A read since the deadline was computed moved it; wait again.
+                let latest = base + Duration::from_nanos(last_activity.load(Ordering::Relaxed));
+                if Instant::now() >= latest + half_close_timeout {
+                    return Outcome::Reaped;
+                }
+            }
+        }
+    }
+}
+
+/// Copies one direction to EOF, then half-closes the writer.
+async fn pipe<R, W>(
+    reader: &mut R,
+    writer: &mut W,
+    last_activity: &AtomicU64,
+    base: Instant,
+) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; COPY_BUFFER];
+    loop {
+        let n = reader.read(&mut buf).await?;
+        touch(last_activity, base);
+        if n == 0 {
+            return writer.shutdown().await;
+        }
+        writer.write_all(&buf[..n]).await?;
+        touch(last_activity, base);
+    }
+}
+
+fn touch(last_activity: &AtomicU64, base: Instant) {
+    let since_base = Instant::now().saturating_duration_since(base).as_nanos();
+    last_activity.fetch_max(
+        u64::try_from(since_base).unwrap_or(u64::MAX),
+        Ordering::Relaxed,
+    );
+}
