@@ -34,6 +34,89 @@ pub enum Command {
     Lock(LockArgs),
     /// Capture the live state to a file, for `plan --live FILE`.
     Snapshot(SnapshotArgs),
+    /// Apply now: a services directory, or a plan saved with `plan --out` (refused if stale).
+    Apply(ApplyArgs),
+    /// The daemon: watch the directory, reconcile, serve the data plane.
+    Run(RunArgs),
+    /// Show the running daemon's services, listeners and last reconcile.
+    Status(StatusArgs),
+    /// Remove everything portald owns in the kernel.
+    Cleanup(CleanupArgs),
+    /// A self-contained run in private network namespaces: backends, services, traffic.
+    Demo(DemoArgs),
+}
+
+/// Where the daemon's control socket is.
+#[derive(Args, Debug, Clone)]
+pub struct ControlArgs {
+    #[arg(long, default_value = engine::daemon::control::DEFAULT_SOCKET)]
+    pub control_socket: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct ApplyArgs {
+    /// A services directory, or a plan file written by `portald plan --out`.
+    pub target: PathBuf,
+    #[command(flatten)]
+    pub control: ControlArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Services directory to watch.
+    pub dir: PathBuf,
+    /// Full reconcile (and drift repair) at least this often, in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub resync_seconds: u64,
+    /// Quiet time after a file change before reconciling, in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    pub debounce_ms: u64,
+    /// Remove portald's kernel rules on SIGTERM (default: leave them in place so that a
+    /// restarted daemon picks up its proxy ports again without a rule change).
+    #[arg(long)]
+    pub cleanup_on_exit: bool,
+    /// Dial timeouts of successive endpoint attempts, in milliseconds.
+    #[arg(long, value_delimiter = ',', default_value = "250,500,1000,2000")]
+    pub dial_timeouts_ms: Vec<u64>,
+    /// Most endpoints tried for one connection.
+    #[arg(long, default_value_t = 4)]
+    pub max_attempts: usize,
+    /// One side of a TCP connection closed and the other silent this long: reap it (seconds).
+    #[arg(long, default_value_t = 60)]
+    pub half_close_timeout_seconds: u64,
+    /// A UDP client flow idle this long is removed (seconds).
+    #[arg(long, default_value_t = 30)]
+    pub udp_idle_timeout_seconds: u64,
+    #[command(flatten)]
+    pub control: ControlArgs,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// Print the raw JSON status.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub control: ControlArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct CleanupArgs {
+    #[arg(long, value_enum, default_value = "iptables")]
+    pub backend: BackendArg,
+    #[command(flatten)]
+    pub control: ControlArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Keep the namespaces and processes for inspection until Enter is pressed.
+    #[arg(long)]
+    pub pause: bool,
+    #[arg(long, value_enum, default_value = "iptables")]
+    pub backend: BackendArg,
 }
 
 /// Settings that shape the intended state.
@@ -171,6 +254,8 @@ pub struct PlanArgs {
     /// Exit 0 when there is nothing to do, 2 when there are changes, 1 on error.
     #[arg(long)]
     pub detailed_exitcode: bool,
+    #[command(flatten)]
+    pub control: ControlArgs,
     #[command(flatten)]
     pub engine: EngineArgs,
 }

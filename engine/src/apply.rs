@@ -18,9 +18,17 @@ pub trait ListenerControl {
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
     #[error("cannot open listener `{key}` for `{name}`: {message}")]
-    Open { key: ListenerKey, name: String, message: String },
+    Open {
+        key: ListenerKey,
+        name: String,
+        message: String,
+    },
     #[error("cannot update listener `{key}` for `{name}`: {message}")]
-    Update { key: ListenerKey, name: String, message: String },
+    Update {
+        key: ListenerKey,
+        name: String,
+        message: String,
+    },
     #[error("cannot close listener `{key}`: {message}")]
     Close { key: ListenerKey, message: String },
     #[error("the kernel refused the batch; nothing in it was applied")]
@@ -41,38 +49,49 @@ pub struct ApplyReport {
 
 /// Runs the plan's steps in order. On a failure, what was done stays done (every step is
 /// safe on its own: make before break), and the error says which step failed.
-pub fn apply(plan: &Plan, exec: &dyn Exec, listeners: &dyn ListenerControl) -> Result<ApplyReport, ApplyError> {
+pub fn apply(
+    plan: &Plan,
+    exec: &dyn Exec,
+    listeners: &dyn ListenerControl,
+) -> Result<ApplyReport, ApplyError> {
     let mut report = ApplyReport::default();
     let mut batch_done = false;
     for step in &plan.steps {
         match step {
             Step::OpenListener { key, listener } => {
-                listeners.open(*key, listener).map_err(|message| ApplyError::Open {
-                    key: *key,
-                    name: listener.name.clone(),
-                    message,
-                })?;
+                listeners
+                    .open(*key, listener)
+                    .map_err(|message| ApplyError::Open {
+                        key: *key,
+                        name: listener.name.clone(),
+                        message,
+                    })?;
                 report.listeners_opened += 1;
             }
             Step::UpdateListener { key, new, .. } => {
-                listeners.update(*key, new).map_err(|message| ApplyError::Update {
-                    key: *key,
-                    name: new.name.clone(),
-                    message,
-                })?;
+                listeners
+                    .update(*key, new)
+                    .map_err(|message| ApplyError::Update {
+                        key: *key,
+                        name: new.name.clone(),
+                        message,
+                    })?;
                 report.listeners_updated += 1;
             }
             Step::Kernel(_) => {
                 // All kernel steps go in the one atomic batch, at the first kernel step.
                 if !batch_done && !plan.batch.is_empty() {
                     let command = dialect(plan.backend).apply_command();
-                    exec.run(&command, Some(&plan.batch)).map_err(ApplyError::Batch)?;
+                    exec.run(&command, Some(&plan.batch))
+                        .map_err(ApplyError::Batch)?;
                     report.batch_sent = true;
                 }
                 batch_done = true;
             }
             Step::CloseListener { key, .. } => {
-                listeners.close(*key).map_err(|message| ApplyError::Close { key: *key, message })?;
+                listeners
+                    .close(*key)
+                    .map_err(|message| ApplyError::Close { key: *key, message })?;
                 report.listeners_closed += 1;
             }
         }

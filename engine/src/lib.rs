@@ -1,9 +1,12 @@
 //! portald's engine: load → validate → allocate → compile → observe → diff → plan → apply.
 
 pub mod allocate;
+pub mod apply;
 pub mod catalog;
 pub mod compile;
 pub mod config;
+pub mod daemon;
+pub mod dataplane;
 pub mod diagnostics;
 pub mod diff;
 pub mod endpoints;
@@ -13,5 +16,3 @@ pub mod model;
 pub mod observe;
 pub mod pipeline;
 pub mod plan;
-pub mod apply;
-pub mod dataplane;

@@ -1,9 +1,14 @@
 //! One module per command; shared loading of inputs here.
 
+mod apply;
 mod check;
+mod cleanup;
+mod demo;
 mod lock;
 mod plan;
+mod run;
 mod snapshot;
+mod status;
 
 use crate::args::{BackendArg, Command, EngineArgs, LiveArgs};
 use anyhow::{Context, Result};
@@ -20,6 +25,11 @@ pub fn dispatch(command: Command) -> Result<u8> {
         Command::Plan(args) => plan::run(args),
         Command::Lock(args) => lock::run(args),
         Command::Snapshot(args) => snapshot::run(args),
+        Command::Apply(args) => apply::run(args),
+        Command::Run(args) => run::run(args),
+        Command::Status(args) => status::run(args),
+        Command::Cleanup(args) => cleanup::run(args),
+        Command::Demo(args) => demo::run(args),
     }
 }
 
@@ -34,7 +44,15 @@ pub fn load_lock(engine: &EngineArgs, dir: &Path) -> Result<Lock> {
     Lock::read(&path).with_context(|| format!("reading the allocation record `{}`", path.display()))
 }
 
-/// The live state: from `--live FILE`, empty with `--no-live`, else from the kernel.
+/// The running daemon's status, or `None` when no daemon answers.
+pub fn daemon_status(socket: &Path) -> Option<engine::daemon::control::Status> {
+    use engine::daemon::control::{request, Request};
+    let response = request(socket, &Request::Status, std::time::Duration::from_secs(5)).ok()?;
+    response.status.map(|s| *s)
+}
+
+/// The live state: from `--live FILE`, empty with `--no-live`, else from the kernel (and
+/// the daemon's listeners when `listeners` is given).
 pub fn observe(live: &LiveArgs, backend: Backend) -> Result<Observed> {
     if live.no_live {
         return Ok(Observed::default());
@@ -55,4 +73,15 @@ pub fn backend(arg: BackendArg) -> Backend {
         BackendArg::Iptables => Backend::Iptables,
         BackendArg::Nftables => Backend::Nftables,
     }
+}
+
+/// The daemon's open listeners in the engine's terms, from its status.
+pub fn listeners_of(
+    status: &engine::daemon::control::Status,
+) -> std::collections::BTreeMap<engine::compile::ListenerKey, engine::compile::Listener> {
+    status
+        .open
+        .iter()
+        .map(|e| (e.key, e.listener.clone()))
+        .collect()
 }

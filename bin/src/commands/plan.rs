@@ -9,8 +9,16 @@ pub fn run(args: PlanArgs) -> Result<u8> {
     let config = args.engine.config();
     let files = super::load_files(&args.dir)?;
     let lock = super::load_lock(&args.engine, &args.dir)?;
-    let observed = super::observe(&args.live, config.backend)?;
-    let outcome = engine::pipeline::run(&files, &lock, &observed, &config, false);
+    let mut observed = super::observe(&args.live, config.backend)?;
+    // Against the kernel, the running daemon tells which listeners are open.
+    let mut listeners_known = args.live.live.is_some();
+    if args.live.live.is_none() && !args.live.no_live {
+        if let Some(status) = super::daemon_status(&args.control.control_socket) {
+            observed.listeners = super::listeners_of(&status);
+            listeners_known = true;
+        }
+    }
+    let outcome = engine::pipeline::run(&files, &lock, &observed, &config, listeners_known);
     let plan_json = || -> String {
         let value = serde_json::json!({
             "format_version": outcome.plan.format_version,

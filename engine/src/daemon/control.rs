@@ -1,0 +1,124 @@
+//! The local control socket: one JSON request per line, one JSON response per line.
+
+use crate::compile::ServiceView;
+use crate::diagnostics::Diagnostic;
+use crate::plan::{Plan, Summary};
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+/// Default place of the control socket.
+pub const DEFAULT_SOCKET: &str = "/run/portald/portald.sock";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "cmd")]
+pub enum Request {
+    /// The daemon's state.
+    Status,
+    /// Reconcile now (what `portald apply DIR` asks for).
+    Reconcile,
+    /// Apply a saved plan, unless the live state changed since it was made.
+    ApplyPlan { plan: Box<Plan> },
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub status: Option<Box<Status>>,
+    /// The plan a reconcile or apply executed, as text.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub plan_text: Option<String>,
+}
+
+/// One listener as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenerView {
+    pub protocol: planners::Protocol,
+    pub port: u16,
+    pub name: String,
+    pub endpoints: Vec<String>,
+    pub affinity_seconds: Option<u64>,
+    pub active: usize,
+    pub accepted: u64,
+    pub per_endpoint: std::collections::BTreeMap<String, u64>,
+    pub failures: u64,
+    pub rejected: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReconcileResult {
+    /// Seconds since the Unix epoch.
+    pub at: u64,
+    pub ok: bool,
+    pub summary: Summary,
+    pub batch_sent: bool,
+    pub error: Option<String>,
+    /// What triggered it: `start`, `files`, `resync`, `request`.
+    pub trigger: String,
+}
+
+/// The daemon's state for `portald status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub pid: u32,
+    pub dir: String,
+    pub backend: String,
+    pub mode: String,
+    pub reconciles: u64,
+    pub services: Vec<ServiceView>,
+    pub listeners: Vec<ListenerView>,
+    /// The listeners as the reconciler opened them (what `plan` diffs against).
+    pub open: Vec<crate::observe::ListenerEntry>,
+    pub last_reconcile: Option<ReconcileResult>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("no portald daemon is running (nothing answers on `{path}`); start one with `portald run DIR`")]
+    NotRunning {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("control socket `{path}` failed")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("control socket `{path}` answered something unreadable: {message}")]
+    Protocol { path: String, message: String },
+}
+
+/// Sends one request to the daemon and waits for its answer.
+pub fn request(
+    path: &Path,
+    request: &Request,
+    timeout: Duration,
+) -> Result<Response, ControlError> {
+    let shown = path.display().to_string();
+    let mut stream = UnixStream::connect(path).map_err(|source| ControlError::NotRunning {
+        path: shown.clone(),
+        source,
+    })?;
+    let io = |source| ControlError::Io {
+        path: shown.clone(),
+        source,
+    };
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
+    let mut line = serde_json::to_string(request).expect("request serializes");
+    line.push('\n');
+    stream.write_all(line.as_bytes()).map_err(io)?;
+    let mut answer = String::new();
+    BufReader::new(stream).read_line(&mut answer).map_err(io)?;
+    serde_json::from_str(&answer).map_err(|e| ControlError::Protocol {
+        path: shown.clone(),
+        message: e.to_string(),
+    })
+}

@@ -1,0 +1,329 @@
+//! `portald run`: watch the directory, reconcile on change and on a resync period, serve the
+//! data plane, answer the control socket, stop cleanly on SIGTERM.
+
+pub mod control;
+pub mod reconciler;
+pub mod watch;
+
+use crate::config::Config;
+use crate::dataplane::{DataPlane, DataPlaneConfig};
+use crate::exec::Exec;
+use control::{Request, Response, Status};
+use reconciler::{DataPlaneControl, Reconciler};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixListener;
+
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    pub dir: PathBuf,
+    pub lock_path: PathBuf,
+    pub config: Config,
+    /// Full reconcile at least this often; also repairs drift.
+    pub resync: Duration,
+    /// Quiet time after a file event before reconciling.
+    pub debounce: Duration,
+    pub control_socket: PathBuf,
+    /// Remove portald's rules on SIGTERM (default: leave them, so a restart does not
+    /// disturb traffic beyond the listeners' downtime).
+    pub cleanup_on_exit: bool,
+    pub dataplane: DataPlaneConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("services directory `{0}` is not a directory")]
+    NotADirectory(String),
+    #[error("cannot watch `{path}`")]
+    Watch {
+        path: String,
+        #[source]
+        source: notify::Error,
+    },
+    #[error("cannot listen on control socket `{path}`")]
+    Control {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("another portald daemon already answers on `{0}`")]
+    AlreadyRunning(String),
+    #[error("signal handling")]
+    Signal(#[source] std::io::Error),
+}
+
+enum Trigger {
+    Start,
+    Files,
+    Resync,
+    Request(Request, tokio::sync::oneshot::Sender<Response>),
+    Stop,
+}
+
+impl Trigger {
+    fn name(&self) -> &'static str {
+        match self {
+            Trigger::Start => "start",
+            Trigger::Files => "files",
+            Trigger::Resync => "resync",
+            Trigger::Request(..) => "request",
+            Trigger::Stop => "stop",
+        }
+    }
+}
+
+/// Runs until SIGTERM or SIGINT.
+pub async fn run(cfg: DaemonConfig, exec: Arc<dyn Exec>) -> Result<(), DaemonError> {
+    if !cfg.dir.is_dir() {
+        return Err(DaemonError::NotADirectory(cfg.dir.display().to_string()));
+    }
+    let dataplane = DataPlane::new(cfg.dataplane.clone());
+    let status = Arc::new(Mutex::new(Status {
+        pid: std::process::id(),
+        dir: cfg.dir.display().to_string(),
+        backend: cfg.config.backend.to_string(),
+        mode: cfg.config.mode.to_string(),
+        ..Status::default()
+    }));
+    let control = Arc::new(DataPlaneControl::new(
+        dataplane.clone(),
+        tokio::runtime::Handle::current(),
+    ));
+    let (tx, rx) = mpsc::channel::<Trigger>();
+
+    let socket = bind_control_socket(&cfg.control_socket)?;
+    let _watcher = {
+        let tx = tx.clone();
+        watch::watch(&cfg.dir, cfg.debounce, move || {
+            let _ = tx.send(Trigger::Files);
+        })
+        .map_err(|source| DaemonError::Watch {
+            path: cfg.dir.display().to_string(),
+            source,
+        })?
+    };
+    tx.send(Trigger::Start).expect("reconciler alive");
+
+    // The reconciler runs on its own thread: it reads files and runs kernel tools, and
+    // opens listeners through the runtime handle.
+    let mut reconciler = Reconciler::new(
+        cfg.dir.clone(),
+        cfg.lock_path.clone(),
+        cfg.config.clone(),
+        exec,
+        control.clone(),
+        status.clone(),
+    );
+    let cleanup_on_exit = cfg.cleanup_on_exit;
+    let worker =
+        tokio::task::spawn_blocking(move || reconcile_loop(&mut reconciler, rx, cleanup_on_exit));
+
+    let resync_task = {
+        let tx = tx.clone();
+        let period = cfg.resync;
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(period);
+            interval.tick().await;
+            loop {
+                interval.tick().await;
+                if tx.send(Trigger::Resync).is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    let server = {
+        let tx = tx.clone();
+        let status = status.clone();
+        let dataplane = dataplane.clone();
+        let control = control.clone();
+        tokio::spawn(serve_control(socket, tx, status, dataplane, control))
+    };
+
+    wait_for_signal().await?;
+    tracing::info!("stopping");
+    let _ = tx.send(Trigger::Stop);
+    let _ = worker.await;
+    resync_task.abort();
+    server.abort();
+    dataplane.shutdown().await;
+    let _ = std::fs::remove_file(&cfg.control_socket);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn reconcile_loop(reconciler: &mut Reconciler, rx: mpsc::Receiver<Trigger>, cleanup_on_exit: bool) {
+    while let Ok(first) = rx.recv() {
+        // Coalesce a burst of hints into one pass; answer every request.
+        let mut triggers = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            triggers.push(more);
+        }
+        if triggers.iter().any(|t| matches!(t, Trigger::Stop)) {
+            if cleanup_on_exit {
+                match reconciler.cleanup_kernel() {
+                    Ok(_) => tracing::info!("removed portald's kernel rules"),
+                    Err(e) => tracing::error!("cleanup on exit failed: {e}"),
+                }
+            }
+            for t in triggers {
+                if let Trigger::Request(_, reply) = t {
+                    let _ = reply.send(Response {
+                        ok: false,
+                        error: Some("the daemon is stopping".into()),
+                        ..Response::default()
+                    });
+                }
+            }
+            return;
+        }
+        let mut reconciled = None;
+        let mut hinted = None;
+        for trigger in triggers {
+            let name = trigger.name();
+            match trigger {
+                Trigger::Request(Request::ApplyPlan { plan }, reply) => {
+                    let answer = match reconciler.apply_saved(&plan) {
+                        Ok(text) => Response {
+                            ok: true,
+                            plan_text: Some(text),
+                            ..Response::default()
+                        },
+                        Err(e) => Response {
+                            ok: false,
+                            error: Some(e),
+                            ..Response::default()
+                        },
+                    };
+                    let _ = reply.send(answer);
+                }
+                Trigger::Request(_, reply) => {
+                    let result = reconciled
+                        .get_or_insert_with(|| reconciler.reconcile("request"))
+                        .clone();
+                    let _ = reply.send(Response {
+                        ok: result.ok,
+                        error: result.error.clone(),
+                        plan_text: Some(format!(
+                            "Plan: {} to add, {} to change, {} to remove.",
+                            result.summary.add, result.summary.change, result.summary.remove
+                        )),
+                        ..Response::default()
+                    });
+                }
+                _ => hinted = Some(name),
+            }
+        }
+        if let (Some(name), None) = (hinted, &reconciled) {
+            let result = reconciler.reconcile(name);
+            if !result.ok {
+                // Try again soon rather than waiting for the resync period.
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    }
+}
+
+fn bind_control_socket(path: &std::path::Path) -> Result<UnixListener, DaemonError> {
+    let shown = path.display().to_string();
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(DaemonError::AlreadyRunning(shown));
+        }
+        // A socket left by a daemon that was killed.
+        let _ = std::fs::remove_file(path);
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|source| DaemonError::Control {
+            path: shown.clone(),
+            source,
+        })?;
+    }
+    let listener = UnixListener::bind(path).map_err(|source| DaemonError::Control {
+        path: shown.clone(),
+        source,
+    })?;
+    // Root only: the socket can reconcile and shows the whole configuration.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
+        DaemonError::Control {
+            path: shown,
+            source,
+        }
+    })?;
+    Ok(listener)
+}
+
+async fn serve_control(
+    socket: UnixListener,
+    tx: mpsc::Sender<Trigger>,
+    status: Arc<Mutex<Status>>,
+    dataplane: DataPlane,
+    control: Arc<DataPlaneControl>,
+) {
+    loop {
+        let Ok((stream, _)) = socket.accept().await else {
+            continue;
+        };
+        let tx = tx.clone();
+        let status = status.clone();
+        let dataplane = dataplane.clone();
+        let control = control.clone();
+        tokio::spawn(async move {
+            let (read, mut write) = stream.into_split();
+            let mut line = String::new();
+            if BufReader::new(read).read_line(&mut line).await.is_err() {
+                return;
+            }
+            let response = match serde_json::from_str::<Request>(&line) {
+                Err(e) => Response {
+                    ok: false,
+                    error: Some(format!("unreadable request: {e}")),
+                    ..Response::default()
+                },
+                Ok(Request::Status) => {
+                    let mut snapshot = status.lock().expect("status lock").clone();
+                    snapshot.listeners = Reconciler::listener_views(&dataplane);
+                    snapshot.open = control
+                        .listeners()
+                        .into_iter()
+                        .map(|(key, listener)| crate::observe::ListenerEntry { key, listener })
+                        .collect();
+                    Response {
+                        ok: true,
+                        status: Some(Box::new(snapshot)),
+                        ..Response::default()
+                    }
+                }
+                Ok(request) => {
+                    let (reply, answer) = tokio::sync::oneshot::channel();
+                    if tx.send(Trigger::Request(request, reply)).is_err() {
+                        return;
+                    }
+                    answer.await.unwrap_or_else(|_| Response {
+                        ok: false,
+                        error: Some("the daemon stopped".into()),
+                        ..Response::default()
+                    })
+                }
+            };
+            let mut text = serde_json::to_string(&response).expect("response serializes");
+            text.push('\n');
+            let _ = write.write_all(text.as_bytes()).await;
+        });
+    }
+}
+
+async fn wait_for_signal() -> Result<(), DaemonError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
