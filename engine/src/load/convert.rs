@@ -206,9 +206,8 @@ impl<'a> FileCtx<'a> {
             return;
         };
         let errors_before = self.error_count();
-        let Some(key) = self.object_key(place, &spec.metadata) else {
-            return;
-        };
+        // Keep checking after a bad name: every problem of the object is reported at once.
+        let key = self.object_key(place, &spec.metadata);
         let service_type = match spec.spec.service_type.as_deref() {
             None | Some("ClusterIP") => ServiceType::ClusterIP,
             Some("NodePort") => ServiceType::NodePort,
@@ -296,7 +295,7 @@ impl<'a> FileCtx<'a> {
         if self.error_count() > errors_before {
             return;
         }
-        let (Some(vip), Some(affinity)) = (vip, affinity) else {
+        let (Some(key), Some(vip), Some(affinity)) = (key, vip, affinity) else {
             return;
         };
         let vip_at = self.field_ref(place, "spec.clusterIP", vip);

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs the system tools portald and its tests use (kernel NAT tools, namespaces, clients).
+# Idempotent: installs only what is missing; `apt-get update` runs at most once.
+set -euo pipefail
+
+need=()
+have() { command -v "$1" >/dev/null 2>&1; }
+have iptables-restore || need+=(iptables)
+have nft || need+=(nftables)
+have ip || need+=(iproute2)
+have conntrack || need+=(conntrack)
+have curl || need+=(curl)
+have socat || need+=(socat)
+have pkill || need+=(procps)
+
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "setup: missing ${need[*]}; run as root (or install them) first" >&2
+    exit 1
+  fi
+  echo "setup: installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup: cargo not found: install the Rust toolchain (https://rustup.rs) first" >&2
+  exit 1
+fi
