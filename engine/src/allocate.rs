@@ -353,3 +353,166 @@ fn live_vips_by_service(nat: &NatState) -> BTreeMap<ObjectKey, Ipv4Addr> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ServiceType, SourceRef, TargetPort};
+
+    fn service(name: &str, vip: VipRequest) -> Service {
+        Service {
+            key: ObjectKey::new("default", name),
+            source: SourceRef {
+                file: format!("{name}.yaml"),
+                line: Some(1),
+            },
+            service_type: ServiceType::ClusterIP,
+            vip,
+            vip_at: None,
+            ports: vec![ServicePort {
+                name: None,
+                protocol: Protocol::Tcp,
+                port: 80,
+                target: TargetPort::Number(80),
+            }],
+            selector: None,
+            affinity_seconds: None,
+            external_ips: Vec::new(),
+        }
+    }
+
+    fn services(list: &[Service]) -> BTreeMap<ObjectKey, Service> {
+        list.iter().map(|s| (s.key.clone(), s.clone())).collect()
+    }
+
+    fn config(cidr: &str) -> Config {
+        Config {
+            portal_cidr: cidr.parse().unwrap(),
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn network_and_broadcast_addresses_are_never_handed_out() {
+        let all: Vec<Service> = (0..2)
+            .map(|i| service(&format!("s{i}"), VipRequest::Auto))
+            .collect();
+        let third = service("s2", VipRequest::Auto);
+        let mut list = all.clone();
+        list.push(third);
+        let out = allocate(
+            &services(&list),
+            &Lock::default(),
+            &LiveHints::default(),
+            &config("10.11.0.0/30"),
+            false,
+        );
+        let vips: Vec<Ipv4Addr> = out.vips.values().map(|v| v.0).collect();
+        assert_eq!(
+            vips,
+            vec![
+                "10.11.0.1".parse::<Ipv4Addr>().unwrap(),
+                "10.11.0.2".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            out.diagnostics.len(),
+            1,
+            "the third service finds the /30 full"
+        );
+        assert!(out.diagnostics[0].message.contains("no free address"));
+    }
+
+    #[test]
+    fn lock_keeps_a_vip_when_an_earlier_service_appears() {
+        let b = service("b", VipRequest::Auto);
+        let first = allocate(
+            &services(&[b.clone()]),
+            &Lock::default(),
+            &LiveHints::default(),
+            &config("10.11.0.0/16"),
+            false,
+        );
+        let a = service("a", VipRequest::Auto);
+        let second = allocate(
+            &services(&[a.clone(), b.clone()]),
+            &first.lock,
+            &LiveHints::default(),
+            &config("10.11.0.0/16"),
+            false,
+        );
+        assert_eq!(first.vips[&b.key], second.vips[&b.key]);
+        assert_ne!(second.vips[&a.key], second.vips[&b.key]);
+    }
+
+    #[test]
+    fn explicit_cluster_ip_cannot_take_a_locked_address() {
+        let a = service("a", VipRequest::Auto);
+        let first = allocate(
+            &services(&[a.clone()]),
+            &Lock::default(),
+            &LiveHints::default(),
+            &config("10.11.0.0/16"),
+            false,
+        );
+        let taken = first.vips[&a.key].0;
+        let b = service("b", VipRequest::Explicit(taken));
+        let second = allocate(
+            &services(&[a.clone(), b.clone()]),
+            &first.lock,
+            &LiveHints::default(),
+            &config("10.11.0.0/16"),
+            false,
+        );
+        assert_eq!(second.vips[&a.key].0, taken);
+        assert!(!second.vips.contains_key(&b.key));
+        assert!(second.diagnostics[0]
+            .message
+            .contains("already taken by service `default/a`"));
+    }
+
+    #[test]
+    fn proxy_port_held_by_a_foreign_process_is_avoided() {
+        let a = service("a", VipRequest::Auto);
+        let live = LiveHints {
+            foreign_ports: [(Protocol::Tcp, 20000)].into_iter().collect(),
+            ..LiveHints::default()
+        };
+        let out = allocate(
+            &services(&[a]),
+            &Lock::default(),
+            &live,
+            &config("10.11.0.0/16"),
+            false,
+        );
+        assert_eq!(out.proxy_ports.values().next().unwrap().0, 20001);
+    }
+
+    #[test]
+    fn lock_entries_of_broken_files_survive_when_asked() {
+        let a = service("a", VipRequest::Auto);
+        let first = allocate(
+            &services(&[a.clone()]),
+            &Lock::default(),
+            &LiveHints::default(),
+            &config("10.11.0.0/16"),
+            false,
+        );
+        let kept = allocate(
+            &BTreeMap::new(),
+            &first.lock,
+            &LiveHints::default(),
+            &config("10.11.0.0/16"),
+            true,
+        );
+        assert_eq!(kept.lock.vips, first.lock.vips);
+        let dropped = allocate(
+            &BTreeMap::new(),
+            &first.lock,
+            &LiveHints::default(),
+            &config("10.11.0.0/16"),
+            false,
+        );
+        assert!(dropped.lock.vips.is_empty());
+    }
+}

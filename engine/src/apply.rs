@@ -115,3 +115,125 @@ pub fn verify(intent: &NatState, live: &NatState, strays: &[StrayRule]) -> Resul
     }
     Err(ApplyError::Verify { diff })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::allocate::Lock;
+    use crate::config::Config;
+    use crate::exec::FakeExec;
+    use crate::load::{parse_file, SourceFile};
+    use crate::observe::Observed;
+    use std::sync::Mutex;
+
+    /// Records listener calls and the order they came in, shared with the fake kernel.
+    #[derive(Default)]
+    struct Recorder {
+        log: Mutex<Vec<String>>,
+    }
+
+    impl ListenerControl for Recorder {
+        fn open(&self, key: ListenerKey, _: &Listener) -> Result<(), String> {
+            self.log.lock().unwrap().push(format!("open {key}"));
+            Ok(())
+        }
+        fn update(&self, key: ListenerKey, _: &Listener) -> Result<(), String> {
+            self.log.lock().unwrap().push(format!("update {key}"));
+            Ok(())
+        }
+        fn close(&self, key: ListenerKey) -> Result<(), String> {
+            self.log.lock().unwrap().push(format!("close {key}"));
+            Ok(())
+        }
+    }
+
+    fn files(port: u16) -> Vec<crate::load::ParsedFile> {
+        let text = format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  selector: {{app: web}}\n  ports: [{{port: {port}}}]\n"
+        );
+        vec![parse_file(&SourceFile {
+            path: "web.yaml".into(),
+            text,
+        })]
+    }
+
+    fn plan_for(port: u16, observed: &Observed, lock: &Lock) -> (Plan, crate::pipeline::Outcome) {
+        let outcome = crate::pipeline::run(&files(port), lock, observed, &Config::default(), true);
+        (outcome.plan.clone(), outcome)
+    }
+
+    #[test]
+    fn listener_opens_before_the_batch_and_a_second_apply_sends_nothing() {
+        let (plan, outcome) = plan_for(80, &Observed::default(), &Lock::default());
+        let exec = FakeExec::new().expect("iptables-restore -w 5 --noflush", Ok(""));
+        let recorder = Recorder::default();
+        let report = apply(&plan, &exec, &recorder).unwrap();
+        assert!(report.batch_sent);
+        assert_eq!(recorder.log.lock().unwrap().as_slice(), ["open tcp/20000"]);
+        assert_eq!(exec.calls()[0].1.as_deref(), Some(plan.batch.as_str()));
+
+        // The kernel now holds the intent and the listener is open: nothing left to do.
+        let live = Observed {
+            live: planners::Live {
+                owned: outcome.intent.nat.clone(),
+                ..Default::default()
+            },
+            listeners: outcome.intent.listeners.clone(),
+            ..Default::default()
+        };
+        let (again, _) = plan_for(80, &live, &outcome.allocation.lock);
+        assert!(again.is_empty(), "second plan: {again:?}");
+        let exec = FakeExec::new();
+        let report = apply(&again, &exec, &Recorder::default()).unwrap();
+        assert!(!report.batch_sent);
+        assert!(exec.calls().is_empty());
+    }
+
+    #[test]
+    fn a_proxy_port_held_by_a_foreign_process_moves_the_rule_to_a_new_listener() {
+        let (_, outcome) = plan_for(80, &Observed::default(), &Lock::default());
+        let mut live = Observed {
+            live: planners::Live {
+                owned: outcome.intent.nat.clone(),
+                ..Default::default()
+            },
+            listeners: outcome.intent.listeners.clone(),
+            ..Default::default()
+        };
+        // A foreign process now squats on the proxy port the lock names.
+        live.listeners.clear();
+        live.sockets.push(crate::observe::sockets::HeldSocket {
+            protocol: planners::Protocol::Tcp,
+            port: 20000,
+            pid: Some(1),
+            command: Some("squatter".into()),
+        });
+        let (plan, _) = plan_for(80, &live, &outcome.allocation.lock);
+        let exec = FakeExec::new().expect("iptables-restore -w 5 --noflush", Ok(""));
+        let recorder = Recorder::default();
+        apply(&plan, &exec, &recorder).unwrap();
+        assert_eq!(recorder.log.lock().unwrap().as_slice(), ["open tcp/20001"]);
+        assert!(plan.batch.contains("--to-ports 20001"), "{}", plan.batch);
+        assert!(plan.batch.contains("-D PORTAL-CONTAINER"), "{}", plan.batch);
+    }
+
+    #[test]
+    fn a_refused_batch_is_an_error_naming_the_kernel() {
+        let (plan, _) = plan_for(80, &Observed::default(), &Lock::default());
+        let exec =
+            FakeExec::new().expect("iptables-restore -w 5 --noflush", Err("line 3: bad rule"));
+        let err = apply(&plan, &exec, &Recorder::default()).unwrap_err();
+        assert!(matches!(err, ApplyError::Batch(_)));
+    }
+
+    #[test]
+    fn verify_shows_the_difference_as_a_diff() {
+        let (_, outcome) = plan_for(80, &Observed::default(), &Lock::default());
+        let err = verify(&outcome.intent.nat, &planners::NatState::default(), &[]).unwrap_err();
+        let ApplyError::Verify { diff } = err else {
+            panic!("not a verify error")
+        };
+        assert!(diff.contains("+++ intent"), "{diff}");
+        assert!(diff.contains("default/web:80"), "{diff}");
+    }
+}

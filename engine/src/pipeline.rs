@@ -58,6 +58,7 @@ pub fn run(
     let mut diagnostics = assembled.diagnostics.clone();
     diagnostics.extend(allocation.diagnostics.iter().cloned());
     diagnostics.extend(compile_diagnostics);
+    diagnostics.extend(foreign_conflicts(&intent, &assembled, observed));
     diagnostics.sort();
     let has_errors = diagnostics.iter().any(Diagnostic::is_error);
     let changes = diff(
@@ -78,4 +79,49 @@ pub fn run(
         plan,
         diagnostics,
     }
+}
+
+/// Foreign rules that catch a VIP:port before or instead of portald: reported, never touched.
+fn foreign_conflicts(
+    intent: &Intent,
+    assembled: &Assembled,
+    observed: &Observed,
+) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for rule in intent.nat.rules.values() {
+        for foreign in &observed.live.foreign {
+            let hits = foreign.terminal
+                && foreign.dst == Some(rule.key.vip)
+                && foreign.protocol.is_none_or(|p| p == rule.key.protocol)
+                && foreign.dport.is_none_or(|p| p == rule.key.port);
+            if !hits || !seen.insert((rule.comment.clone(), foreign.text.clone())) {
+                continue;
+            }
+            let service = rule
+                .comment
+                .as_str()
+                .split_once(':')
+                .map(|(k, _)| k)
+                .unwrap_or_default();
+            let source = assembled
+                .catalog
+                .services
+                .values()
+                .find(|s| s.key.to_string() == service)
+                .map(|s| s.source.clone());
+            out.push(Diagnostic {
+                file: source.as_ref().map(|s| s.file.clone()).unwrap_or_default(),
+                line: source.and_then(|s| s.line),
+                severity: crate::diagnostics::Severity::Warning,
+                object: Some(format!("Service `{service}`")),
+                field: None,
+                message: format!(
+                    "a foreign rule in `{}` also catches {}:{}/{} and may take its traffic first: {}",
+                    foreign.location, rule.key.vip, rule.key.port, rule.key.protocol, foreign.text
+                ),
+            });
+        }
+    }
+    out
 }
