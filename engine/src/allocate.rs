@@ -143,8 +143,8 @@ pub fn allocate(
     for (key, service) in services {
         if service.vip == VipRequest::Auto {
             if let Some(ip) = locked.get(key).copied().filter(|ip| usable(*ip)) {
-                if !taken.contains_key(&ip) {
-                    taken.insert(ip, key.clone());
+                if let std::collections::btree_map::Entry::Vacant(slot) = taken.entry(ip) {
+                    slot.insert(key.clone());
                     out.vips.insert(key.clone(), Vip(ip));
                 }
             }

@@ -43,7 +43,7 @@ impl<'a> EndpointIndex<'a> {
             return from_groups(groups, port);
         }
         match &service.selector {
-            Some(selector) if !selector.is_empty() => self.from_pods(service, selector, port),
+            Some(selector) if !selector.is_empty() => self.selected_pods(service, selector, port),
             _ => Resolved {
                 endpoints: Vec::new(),
                 notes: vec!["no selector and no Endpoints object".into()],
@@ -51,7 +51,7 @@ impl<'a> EndpointIndex<'a> {
         }
     }
 
-    fn from_pods(
+    fn selected_pods(
         &self,
         service: &Service,
         selector: &BTreeMap<String, String>,
