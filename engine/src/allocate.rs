@@ -427,7 +427,7 @@ mod tests {
     fn lock_keeps_a_vip_when_an_earlier_service_appears() {
         let b = service("b", VipRequest::Auto);
         let first = allocate(
-            &services(&[b.clone()]),
+            &services(std::slice::from_ref(&b)),
             &Lock::default(),
             &LiveHints::default(),
             &config("10.11.0.0/16"),
@@ -449,7 +449,7 @@ mod tests {
     fn explicit_cluster_ip_cannot_take_a_locked_address() {
         let a = service("a", VipRequest::Auto);
         let first = allocate(
-            &services(&[a.clone()]),
+            &services(std::slice::from_ref(&a)),
             &Lock::default(),
             &LiveHints::default(),
             &config("10.11.0.0/16"),
@@ -492,7 +492,7 @@ mod tests {
     fn lock_entries_of_broken_files_survive_when_asked() {
         let a = service("a", VipRequest::Auto);
         let first = allocate(
-            &services(&[a.clone()]),
+            &services(std::slice::from_ref(&a)),
             &Lock::default(),
             &LiveHints::default(),
             &config("10.11.0.0/16"),
