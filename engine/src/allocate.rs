@@ -284,37 +284,32 @@ fn allocate_ports(
         range.contains(port) && !taken.contains(&(proto, port))
     };
     // Lock first (the committed record), then live, then first free.
-    for (id, proto, _) in &wanted {
-        if let Some(port) = lock
-            .proxy_ports
-            .get(id)
-            .copied()
-            .filter(|p| free(&taken, *proto, *p))
-        {
-            taken.insert((*proto, port));
-            out.proxy_ports.insert(id.clone(), ProxyPort(port));
+    for preferred in [&lock.proxy_ports, &live_ports] {
+        for (id, proto, _) in &wanted {
+            if out.proxy_ports.contains_key(id) {
+                continue;
+            }
+            if let Some(port) = preferred
+                .get(id)
+                .copied()
+                .filter(|p| free(&taken, *proto, *p))
+            {
+                taken.insert((*proto, port));
+                out.proxy_ports.insert(id.clone(), ProxyPort(port));
+            }
         }
     }
-    for (id, proto, _) in &wanted {
-        if out.proxy_ports.contains_key(id) {
-            continue;
-        }
-        if let Some(port) = live_ports
-            .get(id)
-            .copied()
-            .filter(|p| free(&taken, *proto, *p))
-        {
-            taken.insert((*proto, port));
-            out.proxy_ports.insert(id.clone(), ProxyPort(port));
-        }
-    }
+    // Ports are handed out in order, so the search resumes where the last one stopped.
+    let mut cursor: BTreeMap<Protocol, u16> = BTreeMap::new();
     for (id, proto, service) in &wanted {
         if out.proxy_ports.contains_key(id) {
             continue;
         }
-        match range.iter().find(|p| free(&taken, *proto, *p)) {
+        let from = cursor.get(proto).copied().unwrap_or(range.low);
+        match (from..=range.high).find(|p| free(&taken, *proto, *p)) {
             Some(port) => {
                 taken.insert((*proto, port));
+                cursor.insert(*proto, port);
                 out.proxy_ports.insert(id.clone(), ProxyPort(port));
             }
             None => out.diagnostics.push(Diagnostic {

@@ -100,7 +100,7 @@ impl fmt::Display for PortRange {
 /// connections never hold them.
 pub const DEFAULT_PROXY_PORTS: PortRange = PortRange {
     low: 20000,
-    high: 29999,
+    high: 32767,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]
