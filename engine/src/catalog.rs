@@ -24,6 +24,7 @@ impl Assembled {
 /// is reported.
 pub fn assemble<'a>(files: impl IntoIterator<Item = &'a ParsedFile>) -> Assembled {
     let mut out = Assembled::default();
+    let mut pod_sources = std::collections::BTreeMap::new();
     for file in files {
         out.diagnostics.extend(file.diagnostics.iter().cloned());
         if file.has_errors() {
@@ -53,7 +54,7 @@ pub fn assemble<'a>(files: impl IntoIterator<Item = &'a ParsedFile>) -> Assemble
                 }
                 Object::Endpoints(group) => out.catalog.endpoint_groups.push(group.clone()),
                 Object::Pod(pod) => {
-                    if let Some(first) = out.catalog.pods.iter().find(|p| p.key == pod.key) {
+                    if let Some(first) = pod_sources.get(&pod.key) {
                         out.diagnostics.push(Diagnostic {
                             file: pod.source.file.clone(),
                             line: pod.source.line,
@@ -67,6 +68,7 @@ pub fn assemble<'a>(files: impl IntoIterator<Item = &'a ParsedFile>) -> Assemble
                         });
                         continue;
                     }
+                    pod_sources.insert(pod.key.clone(), pod.source.clone());
                     out.catalog.pods.push(pod.clone());
                 }
             }
