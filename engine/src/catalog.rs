@@ -24,7 +24,10 @@ impl Assembled {
 /// is reported.
 pub fn assemble<'a>(files: impl IntoIterator<Item = &'a ParsedFile>) -> Assembled {
     let mut out = Assembled::default();
-    let mut pod_sources = std::collections::BTreeMap::new();
+    let mut pod_sources: std::collections::BTreeMap<
+        crate::model::ObjectKey,
+        crate::model::SourceRef,
+    > = std::collections::BTreeMap::new();
     for file in files {
         out.diagnostics.extend(file.diagnostics.iter().cloned());
         if file.has_errors() {
@@ -62,8 +65,7 @@ pub fn assemble<'a>(files: impl IntoIterator<Item = &'a ParsedFile>) -> Assemble
                             object: Some(format!("Pod `{}`", pod.key)),
                             field: Some("metadata.name".into()),
                             message: format!(
-                                "duplicate pod: already defined at {}; this one is ignored",
-                                first.source
+                                "duplicate pod: already defined at {first}; this one is ignored"
                             ),
                         });
                         continue;
