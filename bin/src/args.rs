@@ -44,6 +44,12 @@ pub enum Command {
     Cleanup(CleanupArgs),
     /// A self-contained run in private network namespaces: backends, services, traffic.
     Demo(DemoArgs),
+    /// A named test server ("pod") for the demo and the tests.
+    #[command(hide = true)]
+    Backend(BackendArgs),
+    /// Send numbered UDP datagrams and print the replies.
+    #[command(hide = true)]
+    UdpProbe(UdpProbeArgs),
 }
 
 /// Where the daemon's control socket is.
@@ -117,6 +123,35 @@ pub struct DemoArgs {
     pub pause: bool,
     #[arg(long, value_enum, default_value = "iptables")]
     pub backend: BackendArg,
+}
+
+#[derive(Args, Debug)]
+pub struct BackendArgs {
+    /// Name answered on every port.
+    #[arg(long)]
+    pub name: String,
+    /// TCP port answering HTTP/1.x with `200 OK` and body `NAME`.
+    #[arg(long)]
+    pub tcp: Vec<u16>,
+    /// UDP port replying `NAME:` + payload.
+    #[arg(long)]
+    pub udp: Vec<u16>,
+}
+
+#[derive(Args, Debug)]
+pub struct UdpProbeArgs {
+    /// Target, IP:PORT.
+    #[arg(long)]
+    pub to: std::net::SocketAddr,
+    /// Number of datagrams (each from a fresh source port).
+    #[arg(long, default_value_t = 1)]
+    pub count: usize,
+    /// Payload prefix; the query number is appended.
+    #[arg(long, default_value = "probe")]
+    pub payload: String,
+    /// Wait for each reply at most this long, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    pub timeout_ms: u64,
 }
 
 /// Settings that shape the intended state.

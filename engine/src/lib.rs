@@ -13,6 +13,7 @@ pub mod endpoints;
 pub mod exec;
 pub mod load;
 pub mod model;
+pub mod netns;
 pub mod observe;
 pub mod pipeline;
 pub mod plan;

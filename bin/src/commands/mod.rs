@@ -1,6 +1,7 @@
 //! One module per command; shared loading of inputs here.
 
 mod apply;
+mod backend;
 mod check;
 mod cleanup;
 mod demo;
@@ -9,6 +10,7 @@ mod plan;
 mod run;
 mod snapshot;
 mod status;
+mod udp_probe;
 
 use crate::args::{BackendArg, Command, EngineArgs, LiveArgs};
 use anyhow::{Context, Result};
@@ -30,6 +32,8 @@ pub fn dispatch(command: Command) -> Result<u8> {
         Command::Status(args) => status::run(args),
         Command::Cleanup(args) => cleanup::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Backend(args) => backend::run(args),
+        Command::UdpProbe(args) => udp_probe::run(args),
     }
 }
 

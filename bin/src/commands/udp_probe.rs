@@ -1,0 +1,35 @@
+//! `portald udp-probe` (hidden): sends numbered datagrams to an address and prints each
+//! reply, for the demo and the tests (no socat needed). Each query uses a fresh socket, so a
+//! fresh source port: the proxy sees a new client flow each time and balances it.
+
+use crate::args::UdpProbeArgs;
+use anyhow::{Context, Result};
+use std::net::UdpSocket;
+use std::time::Duration;
+
+pub fn run(args: UdpProbeArgs) -> Result<u8> {
+    let timeout = Duration::from_millis(args.timeout_ms.max(1));
+    let mut answered = 0;
+    for i in 1..=args.count {
+        let payload = format!("{}-{i}", args.payload);
+        let socket = UdpSocket::bind("0.0.0.0:0").context("binding a UDP socket")?;
+        socket
+            .set_read_timeout(Some(timeout))
+            .context("setting the read timeout")?;
+        // connect() so that only the target's replies (and its ICMP errors) are seen.
+        socket
+            .connect(args.to)
+            .with_context(|| format!("connecting to {}", args.to))?;
+        socket.send(payload.as_bytes()).context("sending")?;
+        let mut buf = [0u8; 65536];
+        match socket.recv(&mut buf) {
+            Ok(n) => {
+                answered += 1;
+                println!("{}", String::from_utf8_lossy(&buf[..n]));
+            }
+            Err(e) => println!("no reply to {payload}: {e}"),
+        }
+    }
+    println!("{answered}/{} answered", args.count);
+    Ok(if answered == args.count { 0 } else { 1 })
+}
