@@ -184,9 +184,8 @@ pub fn allocate(
             }
         }
     }
-    // Then what the kernel already has, then the first free address, in key order.
-    let mut next = u32::from(cidr.network()) + 1;
-    let last = u32::from(cidr.broadcast());
+    // Then what the kernel already has (for every service, before any first-free pick can
+    // take a live address), then the first free address, in key order.
     for (key, service) in services {
         if service.vip != VipRequest::Auto || out.vips.contains_key(key) {
             continue;
@@ -198,6 +197,12 @@ pub fn allocate(
         {
             taken.insert(ip, key.clone());
             out.vips.insert(key.clone(), Vip(ip));
+        }
+    }
+    let mut next = u32::from(cidr.network()) + 1;
+    let last = u32::from(cidr.broadcast());
+    for (key, service) in services {
+        if service.vip != VipRequest::Auto || out.vips.contains_key(key) {
             continue;
         }
         while next < last && taken.contains_key(&Ipv4Addr::from(next)) {
@@ -271,6 +276,20 @@ fn allocate_ports(
         }
     }
     let mut taken: BTreeSet<(Protocol, u16)> = live.foreign_ports.clone();
+    // Proxy ports live rules of services not loaded (removed, or their file is broken and
+    // held) still send traffic to stay theirs until those rules are gone.
+    for rule in live.nat.rules.values() {
+        let owner = rule
+            .comment
+            .as_str()
+            .split_once(':')
+            .and_then(|(k, _)| parse_key(k));
+        if let (Some(owner), Action::Redirect { to_port }) = (owner, &rule.action) {
+            if !services.contains_key(&owner) {
+                taken.insert((rule.key.protocol, *to_port));
+            }
+        }
+    }
     let wanted: Vec<(String, Protocol, &Service)> = services
         .iter()
         .filter(|(key, _)| out.vips.contains_key(*key))
