@@ -89,3 +89,49 @@ fn backend_in_host_a_answers_curl_and_udp_from_host_b() {
     assert!(bed.exit_status(pid).unwrap().success());
     assert!(bed.log_of(pid).contains("backend pod-a stopping"));
 }
+
+#[test]
+fn demo_serves_every_request_through_the_vips_from_both_pods() {
+    // Output to a file, not a pipe: polling with a bound must not stall on a full pipe.
+    let log = std::env::temp_dir().join(format!("portald-demo-test-{}.log", std::process::id()));
+    let file = std::fs::File::create(&log).unwrap();
+    let mut child = std::process::Command::new(PORTALD)
+        .arg("demo")
+        .stdin(std::process::Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() >= deadline {
+            // SIGTERM first: the demo catches it and still tears its namespaces down.
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            std::thread::sleep(Duration::from_secs(5));
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let out = std::fs::read_to_string(&log).unwrap();
+    let _ = std::fs::remove_file(&log);
+    let status = status.unwrap_or_else(|| panic!("the demo ran over 60 s:\n{out}"));
+    assert!(status.success(), "demo failed ({status}):\n{out}");
+    assert!(out.contains("demo: OK"), "{out}");
+    assert!(out.contains("(exit 0: no changes)"), "{out}");
+    assert!(out.contains("no portald rule remains in the node"), "{out}");
+    for service in ["apache-service", "web/http", "web/admin", "dns/dns"] {
+        let line = out
+            .lines()
+            .find(|l| l.trim_start().starts_with(service) && l.contains("pod1="))
+            .unwrap_or_else(|| panic!("no spread line for {service}:\n{out}"));
+        assert!(line.contains("pod1=") && line.contains("pod2="), "{line}");
+    }
+    assert!(!out.contains("FAILED"), "{out}");
+}

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
 use std::net::Ipv4Addr;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -157,12 +158,15 @@ impl Testbed {
         let log = self.temp.join(format!("{n:02}-{base}.log"));
         let out = File::create(&log)?;
         let err = out.try_clone()?;
+        // Its own process group: a Ctrl-C at the terminal reaches only the owner, which
+        // then stops the children in order (the daemon before the namespaces go).
         let child = Command::new("ip")
             .args(["netns", "exec", ns, program])
             .args(args)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
+            .process_group(0)
             .spawn()?;
         let pid = child.id();
         self.children.insert(

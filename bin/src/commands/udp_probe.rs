@@ -16,17 +16,23 @@ pub fn run(args: UdpProbeArgs) -> Result<u8> {
         socket
             .set_read_timeout(Some(timeout))
             .context("setting the read timeout")?;
-        // connect() so that only the target's replies (and its ICMP errors) are seen.
+        // Not connect()ed: a reply from the wrong source address (a proxy that answers
+        // from another address than the one asked, which a real resolver drops) is then
+        // seen and reported instead of being a silent timeout.
         socket
-            .connect(args.to)
-            .with_context(|| format!("connecting to {}", args.to))?;
-        socket.send(payload.as_bytes()).context("sending")?;
+            .send_to(payload.as_bytes(), args.to)
+            .with_context(|| format!("sending to {}", args.to))?;
         let mut buf = [0u8; 65536];
-        match socket.recv(&mut buf) {
-            Ok(n) => {
+        match socket.recv_from(&mut buf) {
+            Ok((n, from)) if from == args.to => {
                 answered += 1;
                 println!("{}", String::from_utf8_lossy(&buf[..n]));
             }
+            Ok((n, from)) => println!(
+                "reply to {payload} from {from}, not {}: {}",
+                args.to,
+                String::from_utf8_lossy(&buf[..n])
+            ),
             Err(e) => println!("no reply to {payload}: {e}"),
         }
     }
