@@ -432,11 +432,7 @@ impl Demo {
             }
         }
         let dns = format!("{}:53", vips.dns);
-        // UDP from the client only: host-originated UDP (DNAT to 127.0.0.1) currently gets
-        // its replies from the node's bridge address instead of 127.0.0.1, so conntrack
-        // cannot undo the DNAT and the client drops them (`udp-probe` from the node shows
-        // it). Add the node here once the data plane replies from the original address.
-        for (source, ns) in &sources[1..] {
+        for (source, ns) in &sources {
             let tally = self.udp_batch(ns, &dns)?;
             let what = format!("{UDP_QUERIES} x udp-probe {dns} from {source}");
             println!("{what:<72} -> {}", spread(&tally));

@@ -293,7 +293,7 @@ impl DataPlane {
         };
         let bound = match spec.protocol {
             Protocol::Tcp => tcp::bind(addr).map(Bound::Tcp),
-            Protocol::Udp => tokio::net::UdpSocket::bind(addr).await.map(Bound::Udp),
+            Protocol::Udp => udp::bind(addr).map(Bound::Udp),
         }
         .map_err(|e| bind_error(&id, e))?;
         id.port = bound.port().map_err(|e| bind_error(&id, e))?;
@@ -314,7 +314,7 @@ impl DataPlane {
             Bound::Tcp(listener) => {
                 tokio::spawn(tcp::serve(listener, shared.clone(), ctx, stopped))
             }
-            Bound::Udp(socket) => tokio::spawn(udp::serve(socket, shared.clone(), ctx, stopped)),
+            Bound::Udp(sockets) => tokio::spawn(udp::serve(sockets, shared.clone(), ctx, stopped)),
         };
         tracing::info!(
             listener = %id,
@@ -386,14 +386,15 @@ impl DataPlane {
 
 enum Bound {
     Tcp(tokio::net::TcpListener),
-    Udp(tokio::net::UdpSocket),
+    /// The wildcard socket first, then a loopback one (see [`udp::bind`]).
+    Udp(Vec<tokio::net::UdpSocket>),
 }
 
 impl Bound {
     fn port(&self) -> io::Result<u16> {
         match self {
             Bound::Tcp(listener) => listener.local_addr().map(|a| a.port()),
-            Bound::Udp(socket) => socket.local_addr().map(|a| a.port()),
+            Bound::Udp(sockets) => sockets[0].local_addr().map(|a| a.port()),
         }
     }
 }

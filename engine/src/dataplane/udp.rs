@@ -46,31 +46,76 @@ impl Flow {
 
 /// Receives until `stop` fires or the data plane shuts down; then ends every flow, since
 /// their replies need the listener socket that is going away.
+/// Binds a listener's UDP sockets. On the unspecified address a second socket on 127.0.0.1
+/// with the same port takes host traffic DNAT'd to loopback: a reply must leave from the
+/// address the datagram was sent to, or conntrack cannot undo the DNAT for the client.
+pub(super) fn bind(addr: SocketAddr) -> io::Result<Vec<UdpSocket>> {
+    let main = bind_one(addr)?;
+    let port = main.local_addr()?.port();
+    let mut sockets = vec![main];
+    if addr.ip() == std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED) {
+        sockets.push(bind_one(SocketAddr::new(
+            std::net::Ipv4Addr::LOCALHOST.into(),
+            port,
+        ))?);
+    }
+    Ok(sockets)
+}
+
+/// SO_REUSEADDR lets the wildcard and the loopback socket share the port; the kernel hands
+/// each datagram to the most specific one.
+fn bind_one(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
+/// Receives until `stop` fires or the data plane shuts down; then ends every flow, since
+/// their replies need the listener sockets that are going away.
 pub(super) async fn serve(
-    socket: UdpSocket,
+    sockets: Vec<UdpSocket>,
     shared: Arc<Shared>,
     mut ctx: TaskCtx,
     mut stop: oneshot::Receiver<()>,
 ) {
-    let socket = Arc::new(socket);
+    let mut sockets: Vec<Arc<UdpSocket>> = sockets.into_iter().map(Arc::new).collect();
+    let primary = sockets.remove(0);
+    let loopback = sockets.pop();
     let flows: FlowTable = Arc::default();
     let mut tasks = JoinSet::new();
     let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut loop_buf = vec![0u8; MAX_DATAGRAM];
     loop {
-        tokio::select! {
+        // Replies go out through the socket the client's datagram came in on.
+        let (socket, received, data) = tokio::select! {
             _ = &mut stop => break,
             _ = ctx.stopped() => break,
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-            received = socket.recv_from(&mut buf) => match received {
-                Ok((len, client)) => {
-                    let listener = Listener { shared: &shared, config: &ctx.config, socket: &socket, flows: &flows };
-                    listener.forward(&buf[..len], client, &mut tasks).await;
-                }
-                Err(e) => {
-                    tracing::warn!(listener = %shared.id, error = %e, "receive failed");
-                    sleep(RECV_BACKOFF).await;
-                }
-            },
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+            received = primary.recv_from(&mut buf) => (&primary, received, &buf),
+            received = async { loopback.as_ref().expect("guarded").recv_from(&mut loop_buf).await }, if loopback.is_some() => {
+                (loopback.as_ref().expect("guarded"), received, &loop_buf)
+            }
+        };
+        match received {
+            Ok((len, client)) => {
+                let listener = Listener {
+                    shared: &shared,
+                    config: &ctx.config,
+                    socket,
+                    flows: &flows,
+                };
+                listener.forward(&data[..len], client, &mut tasks).await;
+            }
+            Err(e) => {
+                tracing::warn!(listener = %shared.id, error = %e, "receive failed");
+                sleep(RECV_BACKOFF).await;
+            }
         }
     }
     tasks.shutdown().await;
