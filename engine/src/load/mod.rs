@@ -182,3 +182,42 @@ pub fn load_dir(dir: &Path) -> Result<Vec<ParsedFile>, LoadError> {
     parsed.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(parsed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configmap_volume_layout_loads_each_file_once_and_follows_a_swap() {
+        let dir = std::env::temp_dir().join(format!("portald-cm-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let service = |name: &str| {
+            format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  ports: [{{port: 80}}]\n")
+        };
+        // The kubelet's layout: `..<timestamp>/` holds the data, `..data` points at it and
+        // each key is a symlink through `..data`.
+        std::fs::create_dir_all(dir.join("..2026_11_27_1")).unwrap();
+        std::fs::write(dir.join("..2026_11_27_1/svc.yaml"), service("first")).unwrap();
+        std::os::unix::fs::symlink("..2026_11_27_1", dir.join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/svc.yaml", dir.join("svc.yaml")).unwrap();
+        let names = |dir: &Path| -> Vec<String> {
+            load_dir(dir)
+                .unwrap()
+                .iter()
+                .flat_map(|f| f.objects.clone())
+                .filter_map(|o| match o {
+                    Object::Service(s) => Some(s.key.name),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(names(&dir), ["first"]);
+        // An update: new timestamped folder, then `..data` swapped by rename.
+        std::fs::create_dir_all(dir.join("..2026_11_27_2")).unwrap();
+        std::fs::write(dir.join("..2026_11_27_2/svc.yaml"), service("second")).unwrap();
+        std::os::unix::fs::symlink("..2026_11_27_2", dir.join("..data_tmp")).unwrap();
+        std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+        assert_eq!(names(&dir), ["second"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
