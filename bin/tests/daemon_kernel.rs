@@ -13,15 +13,7 @@ use std::time::{Duration, Instant};
 use support::*;
 
 /// `apache-service.json` exactly as in SEED.md.
-const SEED_SERVICE: &str = r#"{
-  "id": "apache-service",
-  "kind": "Service",
-  "apiVersion": "v1beta1",
-  "port": 12345,
-  "containerPort": 80,
-  "selector": { "name": "apache" }
-}
-"#;
+const SEED_SERVICE: &str = include_str!("../../examples/seed/apache-service.json");
 
 /// The seed's two pods, labelled `name=apache`.
 const SEED_PODS: &str = "apiVersion: v1

@@ -28,15 +28,7 @@ const UDP_QUERIES: usize = 10;
 const LISTENERS: usize = 4;
 
 /// The seed's service definition, byte for byte as in SEED.md: it must work unchanged.
-const APACHE_SERVICE: &str = r#"{
-  "id": "apache-service",
-  "kind": "Service",
-  "apiVersion": "v1beta1",
-  "port": 12345,
-  "containerPort": 80,
-  "selector": { "name": "apache" }
-}
-"#;
+const APACHE_SERVICE: &str = include_str!("../../../examples/seed/apache-service.json");
 
 const WEB_SERVICE: &str = "\
 # Two ports: `http` by the pods' named container port, `admin` by number.
