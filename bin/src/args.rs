@@ -42,6 +42,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Remove everything portald owns in the kernel.
     Cleanup(CleanupArgs),
+    /// Switch the running daemon to another backend and/or mode, live.
+    Switch(SwitchArgs),
     /// A self-contained run in private network namespaces: backends, services, traffic.
     Demo(DemoArgs),
     /// A named test server ("pod") for the demo and the tests.
@@ -65,6 +67,10 @@ pub struct ApplyArgs {
     pub target: PathBuf,
     #[command(flatten)]
     pub control: ControlArgs,
+    /// Used when no daemon runs (a one-shot apply, kernel mode only); a running daemon
+    /// applies with its own settings.
+    #[command(flatten)]
+    pub engine: EngineArgs,
 }
 
 #[derive(Args, Debug)]
@@ -97,6 +103,18 @@ pub struct RunArgs {
     pub control: ControlArgs,
     #[command(flatten)]
     pub engine: EngineArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct SwitchArgs {
+    /// The kernel interface to move to.
+    #[arg(long, value_enum)]
+    pub backend: Option<BackendArg>,
+    /// The data path to move to.
+    #[arg(long, value_enum)]
+    pub mode: Option<ModeArg>,
+    #[command(flatten)]
+    pub control: ControlArgs,
 }
 
 #[derive(Args, Debug)]
@@ -143,9 +161,13 @@ pub struct UdpProbeArgs {
     /// Target, IP:PORT.
     #[arg(long)]
     pub to: std::net::SocketAddr,
-    /// Number of datagrams (each from a fresh source port).
+    /// Number of datagrams (each from a fresh source port, unless --source-port is given).
     #[arg(long, default_value_t = 1)]
     pub count: usize,
+    /// Send every datagram from this one source port: one flow, as a long-lived client
+    /// (a resolver, a game) keeps.
+    #[arg(long)]
+    pub source_port: Option<u16>,
     /// Payload prefix; the query number is appended.
     #[arg(long, default_value = "probe")]
     pub payload: String,
@@ -179,16 +201,23 @@ pub struct EngineArgs {
 
 impl EngineArgs {
     pub fn config(&self) -> Config {
+        let mode = match self.mode {
+            ModeArg::Userspace => Mode::Userspace,
+            ModeArg::Kernel => Mode::Kernel,
+        };
         Config {
+            // Only kernel mode masquerades, for clients on the host's own links.
+            local_networks: match mode {
+                Mode::Kernel => engine::observe::routes::local_networks(),
+                Mode::Userspace => Vec::new(),
+            },
             portal_cidr: self.portal_cidr.0,
             proxy_ports: self.proxy_port_range,
             backend: match self.backend {
                 BackendArg::Iptables => Backend::Iptables,
                 BackendArg::Nftables => Backend::Nftables,
             },
-            mode: match self.mode {
-                ModeArg::Userspace => Mode::Userspace,
-            },
+            mode,
             allow_external_ips: self.allow_external_ips,
             ..Config::default()
         }
@@ -209,7 +238,10 @@ pub enum BackendArg {
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum ModeArg {
+    /// NAT to a local proxy listener; the daemon proxies to the endpoints.
     Userspace,
+    /// DNAT straight to the endpoints in the kernel; the daemon only reconciles.
+    Kernel,
 }
 
 pub mod ipnetwork_arg {

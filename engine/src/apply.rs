@@ -6,7 +6,8 @@ use crate::diff::diff_nat;
 use crate::exec::{Exec, ExecError};
 use crate::observe::dialect;
 use crate::plan::{Plan, Step};
-use planners::{NatState, StrayRule};
+use planners::{Action, Change, Invocation, NatState, PortalRule, Protocol, StrayRule};
+use std::collections::BTreeSet;
 
 /// The only way the reconciler opens or closes listeners.
 pub trait ListenerControl {
@@ -33,6 +34,8 @@ pub enum ApplyError {
     Close { key: ListenerKey, message: String },
     #[error("the kernel refused the batch; nothing in it was applied")]
     Batch(#[source] ExecError),
+    #[error("the kernel refused the batch that removes the other backend's rules")]
+    Retire(#[source] ExecError),
     #[error("after apply, the live state differs from the intent:\n{diff}")]
     Verify { diff: String },
 }
@@ -45,6 +48,72 @@ pub struct ApplyReport {
     pub listeners_closed: usize,
     /// Whether a kernel batch was sent (a no-op plan sends none).
     pub batch_sent: bool,
+    /// Stale UDP conntrack flows asked to be flushed (one `conntrack -D` each).
+    pub flows_flushed: usize,
+}
+
+/// `conntrack -D` calls for UDP flows the batch left pointing at a target that is gone: a
+/// UDP "connection" never ends by itself, so without this a client that keeps sending
+/// (DNS, say) would keep reaching a removed endpoint or a closed proxy port until it paused
+/// longer than conntrack's timeout, the long-standing kube-proxy black hole. Each call names
+/// the portal (original destination) and the old target (reply source).
+pub fn stale_udp_flows(changes: &[Change]) -> Vec<Invocation> {
+    let mut flows: BTreeSet<(std::net::Ipv4Addr, u16, Option<std::net::Ipv4Addr>, u16)> =
+        BTreeSet::new();
+    let mut note = |old: &PortalRule, new: Option<&Action>| {
+        if old.key.protocol != Protocol::Udp {
+            return;
+        }
+        let kept = new.map(Action::targets).unwrap_or_default();
+        for target in old.action.targets() {
+            if !kept.contains(&target) {
+                flows.insert((old.key.vip, old.key.port, target.0, target.1));
+            }
+        }
+    };
+    for change in changes {
+        match change {
+            Change::RemoveRule { rule } => note(rule, None),
+            Change::ReplaceRule { old, new } => note(old, Some(&new.action)),
+            _ => {}
+        }
+    }
+    flows
+        .into_iter()
+        .map(|(vip, port, addr, target_port)| {
+            let (vip, port, target_port) =
+                (vip.to_string(), port.to_string(), target_port.to_string());
+            let mut args = vec![
+                "-D",
+                "-p",
+                "udp",
+                "--orig-dst",
+                vip.as_str(),
+                "--orig-port-dst",
+                port.as_str(),
+            ];
+            let addr = addr.map(|a| a.to_string());
+            if let Some(addr) = &addr {
+                args.extend(["--reply-src", addr.as_str()]);
+            }
+            args.extend(["--reply-port-src", target_port.as_str()]);
+            Invocation::new("conntrack", &args)
+        })
+        .collect()
+}
+
+/// Flushes stale flows; `conntrack` exits 1 when nothing matched, which is not a failure.
+/// A flush that cannot run is logged, never fatal: the rules are already right.
+fn flush_flows(exec: &dyn Exec, changes: &[Change]) -> usize {
+    let calls = stale_udp_flows(changes);
+    for call in &calls {
+        match exec.run(call, None) {
+            Ok(_) => {}
+            Err(ExecError::Failed { stderr, .. }) if stderr.contains(" 0 flow entries") => {}
+            Err(e) => tracing::warn!("cannot flush stale UDP flows (`{call}`): {e}"),
+        }
+    }
+    calls.len()
 }
 
 /// Runs the plan's steps in order. On a failure, what was done stays done (every step is
@@ -56,7 +125,12 @@ pub fn apply(
 ) -> Result<ApplyReport, ApplyError> {
     let mut report = ApplyReport::default();
     let mut batch_done = false;
+    let mut retired = plan.retire.is_none();
     for step in &plan.steps {
+        if step.phase() == 2 && !retired {
+            retire(plan, exec)?;
+            retired = true;
+        }
         match step {
             Step::OpenListener { key, listener } => {
                 listeners
@@ -85,6 +159,7 @@ pub fn apply(
                     exec.run(&command, Some(&plan.batch))
                         .map_err(ApplyError::Batch)?;
                     report.batch_sent = true;
+                    report.flows_flushed = flush_flows(exec, &plan.kernel_changes());
                 }
                 batch_done = true;
             }
@@ -96,7 +171,23 @@ pub fn apply(
             }
         }
     }
+    if !retired {
+        retire(plan, exec)?;
+    }
     Ok(report)
+}
+
+/// Removes what portald owns through the other backend, after the new state is in place.
+fn retire(plan: &Plan, exec: &dyn Exec) -> Result<(), ApplyError> {
+    let Some(old) = &plan.retire else {
+        return Ok(());
+    };
+    if !old.batch.is_empty() {
+        exec.run(&dialect(old.backend).apply_command(), Some(&old.batch))
+            .map_err(ApplyError::Retire)?;
+        flush_flows(exec, &old.kernel_changes());
+    }
+    Ok(())
 }
 
 /// Compares the intended NAT state with what the kernel shows after apply.

@@ -2,11 +2,14 @@
 //! set of proxy listeners.
 
 use crate::allocate::{port_id, Allocation};
-use crate::config::Config;
+use crate::config::{Config, Mode};
 use crate::diagnostics::{Diagnostic, Severity};
 use crate::endpoints::EndpointIndex;
 use crate::model::*;
-use planners::{Action, Comment, NatState, Path, PortalKey, PortalRule, Protocol, Scaffold};
+use planners::{
+    Action, Comment, Masquerade, NatState, Net, Path, PortalKey, PortalRule, Protocol, Scaffold,
+    Slot,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -98,9 +101,18 @@ pub fn compile(
     let mut intent = Intent::default();
     let mut diagnostics = Vec::new();
     // portald's scaffold stays while portald manages the host; `cleanup` removes it.
-    for path in Path::ALL {
-        intent.nat.scaffold.insert(Scaffold::Chain(path));
-        intent.nat.scaffold.insert(Scaffold::Hook(path));
+    let slots: &[Slot] = match config.mode {
+        Mode::Userspace => &[Slot::Container, Slot::Host],
+        Mode::Kernel => &Slot::ALL,
+    };
+    for slot in slots {
+        intent.nat.scaffold.insert(Scaffold::Chain(*slot));
+        intent.nat.scaffold.insert(Scaffold::Hook(*slot));
+    }
+    if config.mode == Mode::Kernel {
+        for m in masquerades(config) {
+            intent.nat.scaffold.insert(Scaffold::Masquerade(m));
+        }
     }
     let index = EndpointIndex::new(catalog);
     for (key, service) in &catalog.services {
@@ -139,21 +151,20 @@ pub fn compile(
                 vip.and_then(|_| allocation.proxy_ports.get(&port_id(key, port)).copied());
             if let (Some(vip), Some(proxy_port)) = (vip, proxy_port) {
                 let comment = portal_comment(key, port);
+                let kernel = kernel_action(&resolved.endpoints, service.affinity_seconds);
                 for address in &addresses {
-                    for (path, action) in [
-                        (
-                            Path::Container,
+                    let actions = match config.mode {
+                        Mode::Userspace => [
                             Action::Redirect {
                                 to_port: proxy_port.0,
                             },
-                        ),
-                        (
-                            Path::Host,
                             Action::DnatLocal {
                                 to: SocketAddrV4::new(config.host_target, proxy_port.0),
                             },
-                        ),
-                    ] {
+                        ],
+                        Mode::Kernel => [kernel.clone(), kernel.clone()],
+                    };
+                    for (path, action) in Path::ALL.into_iter().zip(actions) {
                         intent.nat.insert_rule(PortalRule {
                             key: PortalKey {
                                 path,
@@ -165,6 +176,19 @@ pub fn compile(
                             action,
                         });
                     }
+                }
+                if config.mode == Mode::Kernel {
+                    // No userspace hop: the kernel sends traffic straight to the endpoints.
+                    view.ports.push(PortView {
+                        name: port.name.clone(),
+                        protocol: port.protocol,
+                        port: port.port,
+                        target_port: port.target.clone(),
+                        proxy_port: None,
+                        endpoints: resolved.endpoints,
+                        notes: resolved.notes,
+                    });
+                    continue;
                 }
                 intent.listeners.insert(
                     ListenerKey {
@@ -193,6 +217,36 @@ pub fn compile(
         intent.services.push(view);
     }
     (intent, diagnostics)
+}
+
+/// The kernel-mode action for a service port: spread over its endpoints, or refuse.
+fn kernel_action(endpoints: &[Endpoint], affinity_seconds: Option<u32>) -> Action {
+    if endpoints.is_empty() {
+        return Action::Reject;
+    }
+    Action::Balance {
+        endpoints: endpoints.iter().map(|e| e.0).collect(),
+        affinity_seconds,
+    }
+}
+
+/// Source NAT pairs: every directly attached network, towards the portal range. A network
+/// that overlaps the portal range itself (its route exists only to reach the VIPs) is left
+/// out.
+fn masquerades(config: &Config) -> Vec<Masquerade> {
+    let portals = Net {
+        addr: config.portal_cidr.network(),
+        len: config.portal_cidr.prefix(),
+    };
+    config
+        .local_networks
+        .iter()
+        .filter(|n| !(n.contains(portals.addr) || portals.contains(n.addr)))
+        .map(|source| Masquerade {
+            source: *source,
+            portals,
+        })
+        .collect()
 }
 
 /// Listener maps as lists in JSON, whose maps need string keys.

@@ -28,12 +28,15 @@ impl fmt::Display for Backend {
 pub enum Mode {
     /// The seed's design: NAT to a local proxy listener, proxy to endpoints.
     Userspace,
+    /// DNAT straight to the endpoints in the kernel; the daemon only reconciles.
+    Kernel,
 }
 
 impl fmt::Display for Mode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Mode::Userspace => "userspace",
+            Mode::Kernel => "kernel",
         })
     }
 }
@@ -114,6 +117,10 @@ pub struct Config {
     /// Where host-path DNAT sends traffic: the proxy listens on all addresses, this one is
     /// reachable from OUTPUT without a route.
     pub host_target: Ipv4Addr,
+    /// Networks directly attached to this host (read from its routes). In kernel mode a
+    /// client on one of them could be answered by the endpoint directly, bypassing the
+    /// host's reverse translation, so its connections to a portal are masqueraded.
+    pub local_networks: Vec<planners::Net>,
 }
 
 impl Default for Config {
@@ -125,6 +132,7 @@ impl Default for Config {
             mode: Mode::Userspace,
             allow_external_ips: false,
             host_target: Ipv4Addr::LOCALHOST,
+            local_networks: Vec::new(),
         }
     }
 }

@@ -54,33 +54,7 @@ pub struct DiffOptions {
 
 /// The NAT part of a diff; pure and shared with the fake kernel of the tests.
 pub fn diff_nat(intent: &NatState, live: &NatState) -> Vec<Change> {
-    let mut changes = Vec::new();
-    for scaffold in intent.scaffold.difference(&live.scaffold) {
-        changes.push(Change::AddScaffold {
-            scaffold: *scaffold,
-        });
-    }
-    for scaffold in live.scaffold.difference(&intent.scaffold) {
-        changes.push(Change::RemoveScaffold {
-            scaffold: *scaffold,
-        });
-    }
-    for (key, rule) in &intent.rules {
-        match live.rules.get(key) {
-            None => changes.push(Change::AddRule { rule: rule.clone() }),
-            Some(old) if old != rule => changes.push(Change::ReplaceRule {
-                old: old.clone(),
-                new: rule.clone(),
-            }),
-            Some(_) => {}
-        }
-    }
-    for (key, rule) in &live.rules {
-        if !intent.rules.contains_key(key) {
-            changes.push(Change::RemoveRule { rule: rule.clone() });
-        }
-    }
-    changes
+    planners::diff_states(intent, live)
 }
 
 /// The full change set between intent and observed state.

@@ -70,7 +70,14 @@ pub fn run(
             listeners_known,
         },
     );
-    let plan = make_plan(&changes, &observed.live.owned, config.backend, config.mode);
+    let mut plan = make_plan(&changes, &observed.live.owned, config.backend, config.mode);
+    if let Some((other, live)) = &observed.other {
+        if !has_errors {
+            let retire = crate::plan::removal_plan(live, *other, config.mode);
+            plan.summary.remove += retire.summary.remove;
+            plan.retire = Some(Box::new(retire));
+        }
+    }
     Outcome {
         assembled,
         allocation,

@@ -47,6 +47,11 @@ const ARTIFACTS: &[&str] = &[
     "batch.nft",
     "diagnostics.txt",
     "lock.json",
+    "kernel-ruleset.iptables",
+    "kernel-ruleset.nft",
+    "kernel-plan.txt",
+    "kernel-batch.iptables",
+    "kernel-batch.nft",
 ];
 
 /// Whether to rewrite the golden files: `UPDATE_GOLDEN` set (and not `0`), never in CI.
@@ -73,6 +78,8 @@ fn plan_file(outcome: &Outcome) -> String {
 fn artifacts(case: &Case) -> Vec<(&'static str, String)> {
     let iptables = case.run_iptables();
     let nftables = case.run_nftables();
+    let kernel_iptables = case.run_kernel(engine::config::Backend::Iptables);
+    let kernel_nftables = case.run_kernel(engine::config::Backend::Nftables);
     let mut model =
         serde_json::to_string_pretty(&iptables.intent.services).expect("model serializes");
     model.push('\n');
@@ -91,6 +98,17 @@ fn artifacts(case: &Case) -> Vec<(&'static str, String)> {
             render(&iptables.diagnostics, ReportFormat::Text),
         ),
         ("lock.json", iptables.allocation.lock.render()),
+        (
+            "kernel-ruleset.iptables",
+            Iptables.render_state(&kernel_iptables.intent.nat),
+        ),
+        (
+            "kernel-ruleset.nft",
+            Nftables.render_state(&kernel_iptables.intent.nat),
+        ),
+        ("kernel-plan.txt", plan_file(&kernel_iptables)),
+        ("kernel-batch.iptables", kernel_iptables.plan.batch.clone()),
+        ("kernel-batch.nft", kernel_nftables.plan.batch.clone()),
     ];
     debug_assert_eq!(
         out.iter().map(|(n, _)| *n).collect::<Vec<_>>(),

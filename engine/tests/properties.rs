@@ -193,6 +193,8 @@ fn check_make_before_break(steps: &[Step]) -> Result<(), TestCaseError> {
     let target = |rule: &planners::PortalRule| match rule.action {
         Action::Redirect { to_port } => (rule.key.protocol, to_port),
         Action::DnatLocal { to } => (rule.key.protocol, to.port()),
+        // Kernel mode sends to no listener; port 0 is never a listener's.
+        Action::Balance { .. } | Action::Reject => (rule.key.protocol, 0),
     };
     for (i, step) in steps.iter().enumerate() {
         match step {
@@ -207,9 +209,9 @@ fn check_make_before_break(steps: &[Step]) -> Result<(), TestCaseError> {
                         "listener {proto}/{port} opens after the rule sending to it"
                     );
                 }
-                let path = rule.key.path;
+                let slot = rule.slot();
                 if let Some(chain) = position(
-                    &|s| matches!(s, Step::Kernel(Change::AddScaffold { scaffold: Scaffold::Chain(p) }) if *p == path),
+                    &|s| matches!(s, Step::Kernel(Change::AddScaffold { scaffold: Scaffold::Chain(p) }) if *p == slot),
                 ) {
                     prop_assert!(chain < i, "rule added before its chain");
                 }

@@ -87,6 +87,174 @@ pub enum Action {
     Redirect { to_port: u16 },
     /// Userspace mode, host path: DNAT to a local address (the proxy listener).
     DnatLocal { to: SocketAddrV4 },
+    /// Kernel mode: DNAT straight to one of the endpoints (never empty), chosen evenly at
+    /// random, or, with `affinity_seconds`, the one this client address last used if that
+    /// was less than so many seconds ago.
+    Balance {
+        endpoints: Vec<SocketAddrV4>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        affinity_seconds: Option<u32>,
+    },
+    /// Kernel mode, no ready endpoint: refuse at once (ICMP port unreachable).
+    Reject,
+}
+
+impl Action {
+    /// Where the action sends traffic, as conntrack's reply source: an address (`None` for
+    /// REDIRECT, which goes to whichever local address received it) and a port. A UDP flow
+    /// whose target is no longer among these is stale.
+    pub fn targets(&self) -> Vec<(Option<Ipv4Addr>, u16)> {
+        match self {
+            Action::Redirect { to_port } => vec![(None, *to_port)],
+            Action::DnatLocal { to } => vec![(Some(*to.ip()), to.port())],
+            Action::Balance { endpoints, .. } => endpoints
+                .iter()
+                .map(|e| (Some(*e.ip()), e.port()))
+                .collect(),
+            Action::Reject => Vec::new(),
+        }
+    }
+}
+
+/// A chain portald owns, named for what it does: each has a body ([`Scaffold::Chain`]) and
+/// a hook that sends traffic into it ([`Scaffold::Hook`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Slot {
+    /// NAT lookups of the container path (nat PREROUTING).
+    Container,
+    /// NAT lookups of the host path (nat OUTPUT).
+    Host,
+    /// Kernel mode: refusals for services without endpoints, container path (filter FORWARD).
+    ContainerReject,
+    /// Kernel mode: refusals, host path (filter OUTPUT).
+    HostReject,
+    /// Kernel mode: source NAT for replies that would otherwise bypass the host (nat
+    /// POSTROUTING).
+    Masquerade,
+}
+
+impl Slot {
+    pub const ALL: [Slot; 5] = [
+        Slot::Container,
+        Slot::Host,
+        Slot::ContainerReject,
+        Slot::HostReject,
+        Slot::Masquerade,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Slot::Container => "container",
+            Slot::Host => "host",
+            Slot::ContainerReject => "container-reject",
+            Slot::HostReject => "host-reject",
+            Slot::Masquerade => "masquerade",
+        }
+    }
+
+    /// The slot of a path's NAT lookups.
+    pub fn nat(path: Path) -> Slot {
+        match path {
+            Path::Container => Slot::Container,
+            Path::Host => Slot::Host,
+        }
+    }
+
+    /// The slot of a path's refusals.
+    pub fn reject(path: Path) -> Slot {
+        match path {
+            Path::Container => Slot::ContainerReject,
+            Path::Host => Slot::HostReject,
+        }
+    }
+
+    /// The path a slot serves, if it serves one.
+    pub fn path(self) -> Option<Path> {
+        match self {
+            Slot::Container | Slot::ContainerReject => Some(Path::Container),
+            Slot::Host | Slot::HostReject => Some(Path::Host),
+            Slot::Masquerade => None,
+        }
+    }
+}
+
+impl fmt::Display for Slot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An IPv4 network `ADDR/LEN` with no host bits set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Net {
+    pub addr: Ipv4Addr,
+    pub len: u8,
+}
+
+impl Net {
+    pub fn new(addr: Ipv4Addr, len: u8) -> Result<Net, String> {
+        if len > 32 {
+            return Err(format!("prefix length {len} is over 32"));
+        }
+        let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+        if u32::from(addr) & !mask != 0 {
+            return Err(format!("{addr}/{len} has host bits set"));
+        }
+        Ok(Net { addr, len })
+    }
+
+    /// The netmask in dotted form (`255.255.255.0`).
+    pub fn mask(&self) -> Ipv4Addr {
+        Ipv4Addr::from(if self.len == 0 {
+            0
+        } else {
+            u32::MAX << (32 - self.len)
+        })
+    }
+
+    pub fn contains(&self, addr: Ipv4Addr) -> bool {
+        u32::from(addr) & u32::from(self.mask()) == u32::from(self.addr)
+    }
+}
+
+impl std::str::FromStr for Net {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (addr, len) = s.split_once('/').unwrap_or((s, "32"));
+        let addr: Ipv4Addr = addr.parse().map_err(|_| format!("`{s}` is not ADDR/LEN"))?;
+        let len: u8 = len.parse().map_err(|_| format!("`{s}` is not ADDR/LEN"))?;
+        Net::new(addr, len)
+    }
+}
+
+impl TryFrom<String> for Net {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        value.parse()
+    }
+}
+
+impl From<Net> for String {
+    fn from(value: Net) -> Self {
+        value.to_string()
+    }
+}
+
+impl fmt::Display for Net {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+/// Source NAT for connections portald sent to an endpoint: those from `source` to an address
+/// in `portals`. Needed when the endpoint could answer the client directly (same link), which
+/// would bypass the host and its reverse translation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Masquerade {
+    pub source: Net,
+    pub portals: Net,
 }
 
 /// A comment that is safe to place inside any kernel tool's argument: it can never end the
@@ -159,22 +327,45 @@ pub struct PortalRule {
     pub action: Action,
 }
 
-/// Structure portald owns besides the rules themselves.
+impl PortalRule {
+    /// The owned chain the rule lives in: refusals filter, everything else translates.
+    pub fn slot(&self) -> Slot {
+        match self.action {
+            Action::Reject => Slot::reject(self.key.path),
+            _ => Slot::nat(self.key.path),
+        }
+    }
+}
+
+/// Structure portald owns besides the portal rules themselves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "kind", content = "path")]
+#[serde(rename_all = "snake_case", tag = "kind", content = "of")]
 pub enum Scaffold {
-    /// The container that holds the portal rules of a path (an iptables chain, an nft chain).
-    Chain(Path),
-    /// The hook that sends the path's traffic into that chain (a jump from a built-in chain,
-    /// an nft base chain).
-    Hook(Path),
+    /// The chain that holds a slot's rules (an iptables chain, an nft chain).
+    Chain(Slot),
+    /// The hook that sends traffic into that chain (a jump from a built-in chain, an nft
+    /// base chain).
+    Hook(Slot),
+    /// One source-NAT rule, in the masquerade chain.
+    Masquerade(Masquerade),
+}
+
+impl Scaffold {
+    /// The slot whose chain must exist first.
+    pub fn slot(&self) -> Slot {
+        match self {
+            Scaffold::Chain(s) | Scaffold::Hook(s) => *s,
+            Scaffold::Masquerade(_) => Slot::Masquerade,
+        }
+    }
 }
 
 impl fmt::Display for Scaffold {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Scaffold::Chain(p) => write!(f, "chain {p}"),
-            Scaffold::Hook(p) => write!(f, "hook {p}"),
+            Scaffold::Chain(s) => write!(f, "chain {s}"),
+            Scaffold::Hook(s) => write!(f, "hook {s}"),
+            Scaffold::Masquerade(m) => write!(f, "masquerade {} to {}", m.source, m.portals),
         }
     }
 }
@@ -262,6 +453,68 @@ pub enum Change {
     RemoveRule { rule: PortalRule },
     ReplaceRule { old: PortalRule, new: PortalRule },
     RemoveStray { stray: StrayRule },
+}
+
+impl Change {
+    /// A valid order among changes with no other dependency between them: chains first,
+    /// then strays and hooks going, rules, hooks coming, and chains going last.
+    pub fn rank(&self) -> u8 {
+        match self {
+            Change::AddScaffold {
+                scaffold: Scaffold::Chain(_),
+            } => 0,
+            Change::RemoveStray { .. } => 1,
+            Change::RemoveScaffold {
+                scaffold: Scaffold::Hook(_),
+            } => 2,
+            Change::RemoveRule { .. }
+            | Change::RemoveScaffold {
+                scaffold: Scaffold::Masquerade(_),
+            } => 3,
+            Change::ReplaceRule { .. } => 4,
+            Change::AddRule { .. }
+            | Change::AddScaffold {
+                scaffold: Scaffold::Masquerade(_),
+            } => 5,
+            Change::AddScaffold {
+                scaffold: Scaffold::Hook(_),
+            } => 6,
+            Change::RemoveScaffold {
+                scaffold: Scaffold::Chain(_),
+            } => 7,
+        }
+    }
+}
+
+/// The changes that turn `live` into `intent`, in no particular order.
+pub fn diff_states(intent: &NatState, live: &NatState) -> Vec<Change> {
+    let mut changes = Vec::new();
+    for scaffold in intent.scaffold.difference(&live.scaffold) {
+        changes.push(Change::AddScaffold {
+            scaffold: *scaffold,
+        });
+    }
+    for scaffold in live.scaffold.difference(&intent.scaffold) {
+        changes.push(Change::RemoveScaffold {
+            scaffold: *scaffold,
+        });
+    }
+    for (key, rule) in &intent.rules {
+        match live.rules.get(key) {
+            None => changes.push(Change::AddRule { rule: rule.clone() }),
+            Some(old) if old != rule => changes.push(Change::ReplaceRule {
+                old: old.clone(),
+                new: rule.clone(),
+            }),
+            Some(_) => {}
+        }
+    }
+    for (key, rule) in &live.rules {
+        if !intent.rules.contains_key(key) {
+            changes.push(Change::RemoveRule { rule: rule.clone() });
+        }
+    }
+    changes
 }
 
 /// Applies changes to a state the way the kernel would: the pure model the fake kernel and

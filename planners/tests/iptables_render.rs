@@ -7,7 +7,7 @@ use planners::iptables::rule_spec;
 use planners::iptables::tokenize::split_words;
 use planners::{
     Action, Comment, Dialect, Iptables, Live, NatState, Path, PortalKey, PortalRule, Protocol,
-    Scaffold,
+    Scaffold, Slot,
 };
 use proptest::prelude::*;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -136,10 +136,10 @@ fn portal_rule() -> impl Strategy<Value = PortalRule> {
 
 fn nat_state() -> impl Strategy<Value = NatState> {
     let scaffold = prop_oneof![
-        Just(Scaffold::Chain(Path::Container)),
-        Just(Scaffold::Chain(Path::Host)),
-        Just(Scaffold::Hook(Path::Container)),
-        Just(Scaffold::Hook(Path::Host)),
+        Just(Scaffold::Chain(Slot::Container)),
+        Just(Scaffold::Chain(Slot::Host)),
+        Just(Scaffold::Hook(Slot::Container)),
+        Just(Scaffold::Hook(Slot::Host)),
     ];
     (
         proptest::collection::btree_set(scaffold, 0..=4),

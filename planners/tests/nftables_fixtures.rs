@@ -2,7 +2,8 @@
 //! (`fixtures/live/nftables/capture.sh`): owned state, strays and foreign rules.
 
 use planners::{
-    Action, Dialect, ForeignRule, Live, Nftables, Path, PortalKey, Protocol, Scaffold, StrayRule,
+    Action, Dialect, ForeignRule, Live, Nftables, Path, PortalKey, Protocol, Scaffold, Slot,
+    StrayRule,
 };
 use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -22,10 +23,10 @@ fn parse(name: &str) -> Live {
 
 fn all_scaffold() -> Vec<Scaffold> {
     vec![
-        Scaffold::Chain(Path::Container),
-        Scaffold::Chain(Path::Host),
-        Scaffold::Hook(Path::Container),
-        Scaffold::Hook(Path::Host),
+        Scaffold::Chain(Slot::Container),
+        Scaffold::Chain(Slot::Host),
+        Scaffold::Hook(Slot::Container),
+        Scaffold::Hook(Slot::Host),
     ]
 }
 
@@ -48,7 +49,8 @@ fn every_fixture_parses_with_the_expected_counts() {
         ("admin-filter", 0, 0, 0, 6),
         ("portald", 4, 6, 0, 0),
         ("busy", 4, 6, 1, 34),
-        ("portald-damaged", 3, 6, 3, 0),
+        ("portald-damaged", 3, 6, 4, 0),
+        ("portald-kernel", 9, 9, 1, 0),
     ];
     let mut failures = Vec::new();
     for (name, scaffold, rules, stray, foreign) in expected {
@@ -101,7 +103,7 @@ fn busy_ruleset_keeps_portald_apart_from_docker_firewalld_and_the_admin() {
         live.stray,
         vec![StrayRule {
             chain: "container".into(),
-            text: "ip daddr 10.11.0.7 tcp dport 8080 counter drop # handle 19".into(),
+            text: "ip daddr 10.11.0.7 tcp dport 8080 counter drop # handle 25".into(),
         }]
     );
     let tables: std::collections::BTreeSet<&str> = live
@@ -202,8 +204,8 @@ fn damaged_table_reports_missing_lookup_and_unreadable_elements_as_strays() {
     let live = parse("portald-damaged");
     // The host chain lost its dnat lookup: the chain is reported absent so a re-add
     // (which flushes it) repairs it, and its remaining rule is a stray.
-    assert!(!live.owned.scaffold.contains(&Scaffold::Chain(Path::Host)));
-    assert!(live.owned.scaffold.contains(&Scaffold::Hook(Path::Host)));
+    assert!(!live.owned.scaffold.contains(&Scaffold::Chain(Slot::Host)));
+    assert!(live.owned.scaffold.contains(&Scaffold::Hook(Slot::Host)));
     assert_eq!(
         live.stray,
         vec![
@@ -218,7 +220,11 @@ fn damaged_table_reports_missing_lookup_and_unreadable_elements_as_strays() {
             },
             StrayRule {
                 chain: "host".into(),
-                text: "meta l4proto { tcp, udp } redirect to :ip daddr . meta l4proto . th dport map @host_redirect # handle 12".into(),
+                text: "meta l4proto { tcp, udp } redirect to :ip daddr . meta l4proto . th dport map @host_redirect # handle 16".into(),
+            },
+            StrayRule {
+                chain: "host".into(),
+                text: "meta l4proto { tcp, udp } ip daddr . meta l4proto . th dport vmap @host_services # handle 20".into(),
             },
         ]
     );
@@ -261,4 +267,56 @@ fn a_dump_that_is_not_json_is_an_error_with_its_line() {
     assert_eq!(err.line, 2);
     let err = Nftables.parse_live("{\"tables\": []}").unwrap_err();
     assert!(err.message.contains("nftables"), "{err}");
+}
+
+#[test]
+fn kernel_mode_table_reads_back_balance_affinity_reject_and_masquerade() {
+    let live = parse("portald-kernel");
+    let ep = |last: u8, port: u16| SocketAddrV4::new(Ipv4Addr::new(10, 244, 1, last), port);
+    let web = &live.owned.rules[&key(Path::Container, [10, 11, 0, 4], Protocol::Tcp, 80)];
+    assert_eq!(
+        web.action,
+        Action::Balance {
+            endpoints: vec![ep(2, 8080), ep(3, 8080)],
+            affinity_seconds: None
+        }
+    );
+    let dns = &live.owned.rules[&key(Path::Container, [10, 11, 0, 6], Protocol::Udp, 53)];
+    assert_eq!(
+        dns.action,
+        Action::Balance {
+            endpoints: vec![ep(2, 53), ep(3, 53)],
+            affinity_seconds: Some(600)
+        }
+    );
+    let empty = &live.owned.rules[&key(Path::Container, [10, 11, 0, 5], Protocol::Tcp, 80)];
+    assert_eq!(empty.action, Action::Reject);
+    assert!(live
+        .owned
+        .scaffold
+        .contains(&Scaffold::Masquerade(planners::Masquerade {
+            source: "10.244.1.0/24".parse().unwrap(),
+            portals: "10.11.0.0/16".parse().unwrap(),
+        })));
+    for slot in [Slot::ContainerReject, Slot::Masquerade] {
+        assert!(
+            live.owned.scaffold.contains(&Scaffold::Chain(slot)),
+            "{slot}"
+        );
+        assert!(
+            live.owned.scaffold.contains(&Scaffold::Hook(slot)),
+            "{slot}"
+        );
+    }
+    // A portal chain no element points at is an orphan, removed whole.
+    assert_eq!(
+        live.stray,
+        vec![StrayRule {
+            chain: "svc-c-10.11.0.9-tcp-80".into(),
+            text: "chain svc-c-10.11.0.9-tcp-80".into(),
+        }]
+    );
+    // What portald would write for this state is what the kernel listed.
+    let state = Nftables.render_state(&live.owned);
+    assert!(state.contains("goto svc-c-10.11.0.4-tcp-80"), "{state}");
 }

@@ -7,7 +7,7 @@ mod nftables_support;
 use nftables_support::*;
 use planners::nftables::render_json;
 use planners::{
-    apply_changes, Change, Dialect, Live, NatState, Nftables, Path, Protocol, Scaffold,
+    apply_changes, Change, Dialect, Live, NatState, Nftables, Path, Protocol, Scaffold, Slot,
 };
 use proptest::prelude::*;
 use std::io::Write;
@@ -117,7 +117,7 @@ fn create_all(state: &NatState) -> Vec<Change> {
     let mut changes: Vec<Change> = Path::ALL
         .into_iter()
         .map(|p| Change::AddScaffold {
-            scaffold: Scaffold::Chain(p),
+            scaffold: Scaffold::Chain(Slot::nat(p)),
         })
         .collect();
     changes.extend(
@@ -127,7 +127,7 @@ fn create_all(state: &NatState) -> Vec<Change> {
             .map(|r| Change::AddRule { rule: r.clone() }),
     );
     changes.extend(Path::ALL.into_iter().map(|p| Change::AddScaffold {
-        scaffold: Scaffold::Hook(p),
+        scaffold: Scaffold::Hook(Slot::nat(p)),
     }));
     changes
 }
@@ -136,7 +136,7 @@ fn remove_all(state: &NatState) -> Vec<Change> {
     let mut changes: Vec<Change> = Path::ALL
         .into_iter()
         .map(|p| Change::RemoveScaffold {
-            scaffold: Scaffold::Hook(p),
+            scaffold: Scaffold::Hook(Slot::nat(p)),
         })
         .collect();
     changes.extend(
@@ -146,7 +146,7 @@ fn remove_all(state: &NatState) -> Vec<Change> {
             .map(|r| Change::RemoveRule { rule: r.clone() }),
     );
     changes.extend(Path::ALL.into_iter().map(|p| Change::RemoveScaffold {
-        scaffold: Scaffold::Chain(p),
+        scaffold: Scaffold::Chain(Slot::nat(p)),
     }));
     changes
 }
@@ -212,14 +212,14 @@ fn one_batch_removes_strays_and_repairs_a_damaged_chain() {
     let ns = Netns::new();
     ns.setup(&["portald_table", "portald_damaged", "portald_stray"]);
     let live = ns.observe();
-    assert_eq!(live.stray.len(), 4, "{:?}", live.stray);
+    assert_eq!(live.stray.len(), 5, "{:?}", live.stray);
     let mut changes: Vec<Change> = live
         .stray
         .iter()
         .map(|s| Change::RemoveStray { stray: s.clone() })
         .collect();
     changes.push(Change::AddScaffold {
-        scaffold: Scaffold::Chain(Path::Host),
+        scaffold: Scaffold::Chain(Slot::Host),
     });
     ns.apply(&Nftables.render_batch(&changes));
     let repaired = ns.observe();
@@ -260,7 +260,7 @@ fn a_host_path_dnat_portal_reaches_a_loopback_listener() {
     let mut state = NatState::default();
     state
         .scaffold
-        .extend([Scaffold::Chain(Path::Host), Scaffold::Hook(Path::Host)]);
+        .extend([Scaffold::Chain(Slot::Host), Scaffold::Hook(Slot::Host)]);
     state.insert_rule(rule(
         Path::Host,
         1,

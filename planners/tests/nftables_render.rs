@@ -6,14 +6,14 @@ mod nftables_support;
 use nftables_support::*;
 use planners::nftables::render_json;
 use planners::{
-    apply_changes, Change, Dialect, NatState, Nftables, Path, Protocol, Scaffold, StrayRule,
+    apply_changes, Change, Dialect, NatState, Nftables, Path, Protocol, Scaffold, Slot, StrayRule,
 };
 use proptest::prelude::*;
 
 fn create_all(state: &NatState) -> Vec<Change> {
     let mut changes: Vec<Change> = [
-        Scaffold::Chain(Path::Container),
-        Scaffold::Chain(Path::Host),
+        Scaffold::Chain(Slot::Container),
+        Scaffold::Chain(Slot::Host),
     ]
     .into_iter()
     .map(|scaffold| Change::AddScaffold { scaffold })
@@ -25,7 +25,7 @@ fn create_all(state: &NatState) -> Vec<Change> {
             .map(|r| Change::AddRule { rule: r.clone() }),
     );
     changes.extend(
-        [Scaffold::Hook(Path::Container), Scaffold::Hook(Path::Host)]
+        [Scaffold::Hook(Slot::Container), Scaffold::Hook(Slot::Host)]
             .into_iter()
             .map(|scaffold| Change::AddScaffold { scaffold }),
     );
@@ -33,7 +33,7 @@ fn create_all(state: &NatState) -> Vec<Change> {
 }
 
 fn remove_all(state: &NatState) -> Vec<Change> {
-    let mut changes: Vec<Change> = [Scaffold::Hook(Path::Container), Scaffold::Hook(Path::Host)]
+    let mut changes: Vec<Change> = [Scaffold::Hook(Slot::Container), Scaffold::Hook(Slot::Host)]
         .into_iter()
         .map(|scaffold| Change::RemoveScaffold { scaffold })
         .collect();
@@ -45,8 +45,8 @@ fn remove_all(state: &NatState) -> Vec<Change> {
     );
     changes.extend(
         [
-            Scaffold::Chain(Path::Container),
-            Scaffold::Chain(Path::Host),
+            Scaffold::Chain(Slot::Container),
+            Scaffold::Chain(Slot::Host),
         ]
         .into_iter()
         .map(|scaffold| Change::RemoveScaffold { scaffold }),
@@ -144,7 +144,7 @@ fn empty_changes_and_empty_state_render_as_nothing() {
 #[test]
 fn table_is_deleted_only_when_both_paths_chains_go() {
     let one = [Change::RemoveScaffold {
-        scaffold: Scaffold::Chain(Path::Host),
+        scaffold: Scaffold::Chain(Slot::Host),
     }];
     assert!(!Nftables.render_batch(&one).contains("delete table"));
     let both = remove_all(&sample_state());
@@ -163,7 +163,7 @@ fn stray_in_a_chain_the_batch_flushes_or_deletes_is_left_to_that() {
     };
     let repair = [
         Change::AddScaffold {
-            scaffold: Scaffold::Chain(Path::Host),
+            scaffold: Scaffold::Chain(Slot::Host),
         },
         stray("host"),
         stray("container"),
@@ -177,7 +177,7 @@ fn stray_in_a_chain_the_batch_flushes_or_deletes_is_left_to_that() {
     let teardown = [
         stray("output"),
         Change::RemoveScaffold {
-            scaffold: Scaffold::Hook(Path::Host),
+            scaffold: Scaffold::Hook(Slot::Host),
         },
     ];
     assert_eq!(

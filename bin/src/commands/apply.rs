@@ -7,9 +7,31 @@ use engine::daemon::control::{request, Request};
 use engine::plan::Plan;
 use std::time::Duration;
 
+/// Kernel mode without a daemon: load, plan, apply and verify here, once.
+fn apply_once(args: &ApplyArgs, config: &engine::config::Config) -> Result<u8> {
+    let lock_path = args.engine.lock_path(&args.target);
+    let (plan, batch_sent) = engine::daemon::apply_once(
+        &args.target,
+        &lock_path,
+        config,
+        std::sync::Arc::new(engine::exec::SystemExec),
+    )
+    .map_err(anyhow::Error::msg)
+    .with_context(|| format!("applying `{}`", args.target.display()))?;
+    print!("{}", engine::plan::render::plan_text(&plan));
+    if !batch_sent && plan.retire.is_none() {
+        println!("No batch sent: the kernel already matched.");
+    }
+    Ok(0)
+}
+
 pub fn run(args: ApplyArgs) -> Result<u8> {
     let socket = &args.control.control_socket;
     let request_body = if args.target.is_dir() {
+        let config = args.engine.config();
+        if config.mode == engine::config::Mode::Kernel && super::daemon_status(socket).is_none() {
+            return apply_once(&args, &config);
+        }
         let status = super::daemon_status(socket).with_context(|| {
             format!(
                 "no portald daemon answers on `{}`: in userspace mode the listeners live in the daemon; start it with `portald run {}`",

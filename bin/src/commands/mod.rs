@@ -10,6 +10,7 @@ mod plan;
 mod run;
 mod snapshot;
 mod status;
+mod switch;
 mod udp_probe;
 
 use crate::args::{BackendArg, Command, EngineArgs, LiveArgs};
@@ -31,6 +32,7 @@ pub fn dispatch(command: Command) -> Result<u8> {
         Command::Run(args) => run::run(args),
         Command::Status(args) => status::run(args),
         Command::Cleanup(args) => cleanup::run(args),
+        Command::Switch(args) => switch::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Backend(args) => backend::run(args),
         Command::UdpProbe(args) => udp_probe::run(args),
@@ -67,9 +69,11 @@ pub fn observe(live: &LiveArgs, backend: Backend) -> Result<Observed> {
         return engine::observe::from_file_text(backend, &text, &path.display().to_string())
             .with_context(|| format!("reading live state `{}`", path.display()));
     }
-    engine::observe::observe(backend, &SystemExec, Default::default()).context(
+    let mut observed = engine::observe::observe(backend, &SystemExec, Default::default()).context(
         "observing the kernel (use --live FILE or --no-live to plan without kernel access)",
-    )
+    )?;
+    observed.other = engine::observe::observe_other(backend, &SystemExec);
+    Ok(observed)
 }
 
 pub fn backend(arg: BackendArg) -> Backend {

@@ -1,6 +1,7 @@
 //! `portald udp-probe` (hidden): sends numbered datagrams to an address and prints each
 //! reply, for the demo and the tests (no socat needed). Each query uses a fresh socket, so a
-//! fresh source port: the proxy sees a new client flow each time and balances it.
+//! fresh source port (the proxy sees a new client flow each time and balances it), unless
+//! `--source-port` pins them all to one flow.
 
 use crate::args::UdpProbeArgs;
 use anyhow::{Context, Result};
@@ -12,7 +13,8 @@ pub fn run(args: UdpProbeArgs) -> Result<u8> {
     let mut answered = 0;
     for i in 1..=args.count {
         let payload = format!("{}-{i}", args.payload);
-        let socket = UdpSocket::bind("0.0.0.0:0").context("binding a UDP socket")?;
+        let port = args.source_port.unwrap_or(0);
+        let socket = UdpSocket::bind(("0.0.0.0", port)).context("binding a UDP socket")?;
         socket
             .set_read_timeout(Some(timeout))
             .context("setting the read timeout")?;

@@ -21,6 +21,13 @@ pub enum Request {
     Reconcile,
     /// Apply a saved plan, unless the live state changed since it was made.
     ApplyPlan { plan: Box<Plan> },
+    /// Switch the running daemon to another backend and/or mode, live: the new state is
+    /// built before the old one goes, and listeners stay up until the kernel no longer
+    /// sends traffic to them.
+    Switch {
+        backend: Option<crate::config::Backend>,
+        mode: Option<crate::config::Mode>,
+    },
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

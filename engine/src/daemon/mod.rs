@@ -76,6 +76,41 @@ impl Trigger {
     }
 }
 
+/// Applies a directory once, without a daemon: kernel mode only, where the kernel carries
+/// the traffic and nothing must stay running. Returns the applied plan and whether a batch
+/// was sent.
+pub fn apply_once(
+    dir: &std::path::Path,
+    lock_path: &std::path::Path,
+    config: &crate::config::Config,
+    exec: Arc<dyn Exec>,
+) -> Result<(crate::plan::Plan, bool), String> {
+    if config.mode != crate::config::Mode::Kernel {
+        return Err("a one-shot apply needs --mode kernel: in userspace mode the listeners live in a running daemon".into());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime: {e}"))?;
+    let dataplane = DataPlane::new(crate::dataplane::DataPlaneConfig::default());
+    let control = Arc::new(DataPlaneControl::new(dataplane, runtime.handle().clone()));
+    let status = Arc::new(Mutex::new(Status::default()));
+    let mut reconciler = Reconciler::new(
+        dir.to_path_buf(),
+        lock_path.to_path_buf(),
+        config.clone(),
+        exec,
+        control,
+        status.clone(),
+    );
+    let outcome = reconciler.apply_once();
+    let diagnostics = status.lock().expect("status lock").diagnostics.clone();
+    for d in diagnostics {
+        tracing::warn!("{d}");
+    }
+    outcome
+}
+
 /// Runs until SIGTERM or SIGINT.
 pub async fn run(cfg: DaemonConfig, exec: Arc<dyn Exec>) -> Result<(), DaemonError> {
     if !cfg.dir.is_dir() {
@@ -200,6 +235,25 @@ fn reconcile_loop(reconciler: &mut Reconciler, rx: mpsc::Receiver<Trigger>, clea
                         },
                     };
                     let _ = reply.send(answer);
+                }
+                Trigger::Request(Request::Switch { backend, mode }, reply) => {
+                    let (from_backend, from_mode) = reconciler.switch(backend, mode);
+                    let result = reconciler.reconcile("switch");
+                    if !result.ok {
+                        // Stay where traffic flows: back to the settings that worked.
+                        reconciler.switch(Some(from_backend), Some(from_mode));
+                        reconciler.reconcile("switch back");
+                    }
+                    reconciled = Some(result.clone());
+                    let _ = reply.send(Response {
+                        ok: result.ok,
+                        error: result.error.clone(),
+                        plan_text: Some(format!(
+                            "Switched from backend {from_backend} mode {from_mode}. Plan: {} to add, {} to change, {} to remove.",
+                            result.summary.add, result.summary.change, result.summary.remove
+                        )),
+                        ..Response::default()
+                    });
                 }
                 Trigger::Request(_, reply) => {
                     let result = reconciled

@@ -9,10 +9,10 @@ use crate::config::Config;
 use crate::dataplane::{Backends, DataPlane, ListenerSpec};
 use crate::exec::Exec;
 use crate::load::{load_dir, ParsedFile};
-use crate::observe::{observe, Observed};
+use crate::observe::{observe, observe_other, Observed};
 use crate::pipeline;
 use crate::plan::render::plan_text;
-use crate::plan::{make_plan, Plan};
+use crate::plan::Plan;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -178,6 +178,31 @@ impl Reconciler {
         result
     }
 
+    /// Takes another backend and/or mode for the next passes; returns the previous ones.
+    pub fn switch(
+        &mut self,
+        backend: Option<crate::config::Backend>,
+        mode: Option<crate::config::Mode>,
+    ) -> (crate::config::Backend, crate::config::Mode) {
+        let previous = (self.config.backend, self.config.mode);
+        if let Some(backend) = backend {
+            self.config.backend = backend;
+        }
+        if let Some(mode) = mode {
+            self.config.mode = mode;
+        }
+        let mut status = self.status.lock().expect("status lock");
+        status.backend = self.config.backend.to_string();
+        status.mode = self.config.mode.to_string();
+        previous
+    }
+
+    /// One pass without a daemon around it (a one-shot `apply` in kernel mode, where no
+    /// listener has to outlive the command): the plan it applied, or why it failed.
+    pub fn apply_once(&mut self) -> Result<(Plan, bool), String> {
+        self.pass()
+    }
+
     /// Files as they are now, with each broken file replaced by its last good version.
     fn load(&mut self) -> Result<Vec<ParsedFile>, String> {
         let files = load_dir(&self.dir).map_err(|e| error_chain(&e))?;
@@ -216,17 +241,23 @@ impl Reconciler {
     }
 
     fn observe(&self) -> Result<Observed, String> {
-        observe(
+        let mut observed = observe(
             self.config.backend,
             self.exec.as_ref(),
             self.control.listeners(),
         )
-        .map_err(|e| error_chain(&e))
+        .map_err(|e| error_chain(&e))?;
+        observed.other = observe_other(self.config.backend, self.exec.as_ref());
+        Ok(observed)
     }
 
     fn pass(&mut self) -> Result<(Plan, bool), String> {
         let files = self.load()?;
         let lock = self.lock()?;
+        if self.config.mode == crate::config::Mode::Kernel {
+            // Links come and go (a bridge added for new containers): read them every pass.
+            self.config.local_networks = crate::observe::routes::local_networks();
+        }
         let observed = self.observe()?;
         let outcome = pipeline::run(&files, &lock, &observed, &self.config, true);
         {
@@ -248,6 +279,13 @@ impl Reconciler {
     fn verify(&self, intent: &Intent) -> Result<(), String> {
         let after = self.observe()?;
         verify(&intent.nat, &after.live.owned, &after.live.stray).map_err(|e| error_chain(&e))?;
+        if let Some((other, live)) = &after.other {
+            return Err(format!(
+                "after apply, portald still owns {} rule(s) and {} stray(s) through {other}",
+                live.owned.rules.len() + live.owned.scaffold.len(),
+                live.stray.len()
+            ));
+        }
         if after.listeners != intent.listeners {
             return Err("after apply, the open listeners differ from the intent".into());
         }
@@ -313,26 +351,20 @@ impl Reconciler {
     }
 }
 
-/// Plans and applies the removal of everything portald owns in the kernel.
+/// Plans and applies the removal of everything portald owns in the kernel, through the
+/// given backend and, if it owns anything there, the other one too.
 pub fn cleanup(
     backend: crate::config::Backend,
     mode: crate::config::Mode,
     exec: &dyn Exec,
 ) -> Result<Plan, String> {
     let observed = observe(backend, exec, BTreeMap::new()).map_err(|e| error_chain(&e))?;
-    let mut changes = crate::diff::ChangeSet {
-        nat: crate::diff::diff_nat(&planners::NatState::default(), &observed.live.owned),
-        ..Default::default()
-    };
-    changes.nat.extend(
-        observed
-            .live
-            .stray
-            .iter()
-            .cloned()
-            .map(|stray| planners::Change::RemoveStray { stray }),
-    );
-    let plan = make_plan(&changes, &observed.live.owned, backend, mode);
+    let mut plan = crate::plan::removal_plan(&observed.live, backend, mode);
+    if let Some((other, live)) = observe_other(backend, exec) {
+        let retire = crate::plan::removal_plan(&live, other, mode);
+        plan.summary.remove += retire.summary.remove;
+        plan.retire = Some(Box::new(retire));
+    }
     struct NoListeners;
     impl ListenerControl for NoListeners {
         fn open(&self, key: ListenerKey, _: &Listener) -> Result<(), String> {
@@ -353,6 +385,11 @@ pub fn cleanup(
         &after.live.stray,
     )
     .map_err(|e| error_chain(&e))?;
+    if let Some((other, _)) = observe_other(backend, exec) {
+        return Err(format!(
+            "after cleanup, portald still owns rules through {other}"
+        ));
+    }
     Ok(plan)
 }
 

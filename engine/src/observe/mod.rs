@@ -1,6 +1,7 @@
 //! Observing the live state: portald's kernel rules (through the process seam), the
 //! listeners it runs, and which ports other processes hold.
 
+pub mod routes;
 pub mod sockets;
 
 use crate::compile::{Listener, ListenerKey};
@@ -27,6 +28,8 @@ pub struct Observed {
     pub live: Live,
     pub listeners: BTreeMap<ListenerKey, Listener>,
     pub sockets: Vec<HeldSocket>,
+    /// What portald owns through the other backend, when it owns anything there.
+    pub other: Option<(Backend, Live)>,
 }
 
 impl Observed {
@@ -80,7 +83,39 @@ pub fn observe(
         live,
         listeners,
         sockets: sockets::read_sockets(),
+        other: None,
     })
+}
+
+/// The backend that is not `backend`.
+pub fn other_backend(backend: Backend) -> Backend {
+    match backend {
+        Backend::Iptables => Backend::Nftables,
+        Backend::Nftables => Backend::Iptables,
+    }
+}
+
+/// What portald owns through the other backend, if anything. A host without the other
+/// tool, or whose dump cannot be read, has nothing of portald's there that could be
+/// removed anyway; that is logged, not an error.
+pub fn observe_other(backend: Backend, exec: &dyn Exec) -> Option<(Backend, Live)> {
+    let other = other_backend(backend);
+    let dialect = dialect(other);
+    let dump = match exec.run(&dialect.observe_command(), None) {
+        Ok(out) => out.stdout,
+        Err(e) => {
+            tracing::debug!("not looking at {other}: {e}");
+            return None;
+        }
+    };
+    match dialect.parse_live(&dump) {
+        Ok(live) if !(live.owned.is_empty() && live.stray.is_empty()) => Some((other, live)),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!("cannot read the {other} state to retire it: {e}");
+            None
+        }
+    }
 }
 
 /// A captured live state (`portald snapshot`), replayable with `plan --live FILE`.
@@ -166,5 +201,6 @@ pub fn from_file_text(backend: Backend, text: &str, path: &str) -> Result<Observ
             .map(|e| (e.key, e.listener))
             .collect(),
         sockets: snapshot.sockets,
+        other: None,
     })
 }

@@ -3,7 +3,7 @@
 use super::Step;
 use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::Direction;
-use planners::{Action, Change, Path, Protocol, Scaffold};
+use planners::{Action, Change, PortalRule, Protocol, Scaffold, Slot};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 
@@ -11,27 +11,27 @@ use std::collections::{BTreeMap, BinaryHeap};
 pub fn build(steps: &[Step]) -> DiGraph<usize, ()> {
     let mut graph = DiGraph::new();
     let nodes: Vec<NodeIndex> = (0..steps.len()).map(|i| graph.add_node(i)).collect();
-    let mut chain_add = BTreeMap::new();
-    let mut chain_remove = BTreeMap::new();
-    let mut hook_remove = BTreeMap::new();
+    let mut chain_add: BTreeMap<Slot, NodeIndex> = BTreeMap::new();
+    let mut chain_remove: BTreeMap<Slot, NodeIndex> = BTreeMap::new();
+    let mut hook_remove: BTreeMap<Slot, NodeIndex> = BTreeMap::new();
     let mut opens: BTreeMap<(Protocol, u16), NodeIndex> = BTreeMap::new();
     let mut closes: BTreeMap<(Protocol, u16), NodeIndex> = BTreeMap::new();
     for (i, step) in steps.iter().enumerate() {
         match step {
             Step::Kernel(Change::AddScaffold {
-                scaffold: Scaffold::Chain(p),
+                scaffold: Scaffold::Chain(s),
             }) => {
-                chain_add.insert(*p, nodes[i]);
+                chain_add.insert(*s, nodes[i]);
             }
             Step::Kernel(Change::RemoveScaffold {
-                scaffold: Scaffold::Chain(p),
+                scaffold: Scaffold::Chain(s),
             }) => {
-                chain_remove.insert(*p, nodes[i]);
+                chain_remove.insert(*s, nodes[i]);
             }
             Step::Kernel(Change::RemoveScaffold {
-                scaffold: Scaffold::Hook(p),
+                scaffold: Scaffold::Hook(s),
             }) => {
-                hook_remove.insert(*p, nodes[i]);
+                hook_remove.insert(*s, nodes[i]);
             }
             Step::OpenListener { key, .. } => {
                 opens.insert((key.protocol, key.port.0), nodes[i]);
@@ -42,9 +42,11 @@ pub fn build(steps: &[Step]) -> DiGraph<usize, ()> {
             _ => {}
         }
     }
-    let target = |rule: &planners::PortalRule| match rule.action {
-        Action::Redirect { to_port } => (rule.key.protocol, to_port),
-        Action::DnatLocal { to } => (rule.key.protocol, to.port()),
+    // The local listener a userspace-mode rule sends traffic to.
+    let target = |rule: &PortalRule| match rule.action {
+        Action::Redirect { to_port } => Some((rule.key.protocol, to_port)),
+        Action::DnatLocal { to } => Some((rule.key.protocol, to.port())),
+        Action::Balance { .. } | Action::Reject => None,
     };
     for (i, step) in steps.iter().enumerate() {
         let me = nodes[i];
@@ -56,41 +58,49 @@ pub fn build(steps: &[Step]) -> DiGraph<usize, ()> {
         };
         match change {
             // A chain exists before anything jumps to it or is put in it.
-            Change::AddScaffold {
-                scaffold: Scaffold::Hook(p),
-            } => needs(chain_add.get(p)),
+            Change::AddScaffold { scaffold } if !matches!(scaffold, Scaffold::Chain(_)) => {
+                needs(chain_add.get(&scaffold.slot()))
+            }
             Change::AddRule { rule } => {
-                needs(chain_add.get(&rule.key.path));
+                needs(chain_add.get(&rule.slot()));
                 // The listener is open before a rule sends traffic to it.
-                needs(opens.get(&target(rule)));
+                needs(target(rule).and_then(|t| opens.get(&t)));
             }
             Change::ReplaceRule { old, new } => {
-                needs(chain_add.get(&new.key.path));
-                needs(opens.get(&target(new)));
-                if let Some(close) = closes.get(&target(old)) {
+                needs(chain_add.get(&new.slot()));
+                needs(target(new).and_then(|t| opens.get(&t)));
+                if let Some(close) = target(old).and_then(|t| closes.get(&t)) {
                     graph.add_edge(me, *close, ());
+                }
+                if let Some(chain) = chain_remove.get(&old.slot()) {
+                    graph.add_edge(me, *chain, ());
                 }
             }
             Change::RemoveRule { rule } => {
                 // The rule is gone before its listener closes, and before its chain goes.
-                if let Some(close) = closes.get(&target(rule)) {
+                if let Some(close) = target(rule).and_then(|t| closes.get(&t)) {
                     graph.add_edge(me, *close, ());
                 }
-                if let Some(chain) = chain_remove.get(&rule.key.path) {
+                if let Some(chain) = chain_remove.get(&rule.slot()) {
                     graph.add_edge(me, *chain, ());
                 }
             }
             Change::RemoveScaffold {
-                scaffold: Scaffold::Chain(p),
+                scaffold: Scaffold::Chain(s),
             } => {
                 // No jump into a chain that is about to go.
-                needs(hook_remove.get(p));
+                needs(hook_remove.get(s));
+            }
+            Change::RemoveScaffold {
+                scaffold: Scaffold::Masquerade(_),
+            } => {
+                if let Some(chain) = chain_remove.get(&Slot::Masquerade) {
+                    graph.add_edge(me, *chain, ());
+                }
             }
             Change::RemoveStray { .. } => {
-                for path in Path::ALL {
-                    if let Some(chain) = chain_remove.get(&path) {
-                        graph.add_edge(me, *chain, ());
-                    }
+                for chain in chain_remove.values() {
+                    graph.add_edge(me, *chain, ());
                 }
             }
             _ => {}

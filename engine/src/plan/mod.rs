@@ -55,24 +55,7 @@ impl Step {
             }
             Step::Kernel(change) => {
                 // Readable order among independent steps: structure first, hooks last.
-                let rank = match change {
-                    Change::AddScaffold {
-                        scaffold: planners::Scaffold::Chain(_),
-                    } => 0,
-                    Change::RemoveStray { .. } => 1,
-                    Change::RemoveScaffold {
-                        scaffold: planners::Scaffold::Hook(_),
-                    } => 2,
-                    Change::RemoveRule { .. } => 3,
-                    Change::ReplaceRule { .. } => 4,
-                    Change::AddRule { .. } => 5,
-                    Change::AddScaffold {
-                        scaffold: planners::Scaffold::Hook(_),
-                    } => 6,
-                    Change::RemoveScaffold {
-                        scaffold: planners::Scaffold::Chain(_),
-                    } => 7,
-                };
+                let rank = change.rank();
                 format!(
                     "{rank}{}",
                     serde_json::to_string(change).expect("change serializes")
@@ -104,11 +87,16 @@ pub struct Plan {
     pub held_back: usize,
     /// What portald owned when the plan was made: a saved plan is stale once this changes.
     pub observed: NatState,
+    /// Everything portald owns through the other backend (left by a run with the other
+    /// `--backend`), removed right after this plan's own batch: the new state is built
+    /// before the old one goes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retire: Option<Box<Plan>>,
 }
 
 impl Plan {
     pub fn is_empty(&self) -> bool {
-        self.steps.is_empty()
+        self.steps.is_empty() && self.retire.is_none()
     }
 
     pub fn kernel_changes(&self) -> Vec<Change> {
@@ -173,5 +161,22 @@ pub fn make_plan(changes: &ChangeSet, observed: &NatState, backend: Backend, mod
         steps: ordered,
         held_back: changes.held_back,
         observed: observed.clone(),
+        retire: None,
     }
+}
+
+/// The plan that removes everything portald owns through one backend: its rules, scaffold
+/// and strays, in dependency order.
+pub fn removal_plan(live: &planners::Live, backend: Backend, mode: Mode) -> Plan {
+    let mut changes = ChangeSet {
+        nat: crate::diff::diff_nat(&NatState::default(), &live.owned),
+        ..Default::default()
+    };
+    changes.nat.extend(
+        live.stray
+            .iter()
+            .cloned()
+            .map(|stray| Change::RemoveStray { stray }),
+    );
+    make_plan(&changes, &live.owned, backend, mode)
 }

@@ -74,6 +74,17 @@ fn action(action: &Action) -> String {
     match action {
         Action::Redirect { to_port } => format!("redirect :{to_port}"),
         Action::DnatLocal { to } => format!("dnat {to}"),
+        Action::Balance {
+            endpoints,
+            affinity_seconds,
+        } => {
+            let list: Vec<String> = endpoints.iter().map(ToString::to_string).collect();
+            match affinity_seconds {
+                Some(s) => format!("dnat {} (client-ip affinity {s}s)", list.join(", ")),
+                None => format!("dnat {}", list.join(", ")),
+            }
+        }
+        Action::Reject => "reject (no endpoints)".to_string(),
     }
 }
 
@@ -152,7 +163,17 @@ pub fn plan_text(plan: &Plan) -> String {
         };
         let _ = writeln!(out, "  {line}");
     }
-    if plan.steps.is_empty() {
+    if let Some(retire) = &plan.retire {
+        let _ = writeln!(
+            out,
+            "  then remove what portald owns through {} (switching to {}):",
+            retire.backend, plan.backend
+        );
+        for line in plan_text(retire).lines().filter(|l| l.starts_with("  ")) {
+            let _ = writeln!(out, "  {line}");
+        }
+    }
+    if plan.is_empty() {
         out.push_str("No changes: the live state matches the services.\n");
     }
     if plan.held_back > 0 {

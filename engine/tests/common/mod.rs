@@ -76,6 +76,27 @@ impl Case {
         }
     }
 
+    /// The pipeline in kernel mode, as on a host whose one attached network is the
+    /// testbed's bridge (so the masquerade pairs are the same on every machine).
+    pub fn run_kernel(&self, backend: Backend) -> Outcome {
+        let config = Config {
+            mode: engine::config::Mode::Kernel,
+            local_networks: vec!["10.244.1.0/24".parse().expect("valid network")],
+            ..self.config.clone()
+        };
+        let case = Case {
+            name: self.name.clone(),
+            files: self.files.clone(),
+            lock: self.lock.clone(),
+            live_dump: self.live_dump.clone(),
+            config,
+        };
+        match backend {
+            Backend::Iptables => case.run_iptables(),
+            Backend::Nftables => case.run_nftables(),
+        }
+    }
+
     /// The pipeline with the iptables backend against `live.save`, listeners unknown.
     pub fn run_iptables(&self) -> Outcome {
         let config = Config {

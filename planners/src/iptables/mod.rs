@@ -1,67 +1,136 @@
-//! The iptables dialect: portald's portals as rules in the `nat` table, written with
+//! The iptables dialect: portald's portals as rules in owned `PORTAL-*` chains, written with
 //! `iptables-restore --noflush` and read back from `iptables-save`.
 //!
-//! Layout (userspace mode, the seed's design), all in `nat`:
-//! - owned chains `PORTAL-CONTAINER` ([`Scaffold::Chain`]`(Container)`) and `PORTAL-HOST`
-//!   ([`Scaffold::Chain`]`(Host)`); every chain named `PORTAL-*` is portald's space;
-//! - hooks: a commented jump at the top of `PREROUTING` (container path) and of `OUTPUT`
-//!   (host path) into the owned chain;
-//! - one rule per portal, spelled exactly as `iptables-save` prints it, so a rendered state
-//!   and a dump of the applied state are the same text:
-//!   `-A PORTAL-CONTAINER -d 10.11.0.1/32 -p tcp -m comment --comment "ns/svc:80" -m tcp
-//!   --dport 80 -j REDIRECT --to-ports 33945` (or `-j DNAT --to-destination 127.0.0.1:33945`).
+//! Layout, one owned chain per [`Slot`], each hooked by a commented jump at the top of a
+//! built-in chain:
+//!
+//! | slot | table | chain | hook |
+//! | --- | --- | --- | --- |
+//! | container | nat | `PORTAL-CONTAINER` | `PREROUTING` |
+//! | host | nat | `PORTAL-HOST` | `OUTPUT` |
+//! | container-reject | filter | `PORTAL-CONTAINER-REJECT` | `FORWARD` |
+//! | host-reject | filter | `PORTAL-HOST-REJECT` | `OUTPUT` |
+//! | masquerade | nat | `PORTAL-MASQUERADE` | `POSTROUTING` |
+//!
+//! One rule per portal, spelled exactly as `iptables-save` prints it, so a rendered state
+//! and a dump of the applied state are the same text:
+//! `-A PORTAL-CONTAINER -d 10.11.0.1/32 -p tcp -m comment --comment "ns/svc:80" -m tcp
+//! --dport 80 -j REDIRECT --to-ports 33945` (userspace mode), `... -j PORTAL-C-0A0B0001-TCP-80`
+//! (kernel mode: a chain of the portal's own that DNATs to one endpoint, chosen by a
+//! `statistic` cascade of probabilities 1/n, 1/(n-1), ..., 1, and, with `ClientIP` affinity,
+//! remembered per client address by `recent` lists named after each endpoint), or
+//! `... -j REJECT --reject-with icmp-port-unreachable` in the filter table (no endpoints).
+//! Every chain whose name starts with `PORTAL-` is portald's space.
 //!
 //! Facts about `iptables-restore --noflush` (1.8.9, nf_tables backend) the batches rely on,
 //! each checked against the real kernel by `tests/iptables_kernel.rs`:
-//! - a batch is one transaction: if any line fails, nothing of it is applied;
+//! - each table's section (up to its `COMMIT`) is one transaction: if any line fails,
+//!   nothing of it is applied;
 //! - `:CHAIN - [0:0]` for a chain that exists FLUSHES it, even in `--noflush` mode, and a
 //!   declaration after `-A` lines for the same chain in one batch throws those rules away;
-//!   so a batch declares only chains it creates, and before their rules;
+//!   so a batch declares only chains it creates or refills, and before their rules;
 //! - `--test` only parses: it does not notice a `-D` of a rule or chain that is not there.
 
 mod parse;
 mod render;
 pub mod tokenize;
 
-use crate::{Change, Dialect, Invocation, Live, NatState, ParseError, Path};
+use crate::{Change, Dialect, Invocation, Live, NatState, ParseError, PortalKey, Slot};
 
 pub use parse::is_terminal_target;
 pub use render::rule_spec;
 
-/// The table every portald rule lives in.
+/// The table of portald's NAT chains.
 pub const TABLE: &str = "nat";
+/// The table of portald's refusals.
+pub const FILTER: &str = "filter";
 /// Chains whose name starts with this belong to portald.
 pub const CHAIN_PREFIX: &str = "PORTAL-";
 /// Seconds `iptables-restore` waits for the xtables lock before giving up.
 pub const LOCK_WAIT_SECONDS: &str = "5";
 
-/// The owned chain that holds a path's portal rules.
-pub fn chain(path: Path) -> &'static str {
-    match path {
-        Path::Container => "PORTAL-CONTAINER",
-        Path::Host => "PORTAL-HOST",
+/// The owned chain of a slot.
+pub fn chain(slot: Slot) -> &'static str {
+    match slot {
+        Slot::Container => "PORTAL-CONTAINER",
+        Slot::Host => "PORTAL-HOST",
+        Slot::ContainerReject => "PORTAL-CONTAINER-REJECT",
+        Slot::HostReject => "PORTAL-HOST-REJECT",
+        Slot::Masquerade => "PORTAL-MASQUERADE",
     }
 }
 
-/// The built-in chain a path's hook jumps from.
-pub fn hook_chain(path: Path) -> &'static str {
-    match path {
-        Path::Container => "PREROUTING",
-        Path::Host => "OUTPUT",
+/// The table a slot's chain lives in.
+pub fn table(slot: Slot) -> &'static str {
+    match slot {
+        Slot::ContainerReject | Slot::HostReject => FILTER,
+        _ => TABLE,
     }
 }
 
-/// The comment that marks a path's hook as portald's.
-pub fn hook_comment(path: Path) -> &'static str {
-    match path {
-        Path::Container => "portald:container-portals",
-        Path::Host => "portald:host-portals",
+/// The built-in chain a slot's hook jumps from.
+pub fn hook_chain(slot: Slot) -> &'static str {
+    match slot {
+        Slot::Container => "PREROUTING",
+        Slot::Host | Slot::HostReject => "OUTPUT",
+        Slot::ContainerReject => "FORWARD",
+        Slot::Masquerade => "POSTROUTING",
     }
 }
 
-/// The path whose owned chain has this name, if any.
-pub fn path_of_chain(name: &str) -> Option<Path> {
-    Path::ALL.into_iter().find(|p| chain(*p) == name)
+/// The comment that marks a slot's hook as portald's.
+pub fn hook_comment(slot: Slot) -> &'static str {
+    match slot {
+        Slot::Container => "portald:container-portals",
+        Slot::Host => "portald:host-portals",
+        Slot::ContainerReject => "portald:container-rejects",
+        Slot::HostReject => "portald:host-rejects",
+        Slot::Masquerade => "portald:masquerade",
+    }
+}
+
+/// The slot whose owned chain has this name in this table, if any.
+pub fn slot_of_chain(table_name: &str, name: &str) -> Option<Slot> {
+    Slot::ALL
+        .into_iter()
+        .find(|s| chain(*s) == name && table(*s) == table_name)
+}
+
+/// The chain of a kernel-mode portal: `PORTAL-C-0A0B0001-TCP-80` (28 bytes at most, the
+/// kernel's limit for a chain name).
+pub fn service_chain(key: &PortalKey) -> String {
+    format!(
+        "PORTAL-{}-{:08X}-{}-{}",
+        key.path.as_str()[..1].to_ascii_uppercase(),
+        u32::from(key.vip),
+        key.protocol.as_str().to_ascii_uppercase(),
+        key.port
+    )
+}
+
+/// The `recent` list of one endpoint of a portal: named by the endpoint, so an endpoint that
+/// stays keeps its clients across changes.
+pub fn affinity_list(key: &PortalKey, endpoint: &std::net::SocketAddrV4) -> String {
+    format!(
+        "{}-{:08X}-{}",
+        service_chain(key),
+        u32::from(*endpoint.ip()),
+        endpoint.port()
+    )
+}
+
+/// How a stray's `chain` names a chain: bare in `nat`, `table/chain` elsewhere.
+pub(crate) fn stray_location(table_name: &str, chain_name: &str) -> String {
+    if table_name == TABLE {
+        chain_name.to_string()
+    } else {
+        format!("{table_name}/{chain_name}")
+    }
+}
+
+/// The table and chain a stray's `chain` names.
+pub(crate) fn split_location(location: &str) -> (&str, &str) {
+    location.split_once('/').unwrap_or((TABLE, location))
 }
 
 /// portald's iptables dialect.

@@ -6,13 +6,14 @@
 //! with a rule portald can read. Unknown matches, targets and options outside portald's
 //! space are never an error: they are carried as text.
 
-use super::render::{hook_spec, rule_spec};
+use super::render::{hook_spec, masquerade_spec, rule_spec, service_specs};
 use super::tokenize::split_words;
-use super::{hook_chain, path_of_chain, CHAIN_PREFIX, TABLE};
+use super::{hook_chain, service_chain, slot_of_chain, stray_location, table, CHAIN_PREFIX, TABLE};
 use crate::{
-    Action, Comment, ForeignRule, Live, ParseError, Path, PortalKey, PortalRule, Protocol,
-    Scaffold, StrayRule,
+    Action, Comment, ForeignRule, Live, Masquerade, ParseError, PortalKey, PortalRule, Protocol,
+    Scaffold, Slot, StrayRule,
 };
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 fn error(line: usize, message: impl Into<String>) -> ParseError {
@@ -129,8 +130,11 @@ fn foreign(location: String, text: String, words: &[String]) -> ForeignRule {
     rule
 }
 
-/// A portal rule, if the words are exactly what [`rule_spec`] renders for it.
-fn portal_rule(path: Path, words: &[String]) -> Option<PortalRule> {
+/// A portal rule of a slot's chain, if the words are exactly what [`rule_spec`] renders for
+/// it. A Balance rule comes back with no endpoints: its chain says which (see
+/// [`service_action`]).
+fn portal_rule(slot: Slot, words: &[String]) -> Option<PortalRule> {
+    let path = slot.path()?;
     let w: Vec<&str> = words.iter().map(String::as_str).collect();
     let (vip, protocol, comment, port, target) = match w.as_slice() {
         ["-d", vip, "-p", p, "-m", "comment", "--comment", comment, "-m", m, "--dport", port, "-j", target @ ..]
@@ -140,6 +144,12 @@ fn portal_rule(path: Path, words: &[String]) -> Option<PortalRule> {
         }
         _ => return None,
     };
+    let key = PortalKey {
+        path,
+        vip: vip.strip_suffix("/32")?.parse().ok()?,
+        protocol: protocol_name(protocol)?,
+        port: port.parse().ok()?,
+    };
     let action = match target {
         ["REDIRECT", "--to-ports", to_port] => Action::Redirect {
             to_port: to_port.parse().ok()?,
@@ -147,21 +157,76 @@ fn portal_rule(path: Path, words: &[String]) -> Option<PortalRule> {
         ["DNAT", "--to-destination", to] => Action::DnatLocal {
             to: to.parse::<SocketAddrV4>().ok()?,
         },
+        ["REJECT", "--reject-with", "icmp-port-unreachable"] => Action::Reject,
+        [name] if *name == service_chain(&key) => Action::Balance {
+            endpoints: Vec::new(),
+            affinity_seconds: None,
+        },
         _ => return None,
     };
     let rule = PortalRule {
-        key: PortalKey {
-            path,
-            vip: vip.strip_suffix("/32")?.parse().ok()?,
-            protocol: protocol_name(protocol)?,
-            port: port.parse().ok()?,
-        },
+        key,
         comment: Comment::new(*comment).ok()?,
         action,
     };
+    if rule.slot() != slot {
+        return None;
+    }
     // Leading zeros, other spellings: only what renders back identically is portald's.
     let rendered = split_words(&rule_spec(&rule)).ok()?;
     (rendered == words).then_some(rule)
+}
+
+/// A kernel-mode portal's action, read from its chain and accepted only if portald would
+/// write exactly that chain for it.
+fn service_action(key: &PortalKey, rules: &[Vec<String>]) -> Option<Action> {
+    let mut endpoints: Vec<SocketAddrV4> = Vec::new();
+    let mut affinity_seconds = None;
+    for words in rules {
+        for pair in words.windows(2) {
+            match pair[0].as_str() {
+                "--to-destination" => {
+                    let endpoint: SocketAddrV4 = pair[1].parse().ok()?;
+                    if !endpoints.contains(&endpoint) {
+                        endpoints.push(endpoint);
+                    }
+                }
+                "--seconds" if affinity_seconds.is_none() => {
+                    affinity_seconds = Some(pair[1].parse().ok()?);
+                }
+                _ => {}
+            }
+        }
+    }
+    if endpoints.is_empty() {
+        return None;
+    }
+    let expected = service_specs(key, &endpoints, affinity_seconds);
+    let exact = expected.len() == rules.len()
+        && expected
+            .iter()
+            .zip(rules)
+            .all(|(spec, words)| split_words(spec).is_ok_and(|w| &w == words));
+    exact.then_some(Action::Balance {
+        endpoints,
+        affinity_seconds,
+    })
+}
+
+/// A masquerade rule, if the words are exactly what [`masquerade_spec`] renders for it.
+fn masquerade_rule(words: &[String]) -> Option<Masquerade> {
+    let w: Vec<&str> = words.iter().map(String::as_str).collect();
+    let ["-s", source, "-m", "conntrack", "--ctstate", "DNAT", "--ctorigdst", portals, "-j", "MASQUERADE"] =
+        w.as_slice()
+    else {
+        return None;
+    };
+    let m = Masquerade {
+        source: source.parse().ok()?,
+        portals: portals.parse().ok()?,
+    };
+    let rendered = split_words(&masquerade_spec(&m)).ok()?;
+    (rendered == words).then_some(m)
 }
 
 fn protocol_name(name: &str) -> Option<Protocol> {
@@ -172,11 +237,12 @@ fn protocol_name(name: &str) -> Option<Protocol> {
     }
 }
 
-/// Which path's hook these words are, if they are exactly a hook in its built-in chain.
-fn hook(chain_name: &str, words: &[String]) -> Option<Path> {
-    Path::ALL.into_iter().find(|path| {
-        hook_chain(*path) == chain_name
-            && split_words(&hook_spec(*path)).is_ok_and(|spec| spec == words)
+/// Which slot's hook these words are, if they are exactly a hook in its built-in chain.
+fn hook(table_name: &str, chain_name: &str, words: &[String]) -> Option<Slot> {
+    Slot::ALL.into_iter().find(|slot| {
+        table(*slot) == table_name
+            && hook_chain(*slot) == chain_name
+            && split_words(&hook_spec(*slot)).is_ok_and(|spec| spec == words)
     })
 }
 
@@ -205,10 +271,19 @@ fn strip_counters(line: &str, number: usize) -> Result<&str, ParseError> {
     Ok(rest.trim_start())
 }
 
+/// One rule of the dump.
+struct Line {
+    table: String,
+    chain: String,
+    spec: Vec<String>,
+    text: String,
+}
+
 /// Reads a whole dump.
 pub fn live(dump: &str) -> Result<Live, ParseError> {
-    let mut live = Live::default();
-    let mut table: Option<&str> = None;
+    let mut declared: Vec<(String, String)> = Vec::new();
+    let mut lines: Vec<Line> = Vec::new();
+    let mut table_name: Option<&str> = None;
     for (index, raw) in dump.lines().enumerate() {
         let number = index + 1;
         let line = raw.trim();
@@ -216,81 +291,135 @@ pub fn live(dump: &str) -> Result<Live, ParseError> {
             continue;
         }
         if let Some(name) = line.strip_prefix('*') {
-            table = Some(name.trim());
+            table_name = Some(name.trim());
             continue;
         }
         if line == "COMMIT" {
-            if table.take().is_none() {
+            if table_name.take().is_none() {
                 return Err(error(number, "`COMMIT` outside a table"));
             }
             continue;
         }
-        let Some(current) = table else {
+        let Some(current) = table_name else {
             return Err(error(number, "rule or chain before any `*table` line"));
         };
         if let Some(declaration) = line.strip_prefix(':') {
             let name = declaration.split_whitespace().next().unwrap_or_default();
-            if current == TABLE {
-                if let Some(path) = path_of_chain(name) {
-                    live.owned.scaffold.insert(Scaffold::Chain(path));
-                }
-            }
+            declared.push((current.to_string(), name.to_string()));
             continue;
         }
         let text = strip_counters(line, number)?;
         let words = split_words(text).map_err(|e| error(number, e.to_string()))?;
-        let (chain_name, spec) = match words.as_slice() {
+        match words.as_slice() {
             [append, chain_name, spec @ ..] if append == "-A" || append == "--append" => {
-                (chain_name.as_str(), spec)
+                lines.push(Line {
+                    table: current.to_string(),
+                    chain: chain_name.clone(),
+                    spec: spec.to_vec(),
+                    text: text.to_string(),
+                });
             }
             _ => {
                 let start: String = text.chars().take(40).collect();
                 return Err(error(number, format!("not a rule: `{start}`")));
             }
-        };
-        read_rule(&mut live, current, chain_name, spec, text);
+        }
     }
-    if let Some(open) = table {
+    if let Some(open) = table_name {
         return Err(error(
             dump.lines().count(),
             format!("table `{open}` has no `COMMIT`"),
         ));
     }
-    Ok(live)
+    Ok(classify(&declared, &lines))
 }
 
-/// Files one rule as owned, stray or foreign.
-fn read_rule(live: &mut Live, table: &str, chain_name: &str, spec: &[String], text: &str) {
-    let stray = |live: &mut Live| {
-        live.stray.push(StrayRule {
-            chain: chain_name.to_string(),
-            text: text.to_string(),
-        })
-    };
-    if table == TABLE && chain_name.starts_with(CHAIN_PREFIX) {
-        let rule = path_of_chain(chain_name).and_then(|path| portal_rule(path, spec));
-        match rule {
-            // A second rule for the same key is a duplicate the kernel would never reach.
-            Some(rule) if !live.owned.rules.contains_key(&rule.key) => {
-                live.owned.insert_rule(rule);
+/// Files every rule as owned, stray or foreign, and every owned chain as scaffold, in use by
+/// a portal, or orphan.
+fn classify(declared: &[(String, String)], lines: &[Line]) -> Live {
+    let mut live = Live::default();
+    for (table_name, name) in declared {
+        if let Some(slot) = slot_of_chain(table_name, name) {
+            live.owned.scaffold.insert(Scaffold::Chain(slot));
+        }
+    }
+    // Rules of every owned chain, by (table, chain), in dump order.
+    let mut owned_rules: BTreeMap<(&str, &str), Vec<Vec<String>>> = BTreeMap::new();
+    for line in lines {
+        if line.chain.starts_with(CHAIN_PREFIX) {
+            owned_rules
+                .entry((line.table.as_str(), line.chain.as_str()))
+                .or_default()
+                .push(line.spec.clone());
+        }
+    }
+    let mut used: BTreeSet<String> = BTreeSet::new();
+    for line in lines {
+        let stray = |live: &mut Live| {
+            live.stray.push(StrayRule {
+                chain: stray_location(&line.table, &line.chain),
+                text: line.text.clone(),
+            })
+        };
+        if line.chain.starts_with(CHAIN_PREFIX) {
+            let Some(slot) = slot_of_chain(&line.table, &line.chain) else {
+                // A rule of a portal's own chain, or of an orphan: judged with its chain.
+                continue;
+            };
+            if slot == Slot::Masquerade {
+                match masquerade_rule(&line.spec) {
+                    Some(m) if live.owned.scaffold.insert(Scaffold::Masquerade(m)) => {}
+                    _ => stray(&mut live),
+                }
+                continue;
             }
-            _ => stray(live),
+            let rule = portal_rule(slot, &line.spec).and_then(|mut rule| {
+                if let Action::Balance { .. } = rule.action {
+                    let name = service_chain(&rule.key);
+                    let rules = owned_rules.get(&(TABLE, name.as_str()))?;
+                    rule.action = service_action(&rule.key, rules)?;
+                }
+                Some(rule)
+            });
+            match rule {
+                // A second rule for the same key is a duplicate the kernel would never reach.
+                Some(rule) if !live.owned.rules.contains_key(&rule.key) => {
+                    if let Action::Balance { .. } = rule.action {
+                        used.insert(service_chain(&rule.key));
+                    }
+                    live.owned.insert_rule(rule);
+                }
+                _ => stray(&mut live),
+            }
+            continue;
         }
-        return;
-    }
-    if table == TABLE && jumps_into_portald(spec) {
-        match hook(chain_name, spec) {
-            Some(path) if live.owned.scaffold.insert(Scaffold::Hook(path)) => {}
-            // Not portald's spelling, or a duplicate hook: either way it must go.
-            _ => stray(live),
+        if jumps_into_portald(&line.spec) {
+            match hook(&line.table, &line.chain, &line.spec) {
+                Some(slot) if live.owned.scaffold.insert(Scaffold::Hook(slot)) => {}
+                // Not portald's spelling, or a duplicate hook: either way it must go.
+                _ => stray(&mut live),
+            }
+            continue;
         }
-        return;
+        live.foreign.push(foreign(
+            format!("{}/{}", line.table, line.chain),
+            line.text.clone(),
+            &line.spec,
+        ));
     }
-    live.foreign.push(foreign(
-        format!("{table}/{chain_name}"),
-        text.to_string(),
-        spec,
-    ));
+    // Owned chains that are neither a slot's nor in use by a portal go whole.
+    for (table_name, name) in declared {
+        let orphan = name.starts_with(CHAIN_PREFIX)
+            && slot_of_chain(table_name, name).is_none()
+            && !(table_name == TABLE && used.contains(name));
+        if orphan {
+            live.stray.push(StrayRule {
+                chain: stray_location(table_name, name),
+                text: format!("chain {name}"),
+            });
+        }
+    }
+    live
 }
 
 #[cfg(test)]
@@ -349,12 +478,12 @@ mod tests {
             "-d 10.11.0.1/32 -p tcp -m comment --comment \"a/b:1\" -m tcp --dport 080 \
              -j REDIRECT --to-ports 33945",
         );
-        assert_eq!(portal_rule(Path::Container, &zero_port), None);
+        assert_eq!(portal_rule(Slot::Container, &zero_port), None);
         let good = words(
             "-d 10.11.0.1/32 -p tcp -m comment --comment \"a/b:1\" -m tcp --dport 80 \
              -j REDIRECT --to-ports 33945",
         );
-        assert!(portal_rule(Path::Container, &good).is_some());
+        assert!(portal_rule(Slot::Container, &good).is_some());
     }
 
     #[test]
@@ -381,11 +510,24 @@ mod tests {
                 true
             )
         );
-        // An unknown PORTAL-* chain is not scaffold, but its rules are strays; a host hook in
-        // the container hook's chain is a stray too.
+        // An unknown PORTAL-* chain is an orphan, removed whole; a host hook in the container
+        // hook's chain is a stray too.
         assert!(live.owned.is_empty());
-        let chains: Vec<&str> = live.stray.iter().map(|s| s.chain.as_str()).collect();
-        assert_eq!(chains, ["PORTAL-EXTRA", "PREROUTING"]);
+        let strays: Vec<(&str, &str)> = live
+            .stray
+            .iter()
+            .map(|s| (s.chain.as_str(), s.text.as_str()))
+            .collect();
+        assert_eq!(
+            strays,
+            [
+                (
+                    "PREROUTING",
+                    "-A PREROUTING -m comment --comment portald:host-portals -j PORTAL-HOST"
+                ),
+                ("PORTAL-EXTRA", "chain PORTAL-EXTRA")
+            ]
+        );
     }
 
     proptest::proptest! {

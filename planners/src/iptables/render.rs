@@ -1,9 +1,16 @@
 //! Rendering portald's state and changes as `iptables-restore` text.
 
 use super::tokenize::save_quote;
-use super::{chain, hook_chain, hook_comment, TABLE};
-use crate::{Action, Change, NatState, Path, PortalRule, Scaffold, StrayRule};
+use super::{
+    affinity_list, chain, hook_chain, hook_comment, service_chain, split_location, table, FILTER,
+    TABLE,
+};
+use crate::{
+    Action, Change, Masquerade, NatState, PortalKey, PortalRule, Scaffold, Slot, StrayRule,
+};
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
+use std::net::SocketAddrV4;
 
 /// A portal rule's match and target, without the `-A CHAIN` in front, in `iptables-save`'s
 /// own spelling and option order.
@@ -23,112 +30,353 @@ pub fn rule_spec(rule: &PortalRule) -> String {
         Action::DnatLocal { to } => {
             let _ = write!(spec, " -j DNAT --to-destination {to}");
         }
+        Action::Balance { .. } => {
+            let _ = write!(spec, " -j {}", service_chain(key));
+        }
+        Action::Reject => spec.push_str(" -j REJECT --reject-with icmp-port-unreachable"),
     }
     spec
 }
 
-/// A hook's match and target, without the chain it sits in.
-pub fn hook_spec(path: Path) -> String {
+/// A masquerade rule's spec.
+pub fn masquerade_spec(m: &Masquerade) -> String {
     format!(
-        "-m comment --comment {} -j {}",
-        save_quote(hook_comment(path)),
-        chain(path)
+        "-s {} -m conntrack --ctstate DNAT --ctorigdst {} -j MASQUERADE",
+        m.source, m.portals
     )
 }
 
-/// A chain declaration; only ever rendered for chains that do not exist yet, since
-/// `iptables-restore --noflush` flushes an existing chain it sees declared.
-fn declaration(path: Path) -> String {
-    format!(":{} - [0:0]", chain(path))
+/// `statistic`'s probability as `iptables-save` prints it: the kernel keeps it as a 31-bit
+/// fraction, printed with eleven decimals.
+fn probability(p: f64) -> String {
+    let stored = (p * f64::from(0x8000_0000u32)).round();
+    format!("{:.11}", stored / f64::from(0x8000_0000u32))
 }
 
-/// The owned state as `iptables-save -t nat` would print it, minus the built-in chains and
-/// counters: declarations, then hooks (built-in chains first, in kernel order), then the
-/// rules of each owned chain in key order.
+/// The rules of a kernel-mode portal's chain: with affinity, first a check per endpoint
+/// (a client seen within the timeout goes back, and is seen again); then the even cascade,
+/// each pick recorded when affinity is on.
+pub fn service_specs(
+    key: &PortalKey,
+    endpoints: &[SocketAddrV4],
+    affinity: Option<u32>,
+) -> Vec<String> {
+    let proto = key.protocol.as_str();
+    let n = endpoints.len();
+    let record = |e: &SocketAddrV4| match affinity {
+        Some(_) => format!(
+            " -m recent --set --name {} --mask 255.255.255.255 --rsource",
+            affinity_list(key, e)
+        ),
+        None => String::new(),
+    };
+    let mut specs = Vec::new();
+    if let Some(seconds) = affinity {
+        for e in endpoints {
+            specs.push(format!(
+                "-p {proto} -m recent --rcheck --seconds {seconds} --reap --name {} --mask 255.255.255.255 --rsource{} -j DNAT --to-destination {e}",
+                affinity_list(key, e),
+                record(e)
+            ));
+        }
+    }
+    for (i, e) in endpoints.iter().enumerate() {
+        let pick = if i + 1 < n {
+            format!(
+                " -m statistic --mode random --probability {}",
+                probability(1.0 / (n - i) as f64)
+            )
+        } else {
+            String::new()
+        };
+        specs.push(format!(
+            "-p {proto}{pick}{} -j DNAT --to-destination {e}",
+            record(e)
+        ));
+    }
+    specs
+}
+
+/// A hook's match and target, without the chain it sits in.
+pub fn hook_spec(slot: Slot) -> String {
+    format!(
+        "-m comment --comment {} -j {}",
+        save_quote(hook_comment(slot)),
+        chain(slot)
+    )
+}
+
+fn declaration(name: &str) -> String {
+    format!(":{name} - [0:0]")
+}
+
+/// Lines of a batch or dump, by table: `nat` first, then `filter`; each table is one
+/// `*table ... COMMIT` section, left out when it has no lines.
+#[derive(Default)]
+struct Sections {
+    nat: Vec<String>,
+    filter: Vec<String>,
+}
+
+impl Sections {
+    fn push(&mut self, table_name: &str, line: String) {
+        if table_name == FILTER {
+            self.filter.push(line);
+        } else {
+            self.nat.push(line);
+        }
+    }
+
+    fn render(self, always_nat: bool) -> String {
+        let mut out = String::new();
+        for (name, lines) in [(TABLE, self.nat), (FILTER, self.filter)] {
+            if lines.is_empty() && !(always_nat && name == TABLE) {
+                continue;
+            }
+            let _ = writeln!(out, "*{name}");
+            for line in lines {
+                out.push_str(&line);
+                out.push('\n');
+            }
+            out.push_str("COMMIT\n");
+        }
+        out
+    }
+}
+
+/// The owned state as `iptables-save` would print it, minus the built-in chains and
+/// counters: per table, declarations, then hooks (built-in chains in kernel order), then
+/// the rules of each owned chain.
 pub fn state(state: &NatState) -> String {
-    let mut out = format!("*{TABLE}\n");
-    for path in Path::ALL {
-        if state.scaffold.contains(&Scaffold::Chain(path)) {
-            let _ = writeln!(out, "{}", declaration(path));
+    let mut declarations = Sections::default();
+    let mut hooks = Sections::default();
+    let mut rules = Sections::default();
+    for slot in Slot::ALL {
+        if state.scaffold.contains(&Scaffold::Chain(slot)) {
+            declarations.push(table(slot), declaration(chain(slot)));
         }
     }
-    for path in Path::ALL {
-        if state.scaffold.contains(&Scaffold::Hook(path)) {
-            let _ = writeln!(out, "-A {} {}", hook_chain(path), hook_spec(path));
+    for rule in state.rules.values() {
+        if matches!(rule.action, Action::Balance { .. }) {
+            declarations.push(TABLE, declaration(&service_chain(&rule.key)));
         }
     }
-    for path in Path::ALL {
-        for rule in state.rules.values().filter(|r| r.key.path == path) {
-            let _ = writeln!(out, "-A {} {}", chain(path), rule_spec(rule));
+    // iptables-save lists built-in chains' rules first, in kernel order.
+    let hook_order = [
+        Slot::ContainerReject,
+        Slot::HostReject,
+        Slot::Container,
+        Slot::Host,
+        Slot::Masquerade,
+    ];
+    for slot in hook_order {
+        if state.scaffold.contains(&Scaffold::Hook(slot)) {
+            hooks.push(
+                table(slot),
+                format!("-A {} {}", hook_chain(slot), hook_spec(slot)),
+            );
         }
     }
-    out.push_str("COMMIT\n");
-    out
+    for slot in Slot::ALL {
+        for rule in state.rules.values().filter(|r| r.slot() == slot) {
+            rules.push(
+                table(slot),
+                format!("-A {} {}", chain(slot), rule_spec(rule)),
+            );
+        }
+        if slot == Slot::Masquerade {
+            for scaffold in &state.scaffold {
+                if let Scaffold::Masquerade(m) = scaffold {
+                    rules.push(TABLE, format!("-A {} {}", chain(slot), masquerade_spec(m)));
+                }
+            }
+        }
+    }
+    for rule in state.rules.values() {
+        if let Action::Balance {
+            endpoints,
+            affinity_seconds,
+        } = &rule.action
+        {
+            let name = service_chain(&rule.key);
+            for spec in service_specs(&rule.key, endpoints, *affinity_seconds) {
+                rules.push(TABLE, format!("-A {name} {spec}"));
+            }
+        }
+    }
+    let mut all = Sections::default();
+    for part in [declarations, hooks, rules] {
+        all.nat.extend(part.nat);
+        all.filter.extend(part.filter);
+    }
+    all.render(true)
 }
 
-/// The `-D` line that deletes a stray. Its text is the dump's `-A CHAIN spec` line, or just
-/// the spec; either way the rule is named by its full spec, which `-D` matches exactly.
-fn delete_stray(stray: &StrayRule) -> String {
+/// The `-D` line that deletes a stray rule, or the `-F`/`-X` pair that deletes an orphan
+/// chain (text `chain NAME`). A rule's text is the dump's `-A CHAIN spec` line, or just the
+/// spec; either way the rule is named by its full spec, which `-D` matches exactly.
+fn delete_stray(stray: &StrayRule) -> (String, Vec<String>) {
+    let (table_name, chain_name) = split_location(&stray.chain);
     let text = stray.text.trim();
+    if text == format!("chain {chain_name}") {
+        return (
+            table_name.to_string(),
+            vec![format!("-F {chain_name}"), format!("-X {chain_name}")],
+        );
+    }
     let spec = text
         .strip_prefix("-A ")
         .and_then(|rest| rest.trim_start().split_once(' '))
         .map(|(_, spec)| spec.trim_start())
         .unwrap_or(text);
-    format!("-D {} {spec}", stray.chain)
+    (
+        table_name.to_string(),
+        vec![format!("-D {chain_name} {spec}")],
+    )
 }
 
-/// One change as batch lines, in the order the kernel must see them.
-fn change_lines(change: &Change, out: &mut Vec<String>) {
-    let add = |rule: &PortalRule| format!("-A {} {}", chain(rule.key.path), rule_spec(rule));
-    let del = |rule: &PortalRule| format!("-D {} {}", chain(rule.key.path), rule_spec(rule));
-    match change {
-        Change::AddScaffold {
-            scaffold: Scaffold::Chain(path),
-        } => out.push(declaration(*path)),
-        Change::AddScaffold {
-            scaffold: Scaffold::Hook(path),
-        } => out.push(format!("-I {} 1 {}", hook_chain(*path), hook_spec(*path))),
-        Change::RemoveScaffold {
-            scaffold: Scaffold::Chain(path),
-        } => out.push(format!("-X {}", chain(*path))),
-        Change::RemoveScaffold {
-            scaffold: Scaffold::Hook(path),
-        } => out.push(format!("-D {} {}", hook_chain(*path), hook_spec(*path))),
-        Change::AddRule { rule } => out.push(add(rule)),
-        Change::RemoveRule { rule } => out.push(del(rule)),
-        // Portal rules never overlap (each catches its own VIP, protocol and port), so their
-        // order inside a chain is free and a replace can be a delete plus an append.
-        Change::ReplaceRule { old, new } => {
-            out.push(del(old));
-            out.push(add(new));
+/// Lines that create (or refill: the declaration flushes) a kernel-mode portal's chain.
+fn fill_service(out: &mut Sections, rule: &PortalRule) {
+    if let Action::Balance {
+        endpoints,
+        affinity_seconds,
+    } = &rule.action
+    {
+        let name = service_chain(&rule.key);
+        out.push(TABLE, declaration(&name));
+        for spec in service_specs(&rule.key, endpoints, *affinity_seconds) {
+            out.push(TABLE, format!("-A {name} {spec}"));
         }
-        Change::RemoveStray { stray } => out.push(delete_stray(stray)),
     }
 }
 
-/// The batch for `iptables-restore --noflush`, one transaction, changes in the given order.
+fn add_rule(out: &mut Sections, rule: &PortalRule) {
+    fill_service(out, rule);
+    let slot = rule.slot();
+    out.push(
+        table(slot),
+        format!("-A {} {}", chain(slot), rule_spec(rule)),
+    );
+}
+
+fn remove_rule(out: &mut Sections, rule: &PortalRule) {
+    let slot = rule.slot();
+    out.push(
+        table(slot),
+        format!("-D {} {}", chain(slot), rule_spec(rule)),
+    );
+    if matches!(rule.action, Action::Balance { .. }) {
+        let name = service_chain(&rule.key);
+        out.push(TABLE, format!("-F {name}"));
+        out.push(TABLE, format!("-X {name}"));
+    }
+}
+
+/// One change as batch lines, in the order the kernel must see them.
+fn change_lines(change: &Change, out: &mut Sections) {
+    match change {
+        Change::AddScaffold {
+            scaffold: Scaffold::Chain(slot),
+        } => out.push(table(*slot), declaration(chain(*slot))),
+        Change::AddScaffold {
+            scaffold: Scaffold::Hook(slot),
+        } => out.push(
+            table(*slot),
+            format!("-I {} 1 {}", hook_chain(*slot), hook_spec(*slot)),
+        ),
+        Change::AddScaffold {
+            scaffold: Scaffold::Masquerade(m),
+        } => out.push(
+            TABLE,
+            format!("-A {} {}", chain(Slot::Masquerade), masquerade_spec(m)),
+        ),
+        Change::RemoveScaffold {
+            scaffold: Scaffold::Chain(slot),
+        } => out.push(table(*slot), format!("-X {}", chain(*slot))),
+        Change::RemoveScaffold {
+            scaffold: Scaffold::Hook(slot),
+        } => out.push(
+            table(*slot),
+            format!("-D {} {}", hook_chain(*slot), hook_spec(*slot)),
+        ),
+        Change::RemoveScaffold {
+            scaffold: Scaffold::Masquerade(m),
+        } => out.push(
+            TABLE,
+            format!("-D {} {}", chain(Slot::Masquerade), masquerade_spec(m)),
+        ),
+        Change::AddRule { rule } => add_rule(out, rule),
+        Change::RemoveRule { rule } => remove_rule(out, rule),
+        // Portal rules never overlap (each catches its own VIP, protocol and port), so their
+        // order inside a chain is free and a replace can be a delete plus an append. Two
+        // Balance actions share the portal's chain: it is refilled in place.
+        Change::ReplaceRule { old, new } => match (&old.action, &new.action) {
+            (Action::Balance { .. }, Action::Balance { .. }) => {
+                fill_service(out, new);
+                if old.comment != new.comment {
+                    let slot = old.slot();
+                    out.push(
+                        table(slot),
+                        format!("-D {} {}", chain(slot), rule_spec(old)),
+                    );
+                    out.push(
+                        table(slot),
+                        format!("-A {} {}", chain(slot), rule_spec(new)),
+                    );
+                }
+            }
+            _ => {
+                remove_rule(out, old);
+                add_rule(out, new);
+            }
+        },
+        Change::RemoveStray { .. } => {}
+    }
+}
+
+/// The batch for `iptables-restore --noflush`: one transaction per table, changes in the
+/// given order. Stray rules are deleted where they come; orphan chains at the end of their
+/// table's section, once nothing jumps to them, unless the batch refills them anyway.
 pub fn batch(changes: &[Change]) -> String {
     if changes.is_empty() {
         return String::new();
     }
-    let mut lines = Vec::new();
+    let refilled: BTreeSet<String> = changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::AddRule { rule } | Change::ReplaceRule { new: rule, .. } => {
+                Some(service_chain(&rule.key))
+            }
+            _ => None,
+        })
+        .collect();
+    let mut out = Sections::default();
+    let mut late = Sections::default();
     for change in changes {
-        change_lines(change, &mut lines);
+        if let Change::RemoveStray { stray } = change {
+            let (table_name, lines) = delete_stray(stray);
+            let orphan = lines.len() == 2;
+            let (_, chain_name) = split_location(&stray.chain);
+            if orphan && refilled.contains(chain_name) {
+                continue;
+            }
+            let target = if orphan { &mut late } else { &mut out };
+            for line in lines {
+                target.push(&table_name, line);
+            }
+        } else {
+            change_lines(change, &mut out);
+        }
     }
-    let mut out = format!("*{TABLE}\n");
-    for line in lines {
-        out.push_str(&line);
-        out.push('\n');
-    }
-    out.push_str("COMMIT\n");
-    out
+    out.nat.extend(late.nat);
+    out.filter.extend(late.filter);
+    out.render(false)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Comment, PortalKey, Protocol};
+    use crate::{Comment, Path, Protocol};
 
     fn apache(path: Path, action: Action) -> PortalRule {
         PortalRule {
@@ -165,17 +413,45 @@ mod tests {
     }
 
     #[test]
+    fn probabilities_are_printed_as_the_kernel_keeps_them() {
+        assert_eq!(probability(1.0 / 2.0), "0.50000000000");
+        assert_eq!(probability(1.0 / 3.0), "0.33333333349");
+        assert_eq!(probability(1.0 / 10.0), "0.10000000009");
+    }
+
+    #[test]
+    fn service_chain_names_fit_the_kernel_limit() {
+        let key = PortalKey {
+            path: Path::Container,
+            vip: "255.255.255.255".parse().unwrap(),
+            protocol: Protocol::Udp,
+            port: 65535,
+        };
+        assert_eq!(service_chain(&key), "PORTAL-C-FFFFFFFF-UDP-65535");
+        assert!(service_chain(&key).len() <= 28);
+    }
+
+    #[test]
     fn stray_deletion_accepts_the_dump_line_or_the_bare_spec() {
         let from_dump = StrayRule {
             chain: "PORTAL-HOST".into(),
             text: "-A PORTAL-HOST -p tcp -j ACCEPT".into(),
         };
         let bare = StrayRule {
-            chain: "PORTAL-HOST".into(),
+            chain: "filter/PORTAL-HOST-REJECT".into(),
             text: "-p tcp -j ACCEPT".into(),
         };
-        assert_eq!(delete_stray(&from_dump), "-D PORTAL-HOST -p tcp -j ACCEPT");
-        assert_eq!(delete_stray(&bare), "-D PORTAL-HOST -p tcp -j ACCEPT");
+        assert_eq!(
+            delete_stray(&from_dump),
+            ("nat".into(), vec!["-D PORTAL-HOST -p tcp -j ACCEPT".into()])
+        );
+        assert_eq!(
+            delete_stray(&bare),
+            (
+                "filter".into(),
+                vec!["-D PORTAL-HOST-REJECT -p tcp -j ACCEPT".into()]
+            )
+        );
     }
 
     #[test]

@@ -35,6 +35,7 @@ fn statement(stmt: &Value) -> String {
             }
         }
         "counter" => "counter".to_string(),
+        "vmap" => format!("{} vmap {}", expr(&body["key"]), expr(&body["data"])),
         "accept" | "drop" | "continue" | "return" => name.to_string(),
         "jump" | "goto" => format!("{name} {}", text_or_json(&body["target"])),
         "dnat" | "snat" => {

@@ -1,9 +1,27 @@
 //! Renders a state as the libnftables JSON that `nft -j list ruleset` prints once it is
 //! applied: what a fake kernel or a captured snapshot hands to the parse.
 
-use super::{chain_name, hook_chain, map_name, Kind, FAMILY, KEY_TYPE, TABLE};
-use crate::{Action, NatState, Path, Scaffold};
+use super::{
+    affinity_set, chain_name, hook_chain, hook_facts, map_name, service_chain, service_exprs,
+    slot_exprs, slot_maps, Kind, AFFINITY_SET_SIZE, FAMILY, MASQUERADE_SET, TABLE,
+};
+use crate::{Action, NatState, PortalRule, Scaffold, Slot};
 use serde_json::{json, Value};
+
+/// A map or set element as the dump lists it.
+fn element(rule: &PortalRule) -> Value {
+    let key = json!({"elem": {
+        "val": {"concat": [rule.key.vip.to_string(), rule.key.protocol.as_str(), rule.key.port]},
+        "comment": rule.comment.as_str(),
+    }});
+    let data = match &rule.action {
+        Action::Redirect { to_port } => json!(to_port),
+        Action::DnatLocal { to } => json!({"concat": [to.ip().to_string(), to.port()]}),
+        Action::Balance { .. } => json!({"goto": {"target": service_chain(&rule.key)}}),
+        Action::Reject => return key,
+    };
+    json!([key, data])
+}
 
 /// The dump, with handles numbered in order (the kernel's differ; nothing reads them but
 /// stray removal) and elements sorted by key (the kernel lists them in hash order).
@@ -17,55 +35,97 @@ pub fn render_json(state: &NatState) -> String {
             handle
         };
         items.push(json!({"table": {"family": FAMILY, "name": TABLE, "handle": next()}}));
-        for path in Path::ALL {
-            for kind in Kind::ALL {
-                let elems: Vec<Value> = state
-                    .rules
-                    .values()
-                    .filter(|r| r.key.path == path && Kind::of(&r.action) == kind)
-                    .map(|r| {
-                        let key = json!({"elem": {
-                            "val": {"concat": [r.key.vip.to_string(), r.key.protocol.as_str(), r.key.port]},
-                            "comment": r.comment.as_str(),
-                        }});
-                        let data = match r.action {
-                            Action::Redirect { to_port } => json!(to_port),
-                            Action::DnatLocal { to } => json!({"concat": [to.ip().to_string(), to.port()]}),
-                        };
-                        json!([key, data])
-                    })
-                    .collect();
-                if elems.is_empty() && !state.scaffold.contains(&Scaffold::Chain(path)) {
+        for slot in Slot::ALL {
+            for (name, key, data) in slot_maps(slot) {
+                let elems: Vec<Value> = if name == MASQUERADE_SET {
+                    state
+                        .scaffold
+                        .iter()
+                        .filter_map(|s| match s {
+                            Scaffold::Masquerade(m) => Some(json!({"concat": [
+                                {"prefix": {"addr": m.source.addr.to_string(), "len": m.source.len}},
+                                {"prefix": {"addr": m.portals.addr.to_string(), "len": m.portals.len}},
+                            ]})),
+                            _ => None,
+                        })
+                        .collect()
+                } else {
+                    state
+                        .rules
+                        .values()
+                        .filter(|r| map_name(r.key.path, Kind::of(&r.action)) == name)
+                        .map(element)
+                        .collect()
+                };
+                if elems.is_empty() && !state.scaffold.contains(&Scaffold::Chain(slot)) {
                     continue;
                 }
+                let key: Value = if key.len() == 1 {
+                    json!(key[0])
+                } else {
+                    json!(key)
+                };
                 let mut map = json!({
-                    "family": FAMILY, "name": map_name(path, kind), "table": TABLE,
-                    "type": KEY_TYPE, "handle": next(), "map": kind.data_type(),
+                    "family": FAMILY, "name": name, "table": TABLE, "type": key, "handle": next(),
                 });
+                if let Some(data) = data {
+                    map["map"] = json!(data);
+                }
+                if name == MASQUERADE_SET {
+                    map["flags"] = json!(["interval"]);
+                }
                 if !elems.is_empty() {
                     map["elem"] = Value::Array(elems);
                 }
-                items.push(json!({ "map": map }));
+                let kind = if data.is_some() { "map" } else { "set" };
+                items.push(json!({ kind: map }));
             }
         }
-        let mut rules = Vec::new();
-        for path in Path::ALL {
-            if state.scaffold.contains(&Scaffold::Chain(path)) {
-                let chain = chain_name(path);
+        let mut rules: Vec<(String, Value)> = Vec::new();
+        for rule in state.rules.values() {
+            let Action::Balance {
+                endpoints,
+                affinity_seconds,
+            } = &rule.action
+            else {
+                continue;
+            };
+            if let Some(seconds) = affinity_seconds {
+                for endpoint in endpoints {
+                    items.push(json!({"set": {
+                        "family": FAMILY, "name": affinity_set(&rule.key, endpoint), "table": TABLE,
+                        "type": "ipv4_addr", "handle": next(), "size": AFFINITY_SET_SIZE,
+                        "flags": ["timeout"], "timeout": seconds,
+                    }}));
+                }
+            }
+            let chain = service_chain(&rule.key);
+            items.push(json!({"chain": {"family": FAMILY, "table": TABLE, "name": chain, "handle": next()}}));
+            for expr in service_exprs(&rule.key, endpoints, *affinity_seconds) {
+                rules.push((chain.clone(), expr));
+            }
+        }
+        for slot in Slot::ALL {
+            if state.scaffold.contains(&Scaffold::Chain(slot)) {
+                let chain = chain_name(slot);
                 items.push(json!({"chain": {"family": FAMILY, "table": TABLE, "name": chain, "handle": next()}}));
-                for kind in Kind::ALL {
-                    rules.push((chain, lookup_exprs(path, kind)));
+                for expr in slot_exprs(slot) {
+                    rules.push((chain.to_string(), expr));
                 }
             }
         }
-        for path in Path::ALL {
-            if state.scaffold.contains(&Scaffold::Hook(path)) {
-                let chain = hook_chain(path);
+        for slot in Slot::ALL {
+            if state.scaffold.contains(&Scaffold::Hook(slot)) {
+                let chain = hook_chain(slot);
+                let (kind, hook, prio) = hook_facts(slot);
                 items.push(json!({"chain": {
                     "family": FAMILY, "table": TABLE, "name": chain, "handle": next(),
-                    "type": "nat", "hook": chain, "prio": -110, "policy": "accept",
+                    "type": kind, "hook": hook, "prio": prio, "policy": "accept",
                 }}));
-                rules.push((chain, json!([{"jump": {"target": chain_name(path)}}])));
+                rules.push((
+                    chain.to_string(),
+                    json!([{"jump": {"target": chain_name(slot)}}]),
+                ));
             }
         }
         for (chain, expr) in rules {
@@ -75,22 +135,4 @@ pub fn render_json(state: &NatState) -> String {
         }
     }
     json!({ "nftables": items }).to_string()
-}
-
-/// The JSON of [`super::lookup_rule`].
-fn lookup_exprs(path: Path, kind: Kind) -> Value {
-    let l4 = json!({"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": {"set": ["tcp", "udp"]}}});
-    let lookup = json!({"map": {
-        "key": {"concat": [
-            {"payload": {"protocol": "ip", "field": "daddr"}},
-            {"meta": {"key": "l4proto"}},
-            {"payload": {"protocol": "th", "field": "dport"}},
-        ]},
-        "data": format!("@{}", map_name(path, kind)),
-    }});
-    let nat = match kind {
-        Kind::Redirect => json!({"redirect": {"port": lookup}}),
-        Kind::Dnat => json!({"dnat": {"family": "ip", "addr": lookup}}),
-    };
-    json!([l4, nat])
 }

@@ -1,6 +1,6 @@
-//! The nftables dialect: portald's whole NAT state lives in one table, `ip portald`.
+//! The nftables dialect: portald's whole state lives in one table, `ip portald`.
 //!
-//! Layout (one path shown; `host` is the same with `output` as its base chain):
+//! Layout (the container path shown; `host` is the same with `output` as its base chain):
 //!
 //! ```text
 //! table ip portald {
@@ -11,28 +11,46 @@
 //!     map container_dnat {                # Action::DnatLocal: key -> local addr . port
 //!         type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service
 //!     }
-//!     chain container {                   # Scaffold::Chain(Container): the two lookups
+//!     map container_services {            # Action::Balance: key -> goto the portal's chain
+//!         type ipv4_addr . inet_proto . inet_service : verdict
+//!     }
+//!     chain container {                   # Scaffold::Chain(Container): three lookups
 //!         meta l4proto { tcp, udp } redirect to :ip daddr . meta l4proto . th dport map @container_redirect
 //!         meta l4proto { tcp, udp } dnat ip to ip daddr . meta l4proto . th dport map @container_dnat
+//!         meta l4proto { tcp, udp } ip daddr . meta l4proto . th dport vmap @container_services
 //!     }
 //!     chain prerouting {                  # Scaffold::Hook(Container)
 //!         type nat hook prerouting priority dstnat - 10; policy accept;
 //!         jump container
 //!     }
+//!     chain svc-c-10.11.0.1-tcp-80 {      # one Balance portal: even random choice
+//!         meta l4proto tcp dnat ip to numgen random mod 2 map { 0 : 10.244.1.2 . 80, 1 : 10.244.1.3 . 80 }
+//!     }
+//!     set container_no_endpoints { ... }  # Action::Reject: keys refused in filter FORWARD
+//!     set masquerade_pairs { ... }        # Scaffold::Masquerade: source . portal range
 //! }
 //! ```
 //!
-//! A portal rule is one map element, so a lookup costs the same with one service or ten
-//! thousand, and adding or removing a service touches exactly one element. The element's
-//! comment carries the rule's [`Comment`](crate::Comment), which is how a dump is read back
-//! into the exact [`PortalRule`](crate::PortalRule).
+//! A portal is one map element (plus, in kernel mode, its own chain), so a lookup costs the
+//! same with one service or ten thousand, and a change to one service touches only its own
+//! objects. The element's comment carries the rule's [`Comment`](crate::Comment), which is
+//! how a dump is read back into the exact [`PortalRule`](crate::PortalRule).
+//!
+//! With `ClientIP` affinity a portal's chain keeps one timeout set per endpoint (`aff-...`)
+//! of the client addresses it served: a client found in a set goes back to that endpoint and
+//! refreshes its entry; a new client is spread by `numgen` (probability 1/n, 1/(n-1), ...,
+//! like iptables' `statistic` cascade) and recorded.
 
 mod expr;
 mod json;
 mod parse;
 mod render;
 
-use crate::{Action, Change, Dialect, Invocation, Live, NatState, ParseError, Path, PortalKey};
+use crate::{
+    Action, Change, Dialect, Invocation, Live, NatState, ParseError, Path, PortalKey, Slot,
+};
+use serde_json::{json, Value};
+use std::net::SocketAddrV4;
 
 pub use json::render_json;
 
@@ -45,88 +63,212 @@ pub const FAMILY: &str = "ip";
 /// The one table portald owns; nothing outside it is ever written.
 pub const TABLE: &str = "portald";
 
-/// Key type shared by every map: a portal is caught by destination, protocol and port.
+/// Key type shared by every portal map and set: destination, protocol and port.
 const KEY_TYPE: [&str; 3] = ["ipv4_addr", "inet_proto", "inet_service"];
 /// The lookup key expression, matching [`KEY_TYPE`].
 const KEY_EXPR: &str = "ip daddr . meta l4proto . th dport";
 /// `th dport` needs a transport protocol match in front of it (nft refuses the rule
 /// otherwise); only TCP and UDP have ports portald can serve.
 const L4_MATCH: &str = "meta l4proto { tcp, udp }";
+/// Most client addresses an affinity set remembers.
+pub const AFFINITY_SET_SIZE: u32 = 65535;
 
-/// Which map of a path an action's element lives in.
+/// Which map (or set) of a path a portal's element lives in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Kind {
     Redirect,
     Dnat,
+    Services,
+    NoEndpoints,
 }
 
 impl Kind {
-    /// The order of the lookup rules in a path's chain: with the same key in both maps the
-    /// redirect wins in the kernel, so the parse keeps the redirect element too.
-    pub(crate) const ALL: [Kind; 2] = [Kind::Redirect, Kind::Dnat];
+    /// The lookups of a path's NAT chain, in chain order: with the same key in two maps the
+    /// earlier wins in the kernel, so the parse keeps the earlier element too.
+    pub(crate) const NAT: [Kind; 3] = [Kind::Redirect, Kind::Dnat, Kind::Services];
+    pub(crate) const ALL: [Kind; 4] = [
+        Kind::Redirect,
+        Kind::Dnat,
+        Kind::Services,
+        Kind::NoEndpoints,
+    ];
 
     pub(crate) fn of(action: &Action) -> Kind {
         match action {
             Action::Redirect { .. } => Kind::Redirect,
             Action::DnatLocal { .. } => Kind::Dnat,
+            Action::Balance { .. } => Kind::Services,
+            Action::Reject => Kind::NoEndpoints,
         }
     }
 
-    /// The map's data type as nft spells it (also its JSON `map` field).
-    pub(crate) fn data_type(self) -> &'static str {
+    /// The map's data type as nft spells it (also its JSON `map` field); `None` for a set.
+    pub(crate) fn data_type(self) -> Option<&'static str> {
         match self {
-            Kind::Redirect => "inet_service",
-            Kind::Dnat => "ipv4_addr . inet_service",
+            Kind::Redirect => Some("inet_service"),
+            Kind::Dnat => Some("ipv4_addr . inet_service"),
+            Kind::Services => Some("verdict"),
+            Kind::NoEndpoints => None,
+        }
+    }
+
+    /// The slot whose chain looks this map up.
+    pub(crate) fn slot(self, path: Path) -> Slot {
+        match self {
+            Kind::NoEndpoints => Slot::reject(path),
+            _ => Slot::nat(path),
         }
     }
 }
 
-/// `container_redirect`, `host_dnat`, ...
+/// `container_redirect`, `host_services`, `container_no_endpoints`, ...
 pub(crate) fn map_name(path: Path, kind: Kind) -> String {
     let suffix = match kind {
         Kind::Redirect => "redirect",
         Kind::Dnat => "dnat",
+        Kind::Services => "services",
+        Kind::NoEndpoints => "no_endpoints",
     };
     format!("{}_{suffix}", path.as_str())
 }
 
-/// The regular chain holding a path's lookups: `container` or `host`.
-pub(crate) fn chain_name(path: Path) -> &'static str {
-    path.as_str()
-}
+/// The set of the masquerade chain.
+pub(crate) const MASQUERADE_SET: &str = "masquerade_pairs";
 
-/// The base chain of a path's hook, named after the netfilter hook it sits on.
-pub(crate) fn hook_chain(path: Path) -> &'static str {
-    match path {
-        Path::Container => "prerouting",
-        Path::Host => "output",
+/// The regular chain holding a slot's rules.
+pub(crate) fn chain_name(slot: Slot) -> &'static str {
+    match slot {
+        Slot::Container => "container",
+        Slot::Host => "host",
+        Slot::ContainerReject => "container_reject",
+        Slot::HostReject => "host_reject",
+        // `masquerade` is a keyword of nft's grammar.
+        Slot::Masquerade => "masq",
     }
 }
 
-/// The base chain's declaration. Priority -110 is `dstnat - 10`: portals are looked up
-/// before the usual dstnat rules (iptables-nft's nat PREROUTING/OUTPUT, Docker's, an
-/// admin's at `dstnat`), so a foreign DNAT of the same address cannot shadow a portal.
-/// nft accepts the name `dstnat` only at the prerouting hook, so output spells it as a
-/// number; both are listed back exactly as written here.
-pub(crate) fn hook_spec(path: Path) -> &'static str {
-    match path {
-        Path::Container => "type nat hook prerouting priority dstnat - 10; policy accept;",
-        Path::Host => "type nat hook output priority -110; policy accept;",
+/// The base chain of a slot's hook, named after the netfilter hook it sits on.
+pub(crate) fn hook_chain(slot: Slot) -> &'static str {
+    match slot {
+        Slot::Container => "prerouting",
+        Slot::Host => "output",
+        Slot::ContainerReject => "forward",
+        Slot::HostReject => "filter_output",
+        Slot::Masquerade => "postrouting",
+    }
+}
+
+/// The base chain's type, hook and priority as JSON lists them.
+pub(crate) fn hook_facts(slot: Slot) -> (&'static str, &'static str, i64) {
+    match slot {
+        Slot::Container => ("nat", "prerouting", -110),
+        Slot::Host => ("nat", "output", -110),
+        Slot::ContainerReject => ("filter", "forward", -10),
+        Slot::HostReject => ("filter", "output", -10),
+        Slot::Masquerade => ("nat", "postrouting", 90),
+    }
+}
+
+/// The base chain's declaration. NAT lookups sit at `dstnat - 10` (-110): before the usual
+/// dstnat rules (iptables-nft's nat PREROUTING/OUTPUT, Docker's, an admin's), so a foreign
+/// DNAT of the same address cannot shadow a portal. Refusals sit at `filter - 10`, source NAT
+/// at `srcnat - 10`. nft accepts the name `dstnat` only at prerouting, so output spells it
+/// as a number; all are listed back exactly as written here.
+pub(crate) fn hook_spec(slot: Slot) -> &'static str {
+    match slot {
+        Slot::Container => "type nat hook prerouting priority dstnat - 10; policy accept;",
+        Slot::Host => "type nat hook output priority -110; policy accept;",
+        Slot::ContainerReject => "type filter hook forward priority filter - 10; policy accept;",
+        Slot::HostReject => "type filter hook output priority filter - 10; policy accept;",
+        Slot::Masquerade => "type nat hook postrouting priority srcnat - 10; policy accept;",
     }
 }
 
 /// The base chain's only rule.
-pub(crate) fn jump_rule(path: Path) -> String {
-    format!("jump {}", chain_name(path))
+pub(crate) fn jump_rule(slot: Slot) -> String {
+    format!("jump {}", chain_name(slot))
 }
 
-/// A path chain's lookup rule for one map, exactly as `nft list` prints it (so the compact
-/// rendering of the dump's JSON can be compared with it).
-pub(crate) fn lookup_rule(path: Path, kind: Kind) -> String {
-    let map = map_name(path, kind);
-    match kind {
-        Kind::Redirect => format!("{L4_MATCH} redirect to :{KEY_EXPR} map @{map}"),
-        Kind::Dnat => format!("{L4_MATCH} dnat ip to {KEY_EXPR} map @{map}"),
+/// The rules of a slot's chain, as `nft -f` text.
+pub(crate) fn slot_rules(slot: Slot) -> Vec<String> {
+    match slot.path() {
+        Some(path) if slot == Slot::nat(path) => Kind::NAT
+            .iter()
+            .map(|kind| {
+                let map = map_name(path, *kind);
+                match kind {
+                    Kind::Redirect => format!("{L4_MATCH} redirect to :{KEY_EXPR} map @{map}"),
+                    Kind::Dnat => format!("{L4_MATCH} dnat ip to {KEY_EXPR} map @{map}"),
+                    _ => format!("{L4_MATCH} {KEY_EXPR} vmap @{map}"),
+                }
+            })
+            .collect(),
+        Some(path) => vec![format!(
+            "{L4_MATCH} {KEY_EXPR} @{} reject",
+            map_name(path, Kind::NoEndpoints)
+        )],
+        None => vec![format!(
+            "ct status dnat ip saddr . ct original ip daddr @{MASQUERADE_SET} masquerade"
+        )],
+    }
+}
+
+fn l4_any() -> Value {
+    json!({"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": {"set": ["tcp", "udp"]}}})
+}
+
+fn key_expr() -> Value {
+    json!({"concat": [
+        {"payload": {"protocol": "ip", "field": "daddr"}},
+        {"meta": {"key": "l4proto"}},
+        {"payload": {"protocol": "th", "field": "dport"}},
+    ]})
+}
+
+/// The rules of a slot's chain as `nft -j` lists their expressions.
+pub(crate) fn slot_exprs(slot: Slot) -> Vec<Value> {
+    match slot.path() {
+        Some(path) if slot == Slot::nat(path) => Kind::NAT
+            .iter()
+            .map(|kind| {
+                let map = format!("@{}", map_name(path, *kind));
+                let lookup = json!({"map": {"key": key_expr(), "data": map}});
+                match kind {
+                    Kind::Redirect => json!([l4_any(), {"redirect": {"port": lookup}}]),
+                    Kind::Dnat => json!([l4_any(), {"dnat": {"family": "ip", "addr": lookup}}]),
+                    _ => json!([l4_any(), {"vmap": {"key": key_expr(), "data": map}}]),
+                }
+            })
+            .collect(),
+        Some(path) => vec![json!([
+            l4_any(),
+            {"match": {"op": "==", "left": key_expr(), "right": format!("@{}", map_name(path, Kind::NoEndpoints))}},
+            {"reject": {"type": "icmp", "expr": "port-unreachable"}},
+        ])],
+        None => vec![json!([
+            {"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}},
+            {"match": {"op": "==", "left": {"concat": [
+                {"payload": {"protocol": "ip", "field": "saddr"}},
+                {"ct": {"key": "ip daddr", "dir": "original"}},
+            ]}, "right": format!("@{MASQUERADE_SET}")}},
+            {"masquerade": null},
+        ])],
+    }
+}
+
+/// The maps and sets a slot's chain looks up: `(name, key type, data type)`.
+pub(crate) fn slot_maps(slot: Slot) -> Vec<(String, Vec<&'static str>, Option<&'static str>)> {
+    match slot.path() {
+        Some(path) if slot == Slot::nat(path) => Kind::NAT
+            .iter()
+            .map(|k| (map_name(path, *k), KEY_TYPE.to_vec(), k.data_type()))
+            .collect(),
+        Some(path) => vec![(map_name(path, Kind::NoEndpoints), KEY_TYPE.to_vec(), None)],
+        None => vec![(
+            MASQUERADE_SET.to_string(),
+            vec!["ipv4_addr", "ipv4_addr"],
+            None,
+        )],
     }
 }
 
@@ -135,12 +277,119 @@ pub(crate) fn element_key(key: &PortalKey) -> String {
     format!("{} . {} . {}", key.vip, key.protocol, key.port)
 }
 
-/// `12345` or `127.0.0.1 . 12345`: an element's data.
-pub(crate) fn element_value(action: &Action) -> String {
+/// The chain of a kernel-mode portal: `svc-c-10.11.0.1-tcp-80`.
+pub(crate) fn service_chain(key: &PortalKey) -> String {
+    format!(
+        "svc-{}-{}-{}-{}",
+        &key.path.as_str()[..1],
+        key.vip,
+        key.protocol,
+        key.port
+    )
+}
+
+/// The affinity set of one endpoint of a portal: `aff-c-10.11.0.1-tcp-80-10.244.1.2-80`.
+/// Named by the endpoint, so an endpoint that stays keeps its clients across changes.
+pub(crate) fn affinity_set(key: &PortalKey, endpoint: &SocketAddrV4) -> String {
+    format!(
+        "aff-{}-{}-{}",
+        &service_chain(key)[4..],
+        endpoint.ip(),
+        endpoint.port()
+    )
+}
+
+/// `12345`, `127.0.0.1 . 12345` or `goto svc-...`: an element's data (none for a set).
+pub(crate) fn element_value(key: &PortalKey, action: &Action) -> Option<String> {
     match action {
-        Action::Redirect { to_port } => to_port.to_string(),
-        Action::DnatLocal { to } => format!("{} . {}", to.ip(), to.port()),
+        Action::Redirect { to_port } => Some(to_port.to_string()),
+        Action::DnatLocal { to } => Some(format!("{} . {}", to.ip(), to.port())),
+        Action::Balance { .. } => Some(format!("goto {}", service_chain(key))),
+        Action::Reject => None,
     }
+}
+
+/// The rules of a Balance portal's chain as `nft -f` text.
+pub(crate) fn service_rules(
+    key: &PortalKey,
+    endpoints: &[SocketAddrV4],
+    affinity: Option<u32>,
+) -> Vec<String> {
+    let l4 = format!("meta l4proto {}", key.protocol);
+    let n = endpoints.len();
+    if affinity.is_none() {
+        let choices: Vec<String> = endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, e)| format!("{i} : {} . {}", e.ip(), e.port()))
+            .collect();
+        return vec![format!(
+            "{l4} dnat ip to numgen random mod {n} map {{ {} }}",
+            choices.join(", ")
+        )];
+    }
+    let set = |e: &SocketAddrV4| affinity_set(key, e);
+    let mut rules: Vec<String> = endpoints
+        .iter()
+        .map(|e| {
+            format!(
+                "{l4} ip saddr @{0} update @{0} {{ ip saddr }} dnat ip to {e}",
+                set(e)
+            )
+        })
+        .collect();
+    for (i, e) in endpoints.iter().enumerate() {
+        let pick = if i + 1 < n {
+            format!("numgen random mod {} 0 ", n - i)
+        } else {
+            String::new()
+        };
+        rules.push(format!(
+            "{l4} {pick}update @{} {{ ip saddr }} dnat ip to {e}",
+            set(e)
+        ));
+    }
+    rules
+}
+
+/// The same rules as `nft -j` lists their expressions.
+pub(crate) fn service_exprs(
+    key: &PortalKey,
+    endpoints: &[SocketAddrV4],
+    affinity: Option<u32>,
+) -> Vec<Value> {
+    let l4 = json!({"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": key.protocol.as_str()}});
+    let n = endpoints.len();
+    if affinity.is_none() {
+        let choices: Vec<Value> = endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, e)| json!([i, {"concat": [e.ip().to_string(), e.port()]}]))
+            .collect();
+        return vec![json!([l4, {"dnat": {"family": "ip", "addr": {"map": {
+            "key": {"numgen": {"mode": "random", "mod": n, "offset": 0}},
+            "data": {"set": choices},
+        }}}}])];
+    }
+    let saddr = json!({"payload": {"protocol": "ip", "field": "saddr"}});
+    let update = |e: &SocketAddrV4| json!({"set": {"op": "update", "elem": saddr, "set": format!("@{}", affinity_set(key, e))}});
+    let dnat = |e: &SocketAddrV4| json!({"dnat": {"addr": e.ip().to_string(), "port": e.port()}});
+    let mut rules: Vec<Value> = endpoints
+        .iter()
+        .map(|e| {
+            let seen = json!({"match": {"op": "==", "left": saddr, "right": format!("@{}", affinity_set(key, e))}});
+            json!([l4, seen, update(e), dnat(e)])
+        })
+        .collect();
+    for (i, e) in endpoints.iter().enumerate() {
+        if i + 1 < n {
+            let pick = json!({"match": {"op": "==", "left": {"numgen": {"mode": "random", "mod": n - i, "offset": 0}}, "right": 0}});
+            rules.push(json!([l4, pick, update(e), dnat(e)]));
+        } else {
+            rules.push(json!([l4, update(e), dnat(e)]));
+        }
+    }
+    rules
 }
 
 impl Dialect for Nftables {

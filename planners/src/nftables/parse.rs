@@ -1,15 +1,20 @@
 //! Reads `nft -j list ruleset` (the libnftables JSON schema) into owned, stray and foreign.
+//!
+//! portald's own objects are recognised by their exact JSON: a chain's rules must be the
+//! very expressions portald would write, so anything edited by hand reads as a stray and the
+//! plan puts it right.
 
 use super::expr::{facts, rule_text};
 use super::{
-    chain_name, hook_chain, jump_rule, lookup_rule, map_name, Kind, FAMILY, KEY_TYPE, TABLE,
+    affinity_set, chain_name, hook_chain, hook_facts, map_name, service_chain, service_exprs,
+    slot_exprs, slot_maps, Kind, AFFINITY_SET_SIZE, FAMILY, MASQUERADE_SET, TABLE,
 };
 use crate::{
-    Action, Comment, ForeignRule, Live, ParseError, Path, PortalKey, PortalRule, Protocol,
-    Scaffold, StrayRule,
+    Action, Comment, ForeignRule, Live, Masquerade, Net, ParseError, Path, PortalKey, PortalRule,
+    Protocol, Scaffold, Slot, StrayRule,
 };
-use serde_json::Value;
-use std::collections::BTreeMap;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 fn error(line: usize, message: impl Into<String>) -> ParseError {
@@ -20,11 +25,8 @@ fn error(line: usize, message: impl Into<String>) -> ParseError {
     }
 }
 
-/// A rule of the dump, in dump order.
+/// A rule of portald's table, in dump order.
 struct Rule<'a> {
-    family: &'a str,
-    table: &'a str,
-    chain: &'a str,
     handle: Option<u64>,
     exprs: &'a [Value],
     comment: Option<&'a str>,
@@ -33,6 +35,13 @@ struct Rule<'a> {
 impl Rule<'_> {
     fn text(&self) -> String {
         rule_text(self.exprs, self.comment)
+    }
+
+    fn is(&self, expected: &Value) -> bool {
+        self.comment.is_none()
+            && expected
+                .as_array()
+                .is_some_and(|e| e.as_slice() == self.exprs)
     }
 }
 
@@ -44,6 +53,22 @@ fn str_of<'a>(body: &'a Value, key: &str) -> Option<&'a str> {
 struct Chain<'a> {
     hook: Option<&'a str>,
     kind: Option<&'a str>,
+    prio: Option<i64>,
+}
+
+/// portald's table as the dump lists it.
+#[derive(Default)]
+struct Table<'a> {
+    /// Maps and sets by name, with `"map"` or `"set"`.
+    maps: BTreeMap<&'a str, (&'static str, &'a Value)>,
+    chains: BTreeMap<&'a str, Chain<'a>>,
+    rules: BTreeMap<&'a str, Vec<Rule<'a>>>,
+}
+
+impl Table<'_> {
+    fn rules_of(&self, chain: &str) -> &[Rule<'_>] {
+        self.rules.get(chain).map(Vec::as_slice).unwrap_or_default()
+    }
 }
 
 pub(crate) fn parse_live(dump: &str) -> Result<Live, ParseError> {
@@ -54,190 +79,220 @@ pub(crate) fn parse_live(dump: &str) -> Result<Live, ParseError> {
         .and_then(Value::as_array)
         .ok_or_else(|| error(1, "no top-level `nftables` array"))?;
 
-    let ours = |family: &str, table: &str| family == FAMILY && table == TABLE;
-    let mut maps: BTreeMap<&str, &Value> = BTreeMap::new();
-    let mut chains: BTreeMap<&str, Chain> = BTreeMap::new();
-    let mut rules: Vec<Rule> = Vec::new();
+    let ours = |body: &Value| {
+        str_of(body, "family") == Some(FAMILY) && str_of(body, "table") == Some(TABLE)
+    };
+    let mut table = Table::default();
+    let mut live = Live::default();
     for item in items {
-        if let Some(map) = item.get("map") {
-            if let (Some(f), Some(t), Some(n)) = (
-                str_of(map, "family"),
-                str_of(map, "table"),
-                str_of(map, "name"),
-            ) {
-                if ours(f, t) {
-                    maps.insert(n, map);
-                }
+        if let Some((kind, body)) = item
+            .get("map")
+            .map(|m| ("map", m))
+            .or_else(|| item.get("set").map(|s| ("set", s)))
+        {
+            if let (true, Some(name)) = (ours(body), str_of(body, "name")) {
+                table.maps.insert(name, (kind, body));
             }
         } else if let Some(chain) = item.get("chain") {
-            if let (Some(f), Some(t), Some(n)) = (
-                str_of(chain, "family"),
-                str_of(chain, "table"),
-                str_of(chain, "name"),
-            ) {
-                if ours(f, t) {
-                    let info = Chain {
-                        hook: str_of(chain, "hook"),
-                        kind: str_of(chain, "type"),
-                    };
-                    chains.insert(n, info);
-                }
+            if let (true, Some(name)) = (ours(chain), str_of(chain, "name")) {
+                let info = Chain {
+                    hook: str_of(chain, "hook"),
+                    kind: str_of(chain, "type"),
+                    prio: chain.get("prio").and_then(Value::as_i64),
+                };
+                table.chains.insert(name, info);
             }
         } else if let Some(rule) = item.get("rule") {
             // A rule always names its place; one that does not is skipped, not fatal.
-            if let (Some(family), Some(table), Some(chain)) = (
+            let (Some(family), Some(table_name), Some(chain)) = (
                 str_of(rule, "family"),
                 str_of(rule, "table"),
                 str_of(rule, "chain"),
-            ) {
-                rules.push(Rule {
-                    family,
-                    table,
-                    chain,
-                    handle: rule.get("handle").and_then(Value::as_u64),
-                    exprs: rule
-                        .get("expr")
-                        .and_then(Value::as_array)
-                        .map(Vec::as_slice)
-                        .unwrap_or_default(),
-                    comment: str_of(rule, "comment"),
+            ) else {
+                continue;
+            };
+            let parsed = Rule {
+                handle: rule.get("handle").and_then(Value::as_u64),
+                exprs: rule
+                    .get("expr")
+                    .and_then(Value::as_array)
+                    .map(Vec::as_slice)
+                    .unwrap_or_default(),
+                comment: str_of(rule, "comment"),
+            };
+            if ours(rule) {
+                table.rules.entry(chain).or_default().push(parsed);
+            } else {
+                let facts = facts(parsed.exprs);
+                live.foreign.push(ForeignRule {
+                    location: format!("{family} {table_name}/{chain}"),
+                    text: parsed.text(),
+                    dst: facts.dst,
+                    protocol: facts.protocol,
+                    dport: facts.dport,
+                    terminal: facts.terminal,
                 });
             }
         }
     }
 
-    let mut live = Live::default();
-    read_elements(&maps, &mut live);
+    let mut used_chains: BTreeSet<String> = BTreeSet::new();
+    let mut used_sets: BTreeSet<String> = BTreeSet::new();
+    read_elements(&table, &mut live, &mut used_chains, &mut used_sets);
+    read_masquerade(&table, &mut live);
 
-    // Which rules each chain of ours is expected to hold, in order, and whether the chain is
-    // a complete scaffold. An incomplete chain is reported absent: re-adding it flushes it.
-    let mut expected: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for path in Path::ALL {
-        expected.insert(
-            chain_name(path),
-            Kind::ALL.iter().map(|k| lookup_rule(path, *k)).collect(),
-        );
-        expected.insert(hook_chain(path), vec![jump_rule(path)]);
+    // A slot is present when its maps, its chain and every expected rule are; an incomplete
+    // one is reported absent (re-adding it flushes its chain).
+    for slot in Slot::ALL {
+        let maps_ok = slot_maps(slot).iter().all(|(name, key, data)| {
+            table
+                .maps
+                .get(name.as_str())
+                .is_some_and(|(_, m)| typed(m, key, *data))
+        });
+        let chain = chain_name(slot);
+        if maps_ok
+            && table.chains.get(chain).is_some_and(|c| c.hook.is_none())
+            && holds_all(&table, chain, &slot_exprs(slot))
+        {
+            live.owned.scaffold.insert(Scaffold::Chain(slot));
+        }
+        let (kind, hook, prio) = hook_facts(slot);
+        let hooked = table
+            .chains
+            .get(hook_chain(slot))
+            .is_some_and(|c| c.kind == Some(kind) && c.hook == Some(hook) && c.prio == Some(prio));
+        if hooked && holds_all(&table, hook_chain(slot), &[jump_exprs(slot)]) {
+            live.owned.scaffold.insert(Scaffold::Hook(slot));
+        }
     }
-    let mut texts: BTreeMap<&str, Vec<(String, Option<u64>)>> = BTreeMap::new();
-    for rule in &rules {
-        if ours(rule.family, rule.table) {
-            texts
-                .entry(rule.chain)
-                .or_default()
-                .push((rule.text(), rule.handle));
-        } else {
-            let facts = facts(rule.exprs);
-            live.foreign.push(ForeignRule {
-                location: format!("{} {}/{}", rule.family, rule.table, rule.chain),
-                text: rule.text(),
-                dst: facts.dst,
-                protocol: facts.protocol,
-                dport: facts.dport,
-                terminal: facts.terminal,
+
+    // In a complete slot chain every rule but the first copy of each expected one is a
+    // stray; in any other known chain every rule is. Service chains in use were checked
+    // whole; any other chain or set is an orphan, removed whole.
+    let mut expected: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
+    for slot in Slot::ALL {
+        if live.owned.scaffold.contains(&Scaffold::Chain(slot)) {
+            expected.insert(chain_name(slot), slot_exprs(slot));
+        }
+        if live.owned.scaffold.contains(&Scaffold::Hook(slot)) {
+            expected.insert(hook_chain(slot), vec![jump_exprs(slot)]);
+        }
+    }
+    let known: BTreeSet<&str> = Slot::ALL
+        .iter()
+        .flat_map(|s| [chain_name(*s), hook_chain(*s)])
+        .collect();
+    for (name, info) in &table.chains {
+        if known.contains(name) {
+            let mut wanted: Vec<Value> = expected.get(name).cloned().unwrap_or_default();
+            for rule in table.rules_of(name) {
+                if let Some(at) = wanted.iter().position(|w| rule.is(w)) {
+                    wanted.remove(at);
+                    continue;
+                }
+                let text = match rule.handle {
+                    Some(h) => format!("{} # handle {h}", rule.text()),
+                    None => rule.text(),
+                };
+                live.stray.push(StrayRule {
+                    chain: name.to_string(),
+                    text,
+                });
+            }
+        } else if !used_chains.contains(*name) {
+            // An orphan base chain would keep a hook; it goes like any orphan.
+            let _ = info;
+            live.stray.push(StrayRule {
+                chain: name.to_string(),
+                text: format!("chain {name}"),
             });
         }
     }
-
-    for path in Path::ALL {
-        let maps_ok = Kind::ALL.iter().all(|k| {
-            maps.get(map_name(path, *k).as_str())
-                .is_some_and(|m| map_typed(m, *k))
-        });
-        let chain = chain_name(path);
-        if maps_ok
-            && chains.get(chain).is_some_and(|c| c.hook.is_none())
-            && holds_all(&texts, &expected, chain)
-        {
-            live.owned.scaffold.insert(Scaffold::Chain(path));
-        }
-        let hook = hook_chain(path);
-        let hooked = chains
-            .get(hook)
-            .is_some_and(|c| c.kind == Some("nat") && c.hook == Some(hook));
-        if hooked && holds_all(&texts, &expected, hook) {
-            live.owned.scaffold.insert(Scaffold::Hook(path));
-        }
-    }
-
-    // In a complete scaffold chain every rule but the first copy of each expected one is a
-    // stray; in any other chain every rule is (re-adding an incomplete scaffold flushes its
-    // chain, and the batch then leaves such strays out).
-    let complete: Vec<&str> = live
-        .owned
-        .scaffold
+    let slot_map_names: BTreeSet<String> = Slot::ALL
         .iter()
-        .map(|s| match s {
-            Scaffold::Chain(p) => chain_name(*p),
-            Scaffold::Hook(p) => hook_chain(*p),
-        })
+        .flat_map(|s| slot_maps(*s).into_iter().map(|(n, _, _)| n))
         .collect();
-    for (chain, rules) in &texts {
-        let mut wanted: Vec<&String> = match expected.get(chain) {
-            Some(w) if complete.contains(chain) => w.iter().collect(),
-            _ => Vec::new(),
-        };
-        for (text, handle) in rules {
-            if let Some(at) = wanted.iter().position(|w| *w == text) {
-                wanted.remove(at);
-                continue;
-            }
-            let text = match handle {
-                Some(h) => format!("{text} # handle {h}"),
-                None => text.clone(),
-            };
+    for (name, (kind, _)) in &table.maps {
+        if !slot_map_names.contains(*name) && !used_sets.contains(*name) {
             live.stray.push(StrayRule {
-                chain: chain.to_string(),
-                text,
+                chain: name.to_string(),
+                text: format!("{kind} {name}"),
             });
         }
     }
     Ok(live)
 }
 
-/// Whether every expected rule of `chain` is among its rules.
-fn holds_all(
-    texts: &BTreeMap<&str, Vec<(String, Option<u64>)>>,
-    expected: &BTreeMap<&str, Vec<String>>,
-    chain: &str,
-) -> bool {
-    let have = texts.get(chain).map(Vec::as_slice).unwrap_or_default();
-    expected
-        .get(chain)
-        .is_some_and(|want| want.iter().all(|w| have.iter().any(|(t, _)| t == w)))
+fn jump_exprs(slot: Slot) -> Value {
+    json!([{"jump": {"target": chain_name(slot)}}])
 }
 
-/// Whether a map has the type portald gives maps of that kind.
-fn map_typed(map: &Value, kind: Kind) -> bool {
-    let key_ok = map["type"].as_array().is_some_and(|t| {
-        t.iter()
-            .map(Value::as_str)
-            .eq(KEY_TYPE.iter().map(|k| Some(*k)))
-    });
-    key_ok && map["map"].as_str() == Some(kind.data_type())
+/// Whether every expected rule is among the chain's rules.
+fn holds_all(table: &Table, chain: &str, expected: &[Value]) -> bool {
+    let have = table.rules_of(chain);
+    expected.iter().all(|e| have.iter().any(|r| r.is(e)))
 }
 
-/// Elements of portald's maps become rules; an element that cannot be one (no comment, an
-/// odd protocol, a key already taken by the path's earlier map) is a stray.
-fn read_elements(maps: &BTreeMap<&str, &Value>, live: &mut Live) {
+/// Whether a map or set has the given key and data types.
+fn typed(map: &Value, key: &[&str], data: Option<&str>) -> bool {
+    let key_ok = match &map["type"] {
+        Value::Array(t) => t.iter().map(Value::as_str).eq(key.iter().map(|k| Some(*k))),
+        Value::String(t) => key == [t.as_str()],
+        _ => false,
+    };
+    key_ok && map.get("map").and_then(Value::as_str) == data
+}
+
+/// Elements of portald's maps and sets become rules; an element that cannot be one (no
+/// comment, an odd protocol, a key already taken by an earlier lookup, a service chain not
+/// exactly as portald writes it) is a stray.
+fn read_elements(
+    table: &Table,
+    live: &mut Live,
+    used_chains: &mut BTreeSet<String>,
+    used_sets: &mut BTreeSet<String>,
+) {
     for path in Path::ALL {
         for kind in Kind::ALL {
             let name = map_name(path, kind);
-            let Some(map) = maps.get(name.as_str()) else {
+            let Some((_, map)) = table.maps.get(name.as_str()) else {
                 continue;
             };
-            if !map_typed(map, kind) {
+            let key_type = slot_maps(kind.slot(path))
+                .into_iter()
+                .find(|(n, _, _)| *n == name)
+                .map(|(_, k, _)| k)
+                .unwrap_or_default();
+            if !typed(map, &key_type, kind.data_type()) {
                 continue;
             }
             let elems = map.get("elem").and_then(Value::as_array);
-            for pair in elems.into_iter().flatten() {
-                match element_rule(path, kind, pair) {
+            for elem in elems.into_iter().flatten() {
+                let rule = element_rule(path, kind, elem).and_then(|mut rule| {
+                    if let Action::Balance { .. } = rule.action {
+                        rule.action = service_action(table, &rule.key, elem)?;
+                    }
+                    Some(rule)
+                });
+                match rule {
                     Some(rule) if !live.owned.rules.contains_key(&rule.key) => {
+                        if let Action::Balance {
+                            endpoints,
+                            affinity_seconds,
+                        } = &rule.action
+                        {
+                            used_chains.insert(service_chain(&rule.key));
+                            if affinity_seconds.is_some() {
+                                used_sets
+                                    .extend(endpoints.iter().map(|e| affinity_set(&rule.key, e)));
+                            }
+                        }
                         live.owned.insert_rule(rule)
                     }
                     _ => live.stray.push(StrayRule {
                         chain: name.clone(),
-                        text: element_text(pair),
+                        text: element_text(elem),
                     }),
                 }
             }
@@ -245,12 +300,15 @@ fn read_elements(maps: &BTreeMap<&str, &Value>, live: &mut Live) {
     }
 }
 
-/// `[key, data]`, the key either a bare `concat` or an `elem` with `val` and `comment`.
-fn element_rule(path: Path, kind: Kind, pair: &Value) -> Option<PortalRule> {
-    let (key, data) = split_pair(pair)?;
-    let elem = key.get("elem");
-    let val = elem.map_or(key, |e| &e["val"]);
-    let comment = Comment::new(elem?.get("comment")?.as_str()?).ok()?;
+/// The element's key, comment and action (a Balance with no endpoints yet: the chain says).
+fn element_rule(path: Path, kind: Kind, elem: &Value) -> Option<PortalRule> {
+    let (key, data) = match kind {
+        Kind::NoEndpoints => (elem, &Value::Null),
+        _ => split_pair(elem)?,
+    };
+    let inner = key.get("elem");
+    let val = inner.map_or(key, |e| &e["val"]);
+    let comment = Comment::new(inner?.get("comment")?.as_str()?).ok()?;
     let parts = val.get("concat")?.as_array()?;
     let [vip, protocol, port] = parts.as_slice() else {
         return None;
@@ -279,12 +337,164 @@ fn element_rule(path: Path, kind: Kind, pair: &Value) -> Option<PortalRule> {
                 to: SocketAddrV4::new(addr, port_of(port)?),
             }
         }
+        Kind::Services => {
+            let target = data.get("goto")?.get("target")?.as_str()?;
+            if target != service_chain(&key) {
+                return None;
+            }
+            Action::Balance {
+                endpoints: Vec::new(),
+                affinity_seconds: None,
+            }
+        }
+        Kind::NoEndpoints => Action::Reject,
     };
     Some(PortalRule {
         key,
         comment,
         action,
     })
+}
+
+/// A Balance portal's action, read from its chain (and affinity sets) and accepted only if
+/// portald would write exactly that chain for it.
+fn service_action(table: &Table, key: &PortalKey, _elem: &Value) -> Option<Action> {
+    let chain = service_chain(key);
+    let info = table.chains.get(chain.as_str())?;
+    if info.hook.is_some() {
+        return None;
+    }
+    let rules = table.rules_of(&chain);
+    // Endpoints in order of first appearance among the DNAT targets; affinity from the first
+    // endpoint's set.
+    let mut endpoints: Vec<SocketAddrV4> = Vec::new();
+    let mut affinity_name = None;
+    for rule in rules {
+        for stmt in rule.exprs {
+            if let Some(dnat) = stmt.get("dnat") {
+                for target in dnat_targets(dnat) {
+                    if !endpoints.contains(&target) {
+                        endpoints.push(target);
+                    }
+                }
+            }
+            if let Some(set) = stmt
+                .get("set")
+                .and_then(|s| s.get("set"))
+                .and_then(Value::as_str)
+            {
+                affinity_name.get_or_insert(set.trim_start_matches('@').to_string());
+            }
+        }
+    }
+    if endpoints.is_empty() {
+        return None;
+    }
+    let affinity_seconds = match affinity_name {
+        None => None,
+        Some(name) => {
+            let (_, set) = table.maps.get(name.as_str())?;
+            let seconds = u32::try_from(set.get("timeout")?.as_u64()?).ok()?;
+            Some(seconds)
+        }
+    };
+    if let Some(seconds) = affinity_seconds {
+        for endpoint in &endpoints {
+            let (kind, set) = table.maps.get(affinity_set(key, endpoint).as_str())?;
+            let flags_ok = set["flags"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|x| x == "timeout"));
+            if *kind != "set"
+                || set["type"] != "ipv4_addr"
+                || set["timeout"].as_u64() != Some(u64::from(seconds))
+                || set["size"].as_u64() != Some(u64::from(AFFINITY_SET_SIZE))
+                || !flags_ok
+            {
+                return None;
+            }
+        }
+    }
+    let expected = service_exprs(key, &endpoints, affinity_seconds);
+    let exact = rules.len() == expected.len() && rules.iter().zip(&expected).all(|(r, e)| r.is(e));
+    exact.then_some(Action::Balance {
+        endpoints,
+        affinity_seconds,
+    })
+}
+
+/// The addresses a `dnat` statement may send to: one, or the data of a numgen map.
+fn dnat_targets(dnat: &Value) -> Vec<SocketAddrV4> {
+    let one = |addr: &Value, port: &Value| -> Option<SocketAddrV4> {
+        Some(SocketAddrV4::new(
+            addr.as_str()?.parse().ok()?,
+            port_of(port)?,
+        ))
+    };
+    if let (Some(addr), Some(port)) = (dnat.get("addr"), dnat.get("port")) {
+        return one(addr, port).into_iter().collect();
+    }
+    let pairs = dnat
+        .get("addr")
+        .and_then(|a| a.get("map"))
+        .and_then(|m| m.get("data"))
+        .and_then(|d| d.get("set"))
+        .and_then(Value::as_array);
+    pairs
+        .into_iter()
+        .flatten()
+        .filter_map(|pair| {
+            let (_, data) = split_pair(pair)?;
+            match data.get("concat")?.as_array()?.as_slice() {
+                [addr, port] => one(addr, port),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// Elements of the masquerade set become masquerade scaffold; odd ones are strays.
+fn read_masquerade(table: &Table, live: &mut Live) {
+    let Some((_, set)) = table.maps.get(MASQUERADE_SET) else {
+        return;
+    };
+    for elem in set
+        .get("elem")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let pair = elem
+            .get("concat")
+            .and_then(Value::as_array)
+            .and_then(|parts| match parts.as_slice() {
+                [source, portals] => Some(Masquerade {
+                    source: net_of(source)?,
+                    portals: net_of(portals)?,
+                }),
+                _ => None,
+            });
+        match pair {
+            Some(m) => {
+                live.owned.scaffold.insert(Scaffold::Masquerade(m));
+            }
+            None => live.stray.push(StrayRule {
+                chain: MASQUERADE_SET.to_string(),
+                text: rule_text(std::slice::from_ref(elem), None),
+            }),
+        }
+    }
+}
+
+/// `{"prefix": {"addr": A, "len": N}}` or a bare address (a /32).
+fn net_of(value: &Value) -> Option<Net> {
+    match value {
+        Value::String(s) => Net::new(s.parse().ok()?, 32).ok(),
+        _ => {
+            let prefix = value.get("prefix")?;
+            let len = u8::try_from(prefix.get("len")?.as_u64()?).ok()?;
+            Net::new(prefix.get("addr")?.as_str()?.parse().ok()?, len).ok()
+        }
+    }
 }
 
 fn split_pair(pair: &Value) -> Option<(&Value, &Value)> {
@@ -300,18 +510,21 @@ fn port_of(value: &Value) -> Option<u16> {
 
 /// `10.11.0.1 . tcp . 80 comment "x" : 12345`, as nft lists an element; the key comes first
 /// so the batch can delete the element from this text.
-fn element_text(pair: &Value) -> String {
-    let Some((key, data)) = split_pair(pair) else {
-        return rule_text(std::slice::from_ref(pair), None);
+fn element_text(elem: &Value) -> String {
+    let (key, data) = match split_pair(elem) {
+        Some((key, data)) => (key, Some(data)),
+        None => (elem, None),
     };
-    let elem = key.get("elem");
-    let val = elem.map_or(key, |e| &e["val"]);
+    let inner = key.get("elem");
+    let val = inner.map_or(key, |e| &e["val"]);
     let mut text = concat_text(val);
-    if let Some(comment) = elem.and_then(|e| e.get("comment")).and_then(Value::as_str) {
+    if let Some(comment) = inner.and_then(|e| e.get("comment")).and_then(Value::as_str) {
         text.push_str(&format!(" comment \"{comment}\""));
     }
-    text.push_str(" : ");
-    text.push_str(&concat_text(data));
+    if let Some(data) = data {
+        text.push_str(" : ");
+        text.push_str(&concat_text(data));
+    }
     text
 }
 

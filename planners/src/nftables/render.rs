@@ -1,49 +1,80 @@
 //! Renders intended state as `nft -f` text and changes as one `nft -f` transaction.
 
 use super::{
-    chain_name, element_key, element_value, hook_chain, hook_spec, jump_rule, lookup_rule,
-    map_name, Kind, FAMILY, KEY_TYPE, TABLE,
+    affinity_set, chain_name, element_key, element_value, hook_chain, hook_spec, jump_rule,
+    map_name, service_chain, service_rules, slot_maps, slot_rules, Kind, AFFINITY_SET_SIZE, FAMILY,
+    MASQUERADE_SET, TABLE,
 };
-use crate::{Change, NatState, Path, PortalRule, Scaffold, StrayRule};
+use crate::{Action, Change, Masquerade, NatState, PortalRule, Scaffold, Slot, StrayRule};
 use std::collections::BTreeSet;
 use std::fmt::Write;
 
-/// `10.11.0.1 . tcp . 80 comment "default/a:80" : 12345`: one map element.
+/// `10.11.0.1 . tcp . 80 comment "default/a:80" : 12345`: one map or set element.
 fn element(rule: &PortalRule) -> String {
-    format!(
-        "{} comment \"{}\" : {}",
-        element_key(&rule.key),
-        rule.comment,
-        element_value(&rule.action)
-    )
+    let mut text = format!("{} comment \"{}\"", element_key(&rule.key), rule.comment);
+    if let Some(value) = element_value(&rule.key, &rule.action) {
+        let _ = write!(text, " : {value}");
+    }
+    text
 }
 
-fn map_type(kind: Kind) -> String {
-    format!("{} : {}", KEY_TYPE.join(" . "), kind.data_type())
+/// `10.244.1.0/24 . 10.11.0.0/16`: a masquerade pair.
+fn masquerade_element(m: &Masquerade) -> String {
+    format!("{} . {}", m.source, m.portals)
 }
 
-/// The whole table, laid out the way `nft list table ip portald` prints it (elements sorted
-/// by key rather than in the kernel's hash order, so the text is deterministic). A map is
-/// present when its path's chain is, or when it holds elements. An empty state renders as
-/// an empty string: no table at all.
+/// `type ...` (and `flags interval` for the masquerade pairs) of a map or set.
+fn map_declaration(name: &str, key: &[&str], data: Option<&str>) -> String {
+    let mut text = format!("type {}", key.join(" . "));
+    if let Some(data) = data {
+        let _ = write!(text, " : {data}");
+    }
+    if name == MASQUERADE_SET {
+        text.push_str("; flags interval");
+    }
+    text
+}
+
+fn affinity_declaration(seconds: u32) -> String {
+    format!("type ipv4_addr; size {AFFINITY_SET_SIZE}; flags dynamic,timeout; timeout {seconds}s;")
+}
+
+/// The whole table, laid out like `nft list table ip portald` (elements sorted by key
+/// rather than in the kernel's hash order, so the text is deterministic). A map is present
+/// when its slot's chain is, or when it holds elements. An empty state renders as an empty
+/// string: no table at all.
 pub(crate) fn render_state(state: &NatState) -> String {
     if state.is_empty() {
         return String::new();
     }
     let mut blocks: Vec<String> = Vec::new();
-    for path in Path::ALL {
-        for kind in Kind::ALL {
-            let elements: Vec<String> = state
-                .rules
-                .values()
-                .filter(|r| r.key.path == path && Kind::of(&r.action) == kind)
-                .map(element)
-                .collect();
-            if elements.is_empty() && !state.scaffold.contains(&Scaffold::Chain(path)) {
+    for slot in Slot::ALL {
+        for (name, key, data) in slot_maps(slot) {
+            let elements: Vec<String> = if name == MASQUERADE_SET {
+                state
+                    .scaffold
+                    .iter()
+                    .filter_map(|s| match s {
+                        Scaffold::Masquerade(m) => Some(masquerade_element(m)),
+                        _ => None,
+                    })
+                    .collect()
+            } else {
+                state
+                    .rules
+                    .values()
+                    .filter(|r| map_name(r.key.path, Kind::of(&r.action)) == name)
+                    .map(element)
+                    .collect()
+            };
+            if elements.is_empty() && !state.scaffold.contains(&Scaffold::Chain(slot)) {
                 continue;
             }
-            let mut block = format!("\tmap {} {{\n", map_name(path, kind));
-            let _ = writeln!(block, "\t\ttype {}", map_type(kind));
+            let kind = if data.is_some() { "map" } else { "set" };
+            let mut block = format!("\t{kind} {name} {{\n");
+            for line in map_declaration(&name, &key, data).split("; ") {
+                let _ = writeln!(block, "\t\t{line}");
+            }
             if !elements.is_empty() {
                 let _ = writeln!(
                     block,
@@ -55,23 +86,56 @@ pub(crate) fn render_state(state: &NatState) -> String {
             blocks.push(block);
         }
     }
-    for path in Path::ALL {
-        if state.scaffold.contains(&Scaffold::Chain(path)) {
-            let mut block = format!("\tchain {} {{\n", chain_name(path));
-            for kind in Kind::ALL {
-                let _ = writeln!(block, "\t\t{}", lookup_rule(path, kind));
+    for rule in state.rules.values() {
+        if let Action::Balance {
+            endpoints,
+            affinity_seconds: Some(seconds),
+        } = &rule.action
+        {
+            for endpoint in endpoints {
+                let mut block = format!("\tset {} {{\n", affinity_set(&rule.key, endpoint));
+                for line in affinity_declaration(*seconds)
+                    .trim_end_matches(';')
+                    .split("; ")
+                {
+                    let _ = writeln!(block, "\t\t{line}");
+                }
+                block.push_str("\t}\n");
+                blocks.push(block);
+            }
+        }
+    }
+    for rule in state.rules.values() {
+        if let Action::Balance {
+            endpoints,
+            affinity_seconds,
+        } = &rule.action
+        {
+            let mut block = format!("\tchain {} {{\n", service_chain(&rule.key));
+            for line in service_rules(&rule.key, endpoints, *affinity_seconds) {
+                let _ = writeln!(block, "\t\t{line}");
             }
             block.push_str("\t}\n");
             blocks.push(block);
         }
     }
-    for path in Path::ALL {
-        if state.scaffold.contains(&Scaffold::Hook(path)) {
+    for slot in Slot::ALL {
+        if state.scaffold.contains(&Scaffold::Chain(slot)) {
+            let mut block = format!("\tchain {} {{\n", chain_name(slot));
+            for rule in slot_rules(slot) {
+                let _ = writeln!(block, "\t\t{rule}");
+            }
+            block.push_str("\t}\n");
+            blocks.push(block);
+        }
+    }
+    for slot in Slot::ALL {
+        if state.scaffold.contains(&Scaffold::Hook(slot)) {
             blocks.push(format!(
                 "\tchain {} {{\n\t\t{}\n\t\t{}\n\t}}\n",
-                hook_chain(path),
-                hook_spec(path),
-                jump_rule(path)
+                hook_chain(slot),
+                hook_spec(slot),
+                jump_rule(slot)
             ));
         }
     }
@@ -80,29 +144,32 @@ pub(crate) fn render_state(state: &NatState) -> String {
 
 /// One `nft -f` transaction: the kernel applies all of it or none of it.
 ///
-/// - `AddScaffold` is idempotent: `add table`/`add map`/`add chain` succeed when the object
-///   exists, and the chain is flushed before its rules are added, so a half-present chain
-///   (which the parse reports as absent) is repaired rather than doubled.
+/// - `AddScaffold` of a chain or hook is idempotent: `add table`/`add map`/`add chain`
+///   succeed when the object exists, and the chain is flushed before its rules are added, so
+///   a half-present chain (which the parse reports as absent) is repaired, not doubled.
 /// - Rules are map elements: add, delete, and replace as delete + add (the kernel refuses to
-///   `add` an element whose key exists with other data).
-/// - `RemoveScaffold` deletes the chain (the kernel drops its rules with it) and, for a
-///   path's chain, its two maps. When the batch removes both paths' chains nothing of
-///   portald is left (hooks jump into those chains, so they must already be going), and a
-///   final `delete table ip portald` also sweeps anything a stray left behind.
-/// - `RemoveStray` deletes a rule by handle or an element by key. A stray in a chain that
-///   the same batch flushes (`AddScaffold`) or deletes (`RemoveScaffold`) is already gone
-///   then, and deleting it again would fail the whole transaction, so it is left out.
+///   `add` an element whose key exists with other data). A Balance portal also owns its
+///   chain and affinity sets: created with the element, flushed and refilled when only its
+///   endpoints change (the element stays), deleted after the element.
+/// - `RemoveScaffold` deletes the chain (the kernel drops its rules with it) and its maps.
+///   When the batch removes every slot's chain nothing of portald is left, and a final
+///   `delete table ip portald` also sweeps anything a stray left behind.
+/// - `RemoveStray` deletes a rule by handle, an element by key, or an orphan chain or set by
+///   name (those last, once nothing refers to them). A stray in a chain that the same batch
+///   flushes or deletes is already gone then, and deleting it again would fail the whole
+///   transaction, so it is left out.
 pub(crate) fn render_batch(changes: &[Change]) -> String {
     let swept: BTreeSet<String> = changes
         .iter()
         .filter_map(|c| match c {
             Change::AddScaffold { scaffold } | Change::RemoveScaffold { scaffold } => {
-                Some(scaffold_chain(*scaffold).to_string())
+                scaffold_chain(*scaffold).map(str::to_string)
             }
             _ => None,
         })
         .collect();
     let mut out = String::new();
+    let mut late = Vec::new();
     let mut table_added = false;
     for change in changes {
         match change {
@@ -114,112 +181,247 @@ pub(crate) fn render_batch(changes: &[Change]) -> String {
                 add_scaffold(&mut out, *scaffold)
             }
             Change::RemoveScaffold { scaffold } => remove_scaffold(&mut out, *scaffold),
-            Change::AddRule { rule } => add_element(&mut out, rule),
-            Change::RemoveRule { rule } => delete_element(&mut out, rule),
-            Change::ReplaceRule { old, new } => {
-                delete_element(&mut out, old);
-                add_element(&mut out, new);
-            }
+            Change::AddRule { rule } => add_rule(&mut out, rule),
+            Change::RemoveRule { rule } => remove_rule(&mut out, rule),
+            Change::ReplaceRule { old, new } => replace_rule(&mut out, old, new),
             Change::RemoveStray { stray } => {
                 if !swept.contains(&stray.chain) {
-                    remove_stray(&mut out, stray);
+                    remove_stray(&mut out, &mut late, stray);
                 }
             }
         }
     }
-    let removes_chain = |path| {
+    late.sort();
+    for line in late {
+        out.push_str(&line.1);
+    }
+    let removes_chain = |slot| {
         changes.iter().any(|c| {
-            matches!(c, Change::RemoveScaffold { scaffold } if *scaffold == Scaffold::Chain(path))
+            matches!(c, Change::RemoveScaffold { scaffold } if *scaffold == Scaffold::Chain(slot))
         })
     };
-    if Path::ALL.into_iter().all(removes_chain) {
+    if [Slot::Container, Slot::Host].into_iter().all(removes_chain) {
         let _ = writeln!(out, "delete table {FAMILY} {TABLE}");
     }
     out
 }
 
-/// The chain a scaffold is.
-fn scaffold_chain(scaffold: Scaffold) -> &'static str {
+/// The chain a scaffold is, if it is a chain.
+fn scaffold_chain(scaffold: Scaffold) -> Option<&'static str> {
     match scaffold {
-        Scaffold::Chain(path) => chain_name(path),
-        Scaffold::Hook(path) => hook_chain(path),
+        Scaffold::Chain(slot) => Some(chain_name(slot)),
+        Scaffold::Hook(slot) => Some(hook_chain(slot)),
+        Scaffold::Masquerade(_) => None,
     }
 }
 
 fn add_scaffold(out: &mut String, scaffold: Scaffold) {
     match scaffold {
-        Scaffold::Chain(path) => {
-            for kind in Kind::ALL {
+        Scaffold::Chain(slot) => {
+            for (name, key, data) in slot_maps(slot) {
+                let kind = if data.is_some() { "map" } else { "set" };
                 let _ = writeln!(
                     out,
-                    "add map {FAMILY} {TABLE} {} {{ type {}; }}",
-                    map_name(path, kind),
-                    map_type(kind)
+                    "add {kind} {FAMILY} {TABLE} {name} {{ {}; }}",
+                    map_declaration(&name, &key, data)
                 );
             }
-            let chain = chain_name(path);
+            let chain = chain_name(slot);
             let _ = writeln!(out, "add chain {FAMILY} {TABLE} {chain}");
             let _ = writeln!(out, "flush chain {FAMILY} {TABLE} {chain}");
-            for kind in Kind::ALL {
-                let _ = writeln!(
-                    out,
-                    "add rule {FAMILY} {TABLE} {chain} {}",
-                    lookup_rule(path, kind)
-                );
+            for rule in slot_rules(slot) {
+                let _ = writeln!(out, "add rule {FAMILY} {TABLE} {chain} {rule}");
             }
         }
-        Scaffold::Hook(path) => {
-            let chain = hook_chain(path);
+        Scaffold::Hook(slot) => {
+            let chain = hook_chain(slot);
             let _ = writeln!(
                 out,
                 "add chain {FAMILY} {TABLE} {chain} {{ {} }}",
-                hook_spec(path)
+                hook_spec(slot)
             );
             let _ = writeln!(out, "flush chain {FAMILY} {TABLE} {chain}");
-            let _ = writeln!(out, "add rule {FAMILY} {TABLE} {chain} {}", jump_rule(path));
+            let _ = writeln!(out, "add rule {FAMILY} {TABLE} {chain} {}", jump_rule(slot));
+        }
+        Scaffold::Masquerade(m) => {
+            let _ = writeln!(
+                out,
+                "add element {FAMILY} {TABLE} {MASQUERADE_SET} {{ {} }}",
+                masquerade_element(&m)
+            );
         }
     }
 }
 
 fn remove_scaffold(out: &mut String, scaffold: Scaffold) {
     match scaffold {
-        Scaffold::Chain(path) => {
-            // The chain first: its lookup rules reference the maps.
-            let _ = writeln!(out, "delete chain {FAMILY} {TABLE} {}", chain_name(path));
-            for kind in Kind::ALL {
-                let _ = writeln!(out, "delete map {FAMILY} {TABLE} {}", map_name(path, kind));
+        Scaffold::Chain(slot) => {
+            // The chain first: its rules reference the maps.
+            let _ = writeln!(out, "delete chain {FAMILY} {TABLE} {}", chain_name(slot));
+            for (name, _, data) in slot_maps(slot) {
+                let kind = if data.is_some() { "map" } else { "set" };
+                let _ = writeln!(out, "delete {kind} {FAMILY} {TABLE} {name}");
             }
         }
-        Scaffold::Hook(path) => {
-            let _ = writeln!(out, "delete chain {FAMILY} {TABLE} {}", hook_chain(path));
+        Scaffold::Hook(slot) => {
+            let _ = writeln!(out, "delete chain {FAMILY} {TABLE} {}", hook_chain(slot));
+        }
+        Scaffold::Masquerade(m) => {
+            let _ = writeln!(
+                out,
+                "delete element {FAMILY} {TABLE} {MASQUERADE_SET} {{ {} }}",
+                masquerade_element(&m)
+            );
         }
     }
 }
 
+fn map_of(rule: &PortalRule) -> String {
+    map_name(rule.key.path, Kind::of(&rule.action))
+}
+
+/// A Balance portal's chain and sets, filled (the chain is flushed first: it may exist).
+fn fill_service(out: &mut String, rule: &PortalRule, old_sets: &BTreeSet<String>) {
+    let Action::Balance {
+        endpoints,
+        affinity_seconds,
+    } = &rule.action
+    else {
+        return;
+    };
+    let chain = service_chain(&rule.key);
+    if let Some(seconds) = affinity_seconds {
+        for endpoint in endpoints {
+            let set = affinity_set(&rule.key, endpoint);
+            if !old_sets.contains(&set) {
+                let _ = writeln!(
+                    out,
+                    "add set {FAMILY} {TABLE} {set} {{ {} }}",
+                    affinity_declaration(*seconds)
+                );
+            }
+        }
+    }
+    let _ = writeln!(out, "add chain {FAMILY} {TABLE} {chain}");
+    let _ = writeln!(out, "flush chain {FAMILY} {TABLE} {chain}");
+    for line in service_rules(&rule.key, endpoints, *affinity_seconds) {
+        let _ = writeln!(out, "add rule {FAMILY} {TABLE} {chain} {line}");
+    }
+}
+
+/// The affinity sets of a rule (none unless it is a Balance with affinity).
+fn sets_of(rule: &PortalRule) -> BTreeSet<String> {
+    match &rule.action {
+        Action::Balance {
+            endpoints,
+            affinity_seconds: Some(_),
+        } => endpoints
+            .iter()
+            .map(|e| affinity_set(&rule.key, e))
+            .collect(),
+        _ => BTreeSet::new(),
+    }
+}
+
 fn add_element(out: &mut String, rule: &PortalRule) {
-    let map = map_name(rule.key.path, Kind::of(&rule.action));
     let _ = writeln!(
         out,
-        "add element {FAMILY} {TABLE} {map} {{ {} }}",
+        "add element {FAMILY} {TABLE} {} {{ {} }}",
+        map_of(rule),
         element(rule)
     );
 }
 
 fn delete_element(out: &mut String, rule: &PortalRule) {
-    let map = map_name(rule.key.path, Kind::of(&rule.action));
     let _ = writeln!(
         out,
-        "delete element {FAMILY} {TABLE} {map} {{ {} }}",
+        "delete element {FAMILY} {TABLE} {} {{ {} }}",
+        map_of(rule),
         element_key(&rule.key)
     );
 }
 
-/// A stray is either an element of one of portald's maps (`chain` is the map's name, `text`
-/// starts with the key) or a rule (`text` ends with `# handle N`, as `nft -a` prints it).
-fn remove_stray(out: &mut String, stray: &StrayRule) {
-    let is_map = Path::ALL
-        .into_iter()
-        .any(|p| Kind::ALL.into_iter().any(|k| map_name(p, k) == stray.chain));
+fn add_rule(out: &mut String, rule: &PortalRule) {
+    fill_service(out, rule, &BTreeSet::new());
+    add_element(out, rule);
+}
+
+fn remove_rule(out: &mut String, rule: &PortalRule) {
+    delete_element(out, rule);
+    if matches!(rule.action, Action::Balance { .. }) {
+        let _ = writeln!(
+            out,
+            "delete chain {FAMILY} {TABLE} {}",
+            service_chain(&rule.key)
+        );
+    }
+    for set in sets_of(rule) {
+        let _ = writeln!(out, "delete set {FAMILY} {TABLE} {set}");
+    }
+}
+
+fn replace_rule(out: &mut String, old: &PortalRule, new: &PortalRule) {
+    let both_balance = matches!(old.action, Action::Balance { .. })
+        && matches!(new.action, Action::Balance { .. });
+    if !both_balance {
+        remove_rule(out, old);
+        add_rule(out, new);
+        return;
+    }
+    // Same chain name (it is named by the key): refill it in place; the element changes only
+    // if its comment does. Sets of endpoints that stay keep their clients, unless the
+    // timeout changed: a set's timeout is fixed when it is made, so then all are remade.
+    let affinity = |rule: &PortalRule| match rule.action {
+        Action::Balance {
+            affinity_seconds, ..
+        } => affinity_seconds,
+        _ => None,
+    };
+    let mut old_sets = sets_of(old);
+    let new_sets = sets_of(new);
+    if affinity(old) != affinity(new) && !old_sets.is_empty() {
+        let chain = service_chain(&old.key);
+        let _ = writeln!(out, "flush chain {FAMILY} {TABLE} {chain}");
+        for set in std::mem::take(&mut old_sets) {
+            let _ = writeln!(out, "delete set {FAMILY} {TABLE} {set}");
+        }
+    }
+    fill_service(out, new, &old_sets);
+    if old.comment != new.comment {
+        delete_element(out, old);
+        add_element(out, new);
+    }
+    for set in old_sets.difference(&new_sets) {
+        let _ = writeln!(out, "delete set {FAMILY} {TABLE} {set}");
+    }
+}
+
+/// A stray is an element of one of portald's maps or sets (`chain` is its name, `text`
+/// starts with the key), a rule (`text` ends with `# handle N`, as `nft -a` prints it), or a
+/// whole orphan object (`text` is `chain NAME` or `set NAME`). Orphans go last, chains
+/// before sets, since rules in chains refer to sets.
+fn remove_stray(out: &mut String, late: &mut Vec<(u8, String)>, stray: &StrayRule) {
+    if stray.text == format!("chain {}", stray.chain) {
+        late.push((
+            0,
+            format!("delete chain {FAMILY} {TABLE} {}\n", stray.chain),
+        ));
+        return;
+    }
+    if stray.text == format!("set {}", stray.chain) || stray.text == format!("map {}", stray.chain)
+    {
+        let kind = &stray.text[..3];
+        late.push((
+            1,
+            format!("delete {kind} {FAMILY} {TABLE} {}\n", stray.chain),
+        ));
+        return;
+    }
+    let is_map = Slot::ALL.into_iter().any(|slot| {
+        slot_maps(slot)
+            .into_iter()
+            .any(|(name, _, _)| name == stray.chain)
+    });
     if is_map {
         let key = stray
             .text

@@ -2,7 +2,7 @@
 #![allow(dead_code)] // each test crate uses its own subset
 
 use planners::{
-    Action, Change, Comment, Live, NatState, Path, PortalKey, PortalRule, Protocol, Scaffold,
+    Action, Change, Comment, Live, NatState, Path, PortalKey, PortalRule, Protocol, Scaffold, Slot,
 };
 use std::path::PathBuf;
 
@@ -62,8 +62,8 @@ pub fn dnat_local(to: &str) -> Action {
 pub fn full_scaffold() -> NatState {
     let mut state = NatState::default();
     for path in Path::ALL {
-        state.scaffold.insert(Scaffold::Chain(path));
-        state.scaffold.insert(Scaffold::Hook(path));
+        state.scaffold.insert(Scaffold::Chain(Slot::nat(path)));
+        state.scaffold.insert(Scaffold::Hook(Slot::nat(path)));
     }
     state
 }

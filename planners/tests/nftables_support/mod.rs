@@ -2,14 +2,14 @@
 //! golden-file comparison.
 #![allow(dead_code)]
 
-use planners::{Action, Comment, NatState, Path, PortalKey, PortalRule, Protocol, Scaffold};
+use planners::{Action, Comment, NatState, Path, PortalKey, PortalRule, Protocol, Scaffold, Slot};
 use proptest::prelude::*;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 pub fn all_scaffold() -> Vec<Scaffold> {
     Path::ALL
         .into_iter()
-        .flat_map(|p| [Scaffold::Chain(p), Scaffold::Hook(p)])
+        .flat_map(|p| [Scaffold::Chain(Slot::nat(p)), Scaffold::Hook(Slot::nat(p))])
         .collect()
 }
 
@@ -131,8 +131,8 @@ pub fn any_state(max_rules: usize) -> impl Strategy<Value = NatState> {
 pub fn loadable_state(max_rules: usize) -> impl Strategy<Value = NatState> {
     any_state(max_rules).prop_map(|mut state| {
         for path in Path::ALL {
-            if state.scaffold.contains(&Scaffold::Hook(path)) {
-                state.scaffold.insert(Scaffold::Chain(path));
+            if state.scaffold.contains(&Scaffold::Hook(Slot::nat(path))) {
+                state.scaffold.insert(Scaffold::Chain(Slot::nat(path)));
             }
         }
         state
