@@ -33,35 +33,6 @@ status:
   podIP: 10.244.1.3
 ";
 
-/// Pod objects: (name, IP, `app` label).
-fn pods_yaml(pods: &[(&str, Ipv4Addr, &str)]) -> String {
-    pods.iter()
-        .map(|(name, ip, app)| {
-            format!(
-                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels:\n    app: {app}\nstatus:\n  podIP: {ip}\n"
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("---\n")
-}
-
-/// A v1 Service selecting `app=APP`, one port.
-fn service_yaml(
-    name: &str,
-    vip: Option<&str>,
-    app: &str,
-    protocol: &str,
-    port: u16,
-    target: u16,
-) -> String {
-    let vip = vip
-        .map(|v| format!("  clusterIP: {v}\n"))
-        .unwrap_or_default();
-    format!(
-        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n{vip}  selector:\n    app: {app}\n  ports:\n  - protocol: {protocol}\n    port: {port}\n    targetPort: {target}\n"
-    )
-}
-
 fn started_pods(c: &mut Cluster, port: u16, count: usize) -> Vec<Pod> {
     [POD1, POD2, POD3]
         .into_iter()
@@ -610,88 +581,6 @@ fn drift_is_repaired_at_the_next_resync() {
     let last = c.status().last_reconcile.unwrap();
     assert!(last.ok, "{last:?}");
 }
-
-/// Docker-style chains and an admin's rules, as they would be on a real host.
-const FOREIGN: &[&[&str]] = &[
-    &["-t", "nat", "-N", "DOCKER"],
-    &[
-        "-t",
-        "nat",
-        "-A",
-        "PREROUTING",
-        "-m",
-        "addrtype",
-        "--dst-type",
-        "LOCAL",
-        "-j",
-        "DOCKER",
-    ],
-    &[
-        "-t",
-        "nat",
-        "-A",
-        "OUTPUT",
-        "!",
-        "-d",
-        "127.0.0.0/8",
-        "-m",
-        "addrtype",
-        "--dst-type",
-        "LOCAL",
-        "-j",
-        "DOCKER",
-    ],
-    &[
-        "-t",
-        "nat",
-        "-A",
-        "POSTROUTING",
-        "-s",
-        "172.17.0.0/16",
-        "!",
-        "-o",
-        "docker0",
-        "-j",
-        "MASQUERADE",
-    ],
-    &["-t", "nat", "-A", "DOCKER", "-i", "docker0", "-j", "RETURN"],
-    &[
-        "-t",
-        "nat",
-        "-I",
-        "PREROUTING",
-        "1",
-        "-p",
-        "tcp",
-        "--dport",
-        "2222",
-        "-m",
-        "comment",
-        "--comment",
-        "admin: keep me first",
-        "-j",
-        "RETURN",
-    ],
-    &["-t", "filter", "-N", "DOCKER-USER"],
-    &["-t", "filter", "-A", "FORWARD", "-j", "DOCKER-USER"],
-    &["-t", "filter", "-A", "DOCKER-USER", "-j", "RETURN"],
-    &[
-        "-t",
-        "filter",
-        "-A",
-        "INPUT",
-        "-p",
-        "tcp",
-        "--dport",
-        "22",
-        "-m",
-        "comment",
-        "--comment",
-        "admin ssh",
-        "-j",
-        "ACCEPT",
-    ],
-];
 
 #[test]
 fn foreign_rules_are_untouched_by_apply_restart_and_cleanup() {

@@ -600,3 +600,114 @@ pub fn distinct(names: &[String]) -> Vec<String> {
     out.dedup();
     out
 }
+
+/// Pod objects: (name, IP, `app` label).
+pub fn pods_yaml(pods: &[(&str, Ipv4Addr, &str)]) -> String {
+    pods.iter()
+        .map(|(name, ip, app)| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels:\n    app: {app}\nstatus:\n  podIP: {ip}\n"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+/// A v1 Service selecting `app=APP`, one port.
+pub fn service_yaml(
+    name: &str,
+    vip: Option<&str>,
+    app: &str,
+    protocol: &str,
+    port: u16,
+    target: u16,
+) -> String {
+    let vip = vip
+        .map(|v| format!("  clusterIP: {v}\n"))
+        .unwrap_or_default();
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n{vip}  selector:\n    app: {app}\n  ports:\n  - protocol: {protocol}\n    port: {port}\n    targetPort: {target}\n"
+    )
+}
+
+/// Docker-style chains and an admin's rules, as they would be on a real host.
+pub const FOREIGN: &[&[&str]] = &[
+    &["-t", "nat", "-N", "DOCKER"],
+    &[
+        "-t",
+        "nat",
+        "-A",
+        "PREROUTING",
+        "-m",
+        "addrtype",
+        "--dst-type",
+        "LOCAL",
+        "-j",
+        "DOCKER",
+    ],
+    &[
+        "-t",
+        "nat",
+        "-A",
+        "OUTPUT",
+        "!",
+        "-d",
+        "127.0.0.0/8",
+        "-m",
+        "addrtype",
+        "--dst-type",
+        "LOCAL",
+        "-j",
+        "DOCKER",
+    ],
+    &[
+        "-t",
+        "nat",
+        "-A",
+        "POSTROUTING",
+        "-s",
+        "172.17.0.0/16",
+        "!",
+        "-o",
+        "docker0",
+        "-j",
+        "MASQUERADE",
+    ],
+    &["-t", "nat", "-A", "DOCKER", "-i", "docker0", "-j", "RETURN"],
+    &[
+        "-t",
+        "nat",
+        "-I",
+        "PREROUTING",
+        "1",
+        "-p",
+        "tcp",
+        "--dport",
+        "2222",
+        "-m",
+        "comment",
+        "--comment",
+        "admin: keep me first",
+        "-j",
+        "RETURN",
+    ],
+    &["-t", "filter", "-N", "DOCKER-USER"],
+    &["-t", "filter", "-A", "FORWARD", "-j", "DOCKER-USER"],
+    &["-t", "filter", "-A", "DOCKER-USER", "-j", "RETURN"],
+    &[
+        "-t",
+        "filter",
+        "-A",
+        "INPUT",
+        "-p",
+        "tcp",
+        "--dport",
+        "22",
+        "-m",
+        "comment",
+        "--comment",
+        "admin ssh",
+        "-j",
+        "ACCEPT",
+    ],
+];

@@ -19,7 +19,8 @@
 //! (kernel mode: a chain of the portal's own that DNATs to one endpoint, chosen by a
 //! `statistic` cascade of probabilities 1/n, 1/(n-1), ..., 1, and, with `ClientIP` affinity,
 //! remembered per client address by `recent` lists named after each endpoint), or
-//! `... -j REJECT --reject-with icmp-port-unreachable` in the filter table (no endpoints).
+//! `... -j REJECT --reject-with tcp-reset` (or `icmp-port-unreachable` for UDP) in the filter
+//! table (no endpoints).
 //! Every chain whose name starts with `PORTAL-` is portald's space.
 //!
 //! Facts about `iptables-restore --noflush` (1.8.9, nf_tables backend) the batches rely on,

@@ -157,7 +157,7 @@ fn portal_rule(slot: Slot, words: &[String]) -> Option<PortalRule> {
         ["DNAT", "--to-destination", to] => Action::DnatLocal {
             to: to.parse::<SocketAddrV4>().ok()?,
         },
-        ["REJECT", "--reject-with", "icmp-port-unreachable"] => Action::Reject,
+        ["REJECT", "--reject-with", "icmp-port-unreachable" | "tcp-reset"] => Action::Reject,
         [name] if *name == service_chain(&key) => Action::Balance {
             endpoints: Vec::new(),
             affinity_seconds: None,

@@ -33,7 +33,12 @@ pub fn rule_spec(rule: &PortalRule) -> String {
         Action::Balance { .. } => {
             let _ = write!(spec, " -j {}", service_chain(key));
         }
-        Action::Reject => spec.push_str(" -j REJECT --reject-with icmp-port-unreachable"),
+        // A reset for TCP: ICMP errors are rate limited per destination host, and a router
+        // forwarding back out the same link has just spent that on an ICMP redirect.
+        Action::Reject => match key.protocol {
+            crate::Protocol::Tcp => spec.push_str(" -j REJECT --reject-with tcp-reset"),
+            crate::Protocol::Udp => spec.push_str(" -j REJECT --reject-with icmp-port-unreachable"),
+        },
     }
     spec
 }

@@ -203,10 +203,16 @@ pub(crate) fn slot_rules(slot: Slot) -> Vec<String> {
                 }
             })
             .collect(),
-        Some(path) => vec![format!(
-            "{L4_MATCH} {KEY_EXPR} @{} reject",
-            map_name(path, Kind::NoEndpoints)
-        )],
+        // TCP gets a reset rather than an ICMP error: a host answers ICMP errors to one
+        // destination at most once a second, and forwarding back out the interface a packet
+        // came in by has already spent that on an ICMP redirect.
+        Some(path) => {
+            let set = map_name(path, Kind::NoEndpoints);
+            vec![
+                format!("meta l4proto tcp {KEY_EXPR} @{set} reject with tcp reset"),
+                format!("meta l4proto udp {KEY_EXPR} @{set} reject"),
+            ]
+        }
         None => vec![format!(
             "ct status dnat ip saddr . ct original ip daddr @{MASQUERADE_SET} masquerade"
         )],
@@ -240,11 +246,27 @@ pub(crate) fn slot_exprs(slot: Slot) -> Vec<Value> {
                 }
             })
             .collect(),
-        Some(path) => vec![json!([
-            l4_any(),
-            {"match": {"op": "==", "left": key_expr(), "right": format!("@{}", map_name(path, Kind::NoEndpoints))}},
-            {"reject": {"type": "icmp", "expr": "port-unreachable"}},
-        ])],
+        Some(path) => {
+            let set = format!("@{}", map_name(path, Kind::NoEndpoints));
+            // nft lists `meta l4proto tcp ... th dport` as `... tcp dport`.
+            let key = |proto: &str| {
+                json!({"concat": [
+                    {"payload": {"protocol": "ip", "field": "daddr"}},
+                    {"meta": {"key": "l4proto"}},
+                    {"payload": {"protocol": proto, "field": "dport"}},
+                ]})
+            };
+            vec![
+                json!([
+                    {"match": {"op": "==", "left": key("tcp"), "right": set}},
+                    {"reject": {"type": "tcp reset"}},
+                ]),
+                json!([
+                    {"match": {"op": "==", "left": key("udp"), "right": set}},
+                    {"reject": {"type": "icmp", "expr": "port-unreachable"}},
+                ]),
+            ]
+        }
         None => vec![json!([
             {"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}},
             {"match": {"op": "==", "left": {"concat": [
