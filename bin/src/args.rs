@@ -141,6 +141,9 @@ pub struct DemoArgs {
     pub pause: bool,
     #[arg(long, value_enum, default_value = "iptables")]
     pub backend: BackendArg,
+    /// Data path: the userspace proxy, or DNAT to the pods in the kernel.
+    #[arg(long, value_enum, default_value = "userspace")]
+    pub mode: ModeArg,
 }
 
 #[derive(Args, Debug)]

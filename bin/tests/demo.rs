@@ -92,11 +92,26 @@ fn backend_in_host_a_answers_curl_and_udp_from_host_b() {
 
 #[test]
 fn demo_serves_every_request_through_the_vips_from_both_pods() {
+    run_demo(&[]);
+}
+
+#[test]
+fn demo_in_kernel_mode_with_nftables_serves_every_request_from_both_pods() {
+    run_demo(&["--backend", "nftables", "--mode", "kernel"]);
+}
+
+/// Runs `portald demo ARGS` (bounded to 60 s) and checks its report.
+fn run_demo(args: &[&str]) {
     // Output to a file, not a pipe: polling with a bound must not stall on a full pipe.
-    let log = std::env::temp_dir().join(format!("portald-demo-test-{}.log", std::process::id()));
+    let log = std::env::temp_dir().join(format!(
+        "portald-demo-test-{}-{}.log",
+        std::process::id(),
+        args.len()
+    ));
     let file = std::fs::File::create(&log).unwrap();
     let mut child = std::process::Command::new(PORTALD)
         .arg("demo")
+        .args(args)
         .stdin(std::process::Stdio::null())
         .stdout(file.try_clone().unwrap())
         .stderr(file)

@@ -5,7 +5,7 @@
 //! daemon's status, and a clean teardown. Exit 0 only when every request was answered and
 //! both pods served every service.
 
-use crate::args::{BackendArg, DemoArgs};
+use crate::args::{BackendArg, DemoArgs, ModeArg};
 use anyhow::{bail, Context, Result};
 use engine::daemon::control::Status;
 use engine::netns::{Testbed, SIGTERM};
@@ -93,6 +93,7 @@ pub fn run(args: DemoArgs) -> Result<u8> {
         wake_tx,
         exe,
         backend: args.backend,
+        mode: args.mode,
         problems: Vec::new(),
         pods: Vec::new(),
         client: String::new(),
@@ -140,6 +141,7 @@ struct Demo {
     wake_tx: mpsc::Sender<()>,
     exe: String,
     backend: BackendArg,
+    mode: ModeArg,
     /// Failed checks; the demo goes on so that the whole picture is shown.
     problems: Vec<String>,
     pods: Vec<String>,
@@ -255,6 +257,21 @@ impl Demo {
         Ok(())
     }
 
+    fn mode_flag(&self) -> &'static str {
+        match self.mode {
+            ModeArg::Userspace => "userspace",
+            ModeArg::Kernel => "kernel",
+        }
+    }
+
+    /// Listeners the daemon opens: none in kernel mode, where the kernel carries traffic.
+    fn listeners_wanted(&self) -> usize {
+        match self.mode {
+            ModeArg::Userspace => LISTENERS,
+            ModeArg::Kernel => 0,
+        }
+    }
+
     fn backend_flag(&self) -> &'static str {
         match self.backend {
             BackendArg::Iptables => "iptables",
@@ -278,6 +295,8 @@ impl Demo {
             "--cleanup-on-exit",
             "--backend",
             self.backend_flag(),
+            "--mode",
+            self.mode_flag(),
         ];
         println!("portald {}", args.join(" "));
         let pid = self
@@ -296,7 +315,7 @@ impl Demo {
         loop {
             if let Some(status) = super::daemon_status(&self.socket) {
                 let ok = status.last_reconcile.as_ref().is_some_and(|r| r.ok);
-                if ok && status.listeners.len() >= LISTENERS {
+                if ok && status.listeners.len() >= self.listeners_wanted() {
                     println!(
                         "ready after {} ms: {} listeners, last reconcile ok",
                         started.elapsed().as_millis(),
@@ -310,7 +329,10 @@ impl Demo {
             }
             self.check()?;
             if Instant::now() >= deadline {
-                bail!("the daemon did not open its {LISTENERS} listeners within 20 s");
+                bail!(
+                    "the daemon was not ready ({} listeners) within 20 s",
+                    self.listeners_wanted()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -328,6 +350,8 @@ impl Demo {
             "--detailed-exitcode",
             "--backend",
             self.backend_flag(),
+            "--mode",
+            self.mode_flag(),
         ];
         println!("$ portald {}", args.join(" "));
         let out = self

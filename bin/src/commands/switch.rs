@@ -19,8 +19,12 @@ pub fn run(args: SwitchArgs) -> Result<u8> {
             ModeArg::Kernel => Mode::Kernel,
         }),
     };
-    let response = request(&args.control.control_socket, &switch, Duration::from_secs(120))
-        .context("asking the daemon to switch")?;
+    let response = request(
+        &args.control.control_socket,
+        &switch,
+        Duration::from_secs(120),
+    )
+    .context("asking the daemon to switch")?;
     if let Some(text) = &response.plan_text {
         println!("{text}");
     }
