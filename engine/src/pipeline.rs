@@ -98,7 +98,15 @@ fn foreign_conflicts(
     let mut seen = std::collections::BTreeSet::new();
     for rule in intent.nat.rules.values() {
         for foreign in &observed.live.foreign {
-            let hits = foreign.terminal
+            // portald's own iptables chains, as nft lists them (iptables-nft): the other
+            // backend's rules, retired by the plan, not a conflict.
+            let own = foreign
+                .location
+                .rsplit('/')
+                .next()
+                .is_some_and(|chain| chain.starts_with(planners::iptables::CHAIN_PREFIX));
+            let hits = !own
+                && foreign.terminal
                 && foreign.dst == Some(rule.key.vip)
                 && foreign.protocol.is_none_or(|p| p == rule.key.protocol)
                 && foreign.dport.is_none_or(|p| p == rule.key.port);

@@ -157,6 +157,15 @@ fn go(files: &[ParsedFile], lock: &Lock, observed: &Observed) -> Outcome {
     run(files, lock, observed, &Config::default(), true)
 }
 
+/// Kernel mode, on a host whose attached network holds every generated pod.
+fn kernel_config() -> Config {
+    Config {
+        mode: engine::config::Mode::Kernel,
+        local_networks: vec!["10.244.0.0/16".parse().expect("valid network")],
+        ..Config::default()
+    }
+}
+
 fn live(nat: NatState, listeners: BTreeMap<ListenerKey, Listener>) -> Observed {
     Observed {
         live: Live {
@@ -378,5 +387,44 @@ proptest! {
         } else {
             prop_assert!(moved.plan.batch.starts_with("*nat\n") && moved.plan.batch.ends_with("COMMIT\n"));
         }
+    }
+
+    #[test]
+    fn kernel_mode_converges_from_nothing_and_from_userspace_and_reads_back_in_both_dialects(
+        a in set(6),
+        b in set(6),
+    ) {
+        let files = parse(&render(&a, "", 100));
+        let config = kernel_config();
+        let first = run(&files, &Lock::default(), &Observed::default(), &config, true);
+        clean(&first)?;
+        prop_assert!(first.intent.listeners.is_empty(), "kernel mode opens no listener");
+        let after = apply_changes(&NatState::default(), &first.plan.kernel_changes());
+        prop_assert_eq!(&after, &first.intent.nat);
+        let again = run(&files, &first.allocation.lock, &live(after, BTreeMap::new()), &config, true);
+        prop_assert!(again.plan.is_empty(), "second plan:\n{}", plan_text(&again.plan));
+
+        // A mode switch: from another set served in userspace mode.
+        let from = other_live(&b);
+        let moved = run(&files, &Lock::default(), &from, &config, true);
+        clean(&moved)?;
+        let after = apply_changes(&from.live.owned, &moved.plan.kernel_changes());
+        prop_assert_eq!(&after, &moved.intent.nat);
+        prop_assert!(moved.intent.listeners.is_empty());
+        prop_assert!(
+            moved.plan.steps.iter().all(|s| !matches!(s, Step::OpenListener { .. })),
+            "kernel mode opened a listener"
+        );
+        check_make_before_break(&moved.plan.steps)?;
+
+        // Both dialects read their own rendering back to the same state.
+        let text = Iptables.render_state(&first.intent.nat);
+        let parsed = Iptables.parse_live(&text).expect("iptables rendering parses");
+        prop_assert!(parsed.stray.is_empty(), "{:?}", parsed.stray);
+        prop_assert_eq!(&parsed.owned, &first.intent.nat);
+        let json = planners::nftables::render_json(&first.intent.nat);
+        let parsed = planners::Nftables.parse_live(&json).expect("nft rendering parses");
+        prop_assert!(parsed.stray.is_empty(), "{:?}", parsed.stray);
+        prop_assert_eq!(&parsed.owned, &first.intent.nat);
     }
 }

@@ -273,3 +273,52 @@ fn nft_json_rendering_of_a_kernel_state_is_what_the_kernel_lists() {
     assert_eq!(live.owned, state);
     assert!(live.stray.is_empty(), "{:?}", live.stray);
 }
+
+/// A change to one service among thousands sends a batch about that service only.
+#[test]
+fn a_change_to_one_service_among_thousands_touches_only_its_objects() {
+    let mut before = scaffold(&Slot::ALL, true);
+    for i in 0..2000u32 {
+        let vip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 11, 0, 0)) + 1 + i);
+        for path in Path::ALL {
+            before.insert_rule(PortalRule {
+                key: PortalKey {
+                    path,
+                    vip,
+                    protocol: Protocol::Tcp,
+                    port: 80,
+                },
+                comment: Comment::new(format!("default/svc-{i}:80")).unwrap(),
+                action: balance(
+                    (2..12).map(|e| ep(e, 8080)).collect(),
+                    (i % 2 == 0).then_some(600),
+                ),
+            });
+        }
+    }
+    let target = Ipv4Addr::new(10, 11, 3, 233); // svc-1000, with affinity
+    let mut after = before.clone();
+    for rule in after.rules.values_mut().filter(|r| r.key.vip == target) {
+        rule.action = balance((3..13).map(|e| ep(e, 8080)).collect(), Some(600));
+    }
+    let mut changes = diff_states(&after, &before);
+    changes.sort_by_key(|c| c.rank());
+    assert_eq!(changes.len(), 2, "one replace per path: {changes:?}");
+    for dialect in [&Nftables as &dyn Dialect, &Iptables] {
+        let batch = dialect.render_batch(&changes);
+        let marks = match dialect.name() {
+            "nftables" => ["10.11.3.233", "10.11.3.233"],
+            _ => ["0A0B03E9", "0A0B03E9"],
+        };
+        for line in batch.lines() {
+            let framing = line.starts_with('*') || line == "COMMIT";
+            assert!(
+                framing || marks.iter().any(|m| line.contains(m)),
+                "{}: a line about another object: {line}\n{batch}",
+                dialect.name()
+            );
+        }
+        // Two chains of 20 rules (10 endpoints with affinity), a new set, framing.
+        assert!(batch.lines().count() <= 50, "{}: {batch}", dialect.name());
+    }
+}
