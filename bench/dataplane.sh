@@ -8,7 +8,14 @@
 #     2,000 idle connections through it;
 #   - nstat counters (SYN retransmits, listen drops/overflows, retransmitted segments) per run.
 #
-#   bench/dataplane.sh        # env: DURATION=10 CONNS=256 IDLE=2000 KEEP=0
+#   bench/dataplane.sh        # env: DURATION=10 CONNS=256 IDLE=2000 THREADS=$(nproc) KEEP=0 PERF=0
+#                               TESTS="iperf wrk idle" PATHS="direct vip haproxy"
+#
+# Fairness: portald and HAProxy get the same number of threads (THREADS: tokio worker threads
+# via TOKIO_WORKER_THREADS, HAProxy `nbthread`); both share the same cores with the clients
+# and servers. HAProxy runs with its defaults otherwise (no splice). PERF=1 records a
+# `perf record -g` profile of the proxy (portald, HAProxy) during each iperf3 and wrk run
+# (perf-*.txt in the work directory; KEEP=1 keeps it).
 #
 # Topology (all in namespaces this script creates and deletes):
 #   client 10.244.1.3 ──┐
@@ -23,6 +30,12 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DURATION=${DURATION:-10}
 CONNS=${CONNS:-256}
 IDLE=${IDLE:-2000}
+THREADS=${THREADS:-$(nproc)}
+PERF=${PERF:-0}
+# For quick experiments: a subset of the runs, e.g. TESTS=wrk PATHS="vip haproxy vip haproxy".
+TESTS=${TESTS:-iperf wrk idle}
+PATHS=${PATHS:-direct vip haproxy}
+wants() { [[ " $TESTS " == *" $1 "* ]]; }
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/tmp/target-bench}
 
 [ "$(id -u)" = 0 ] || { echo "dataplane.sh: needs root (network namespaces)" >&2; exit 1; }
@@ -144,14 +157,15 @@ subsets:
   - {name: http, port: 8082, protocol: TCP}
   - {name: iperf, port: 5202, protocol: TCP}
 EOF
-ip netns exec "$N-node" "$P" run "$WORK/services" --control-socket "$WORK/ctl.sock" >"$WORK/portald.log" 2>&1 &
+TOKIO_WORKER_THREADS=$THREADS ip netns exec "$N-node" "$P" run "$WORK/services" --control-socket "$WORK/ctl.sock" >"$WORK/portald.log" 2>&1 &
 PORTALD=$!
 PIDS+=($PORTALD)
 
 # --- HAProxy (node namespace) --------------------------------------------------------------
-cat > "$WORK/haproxy.cfg" <<'EOF'
+cat > "$WORK/haproxy.cfg" <<EOF
 global
   maxconn 8000
+  nbthread $THREADS
 defaults
   mode tcp
   timeout connect 5s
@@ -205,24 +219,49 @@ nstat_read() { # prints "ns:counter=value ..." for non-zero counters
   echo "${out:-none}"
 }
 
+# CPU time (user + system, in seconds) a process has used so far.
+cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$1/stat"; }
+proxy_pid() { case $1 in vip) echo "$PORTALD_PID" ;; haproxy) echo "$HAPROXY_PID" ;; *) echo "" ;; esac; }
+cpu_start() { local pid; pid=$(proxy_pid "$1"); CPU0=${pid:+$(cpu_s "$pid")}; }
+cpu_used() { local pid; pid=$(proxy_pid "$1"); [ -n "$pid" ] && awk -v a="$(cpu_s "$pid")" -v b="$CPU0" 'BEGIN {printf "%.1f", a - b}' || echo -; }
+PERF_PID=
+perf_start() { # $1 run name, $2 path: profiles the proxy of the path, if any
+  local pid; pid=$(proxy_pid "$2")
+  [ "$PERF" = 1 ] && [ -n "$pid" ] || return 0
+  perf record -q -g -p "$pid" -o "$WORK/perf-$1.data" >/dev/null 2>&1 &
+  PERF_PID=$!
+  PIDS+=($PERF_PID)
+}
+perf_stop() {
+  [ -n "$PERF_PID" ] || return 0
+  kill -INT "$PERF_PID" 2>/dev/null; wait "$PERF_PID" 2>/dev/null || true
+  PERF_PID=
+  perf report -i "$WORK/perf-$1.data" --no-children --percent-limit 0.5 --stdio >"$WORK/perf-$1.txt" 2>/dev/null || true
+  echo "   perf profile: $WORK/perf-$1.txt"
+}
+
 declare -A R
-echo "== throughput: iperf3, 1 stream, ${DURATION}s"
-for path in direct vip haproxy; do
+wants iperf && echo "== throughput: iperf3, 1 stream, ${DURATION}s"
+wants iperf && for path in $PATHS; do
   case $path in
     direct) host=10.244.1.2 port=5201 ;;
     vip) host=10.11.0.1 port=5202 ;;
     haproxy) host=10.244.1.1 port=5203 ;;
   esac
   nstat_reset
+  cpu_start "$path"
+  perf_start "iperf-$path" "$path"
   in_ns client timeout $((DURATION + 20)) iperf3 -c "$host" -p "$port" -t "$DURATION" -J >"$WORK/iperf-$path.json"
   R[tput-$path]=$(python3 -c 'import json,sys; e=json.load(open(sys.argv[1]))["end"]; print("%.2f" % (e["sum_received"]["bits_per_second"] / 1e9))' "$WORK/iperf-$path.json")
   R[tput-retr-$path]=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["end"]["sum_sent"].get("retransmits", 0))' "$WORK/iperf-$path.json")
+  R[cpu-iperf-$path]=$(cpu_used "$path")
+  perf_stop "iperf-$path"
   R[nstat-iperf-$path]=$(nstat_read)
-  echo "   $path: ${R[tput-$path]} Gbit/s (iperf3 retransmits ${R[tput-retr-$path]}); nstat: ${R[nstat-iperf-$path]}"
+  echo "   $path: ${R[tput-$path]} Gbit/s (iperf3 retransmits ${R[tput-retr-$path]}), proxy CPU ${R[cpu-iperf-$path]} s; nstat: ${R[nstat-iperf-$path]}"
 done
 
-echo "== new connections: wrk -t2 -c$CONNS -d${DURATION}s, Connection: close, nginx return 200"
-for path in direct vip haproxy; do
+wants wrk && echo "== new connections: wrk -t2 -c$CONNS -d${DURATION}s, Connection: close, nginx return 200"
+wants wrk && for path in $PATHS; do
   case $path in
     direct) url=http://10.244.1.2:8081/ ;;
     vip) url=http://10.11.0.1:80/ ;;
@@ -230,8 +269,12 @@ for path in direct vip haproxy; do
   esac
   sleep 2 # let the previous run's closes settle
   nstat_reset
+  cpu_start "$path"
+  perf_start "wrk-$path" "$path"
   in_ns client timeout $((DURATION + 30)) wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency \
     -H 'Connection: close' "$url" >"$WORK/wrk-$path.txt" 2>&1 || true
+  R[cpu-wrk-$path]=$(cpu_used "$path")
+  perf_stop "wrk-$path"
   f=$WORK/wrk-$path.txt
   R[rps-$path]=$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' "$f")
   R[p50-$path]=$(awk '$1 == "50%" {print $2}' "$f")
@@ -247,10 +290,10 @@ for path in direct vip haproxy; do
     R[rps-$path]=0 R[p50-$path]=- R[p99-$path]=-
   fi
   echo "   $path: ${R[rps-$path]} conn/s (${R[reqs-$path]} requests), p50 ${R[p50-$path]}, p99 ${R[p99-$path]}," \
-    "non-2xx ${R[non2xx-$path]}, socket errors ${R[sockerr-$path]}; nstat: ${R[nstat-wrk-$path]}"
+    "non-2xx ${R[non2xx-$path]}, socket errors ${R[sockerr-$path]}, proxy CPU ${R[cpu-wrk-$path]} s; nstat: ${R[nstat-wrk-$path]}"
 done
 
-echo "== memory per idle connection: $IDLE idle connections"
+wants idle && echo "== memory per idle connection: $IDLE idle connections"
 cat > "$WORK/hold.py" <<'EOF'
 # Opens N TCP connections to HOST:PORT, sends nothing, holds them until stdin closes.
 import socket, sys
@@ -282,10 +325,13 @@ idle_run() { # $1 name $2 pid $3 host $4 port -> sets R[idle-*]
   R[idle-per-$1]=$(awk -v a="$after" -v b="$before" -v n="$IDLE" 'BEGIN {printf "%.1f", (a - b) * 1024 / n / 1024}')
   echo "   $1: RSS ${before} KiB -> ${after} KiB with $(cat "$WORK/hold-$1.out" | head -1) ($estab upstream conns established): ${R[idle-per-$1]} KiB/conn"
 }
-idle_run portald "$PORTALD_PID" 10.11.0.1 80
-idle_run haproxy "$HAPROXY_PID" 10.244.1.1 8083
+if wants idle; then
+  idle_run portald "$PORTALD_PID" 10.11.0.1 80
+  idle_run haproxy "$HAPROXY_PID" 10.244.1.1 8083
+fi
 
 # --- table ---------------------------------------------------------------------------------
+set +u # a subset run (TESTS, PATHS) leaves cells empty
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "-"; else printf "%.2f", a / b }'; }
 to_ms() { # wrk latency like 1.23ms / 456.00us / 1.20s -> ms
   awk -v v="$1" 'BEGIN { if (v ~ /us$/) { sub(/us$/, "", v); printf "%.2f", v / 1000 }
@@ -293,12 +339,14 @@ to_ms() { # wrk latency like 1.23ms / 456.00us / 1.20s -> ms
     else if (v ~ /s$/) { sub(/s$/, "", v); printf "%.2f", v * 1000 } else print "-" }'
 }
 for p in direct vip haproxy; do
+  [ -n "${R[p50-$p]:-}" ] || continue
   R[p50ms-$p]=$(to_ms "${R[p50-$p]}")
   R[p99ms-$p]=$(to_ms "${R[p99-$p]}")
 done
 echo
 echo "================ portald data-plane benchmark ================"
 echo "commit $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet -- engine planners bin || echo ' (+ uncommitted changes)'), $(nproc) CPUs, kernel $(uname -r), $(haproxy -v | head -1 | cut -d' ' -f1-3), $(nginx -v 2>&1 | cut -d' ' -f3), load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "threads: portald $THREADS tokio workers (TOKIO_WORKER_THREADS), HAProxy nbthread $THREADS; clients, servers and proxies share the same $(nproc) CPUs"
 printf '%-34s %10s %10s %10s %10s %10s %12s\n' "metric" "direct" "VIP" "HAProxy" "VIP/dir" "HAP/dir" "portald/HAP"
 row() { # name direct vip haproxy [lower-is-better]
   printf '%-34s %10s %10s %10s %10s %10s %12s\n' "$1" "$2" "$3" "$4" "$(ratio "$3" "$2")" "$(ratio "$4" "$2")" "$(ratio "$3" "$4")"
@@ -307,6 +355,8 @@ row "iperf3 throughput (Gbit/s)" "${R[tput-direct]}" "${R[tput-vip]}" "${R[tput-
 row "new connections (req/s, c=$CONNS)" "${R[rps-direct]}" "${R[rps-vip]}" "${R[rps-haproxy]}"
 row "latency p50 (ms)" "${R[p50ms-direct]}" "${R[p50ms-vip]}" "${R[p50ms-haproxy]}"
 row "latency p99 (ms)" "${R[p99ms-direct]}" "${R[p99ms-vip]}" "${R[p99ms-haproxy]}"
+printf '%-34s %10s %10s %10s\n' "proxy CPU during iperf3 (s)" - "${R[cpu-iperf-vip]}" "${R[cpu-iperf-haproxy]}"
+printf '%-34s %10s %10s %10s\n' "proxy CPU during wrk (s)" - "${R[cpu-wrk-vip]}" "${R[cpu-wrk-haproxy]}"
 printf '%-34s %10s %10s %10s\n' "non-2xx responses" "${R[non2xx-direct]}" "${R[non2xx-vip]}" "${R[non2xx-haproxy]}"
 printf '%-34s %10s %10s %10s\n' "socket errors (conn/read/wr/tmo)" "${R[sockerr-direct]// /}" "${R[sockerr-vip]// /}" "${R[sockerr-haproxy]// /}"
 printf '%-34s %10s %10s %10s %10s %10s %12s\n' "idle conn memory (KiB/conn)" "-" "${R[idle-per-portald]}" "${R[idle-per-haproxy]}" "-" "-" "$(ratio "${R[idle-per-portald]}" "${R[idle-per-haproxy]}")"

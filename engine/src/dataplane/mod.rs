@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod balancer;
+mod copy;
 mod sockopt;
 mod tcp;
 mod udp;
@@ -155,6 +156,13 @@ struct Shared {
     failures: AtomicU64,
     rejected: AtomicU64,
     per_endpoint: Mutex<BTreeMap<SocketAddr, u64>>,
+    /// Copy buffers its connections hold right now: one per direction with bytes in flight,
+    /// none for an idle connection.
+    buffers: AtomicUsize,
+    /// TCP_NODELAY as read back from each proxied connection's sockets, client side then
+    /// endpoint side, when the copying began.
+    #[cfg(test)]
+    nodelay: Mutex<Vec<(bool, bool)>>,
 }
 
 impl Shared {
@@ -167,6 +175,9 @@ impl Shared {
             failures: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             per_endpoint: Mutex::new(BTreeMap::new()),
+            buffers: AtomicUsize::new(0),
+            #[cfg(test)]
+            nodelay: Mutex::new(Vec::new()),
         }
     }
 
@@ -191,6 +202,14 @@ impl Shared {
         self.accepted.fetch_add(1, Ordering::Relaxed);
         self.active.fetch_add(1, Ordering::Relaxed);
         ActiveGuard(self.clone())
+    }
+
+    /// Test hook: reads the options back from the kernel, so a socket left without
+    /// TCP_NODELAY shows as `false` whatever the code meant to set.
+    #[cfg(test)]
+    fn record_sockets(&self, client: &tokio::net::TcpStream, upstream: &tokio::net::TcpStream) {
+        let read = |s: &tokio::net::TcpStream| s.nodelay().expect("getsockopt TCP_NODELAY");
+        lock(&self.nodelay).push((read(client), read(upstream)));
     }
 
     fn status(&self) -> ListenerStatus {

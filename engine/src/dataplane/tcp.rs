@@ -1,21 +1,19 @@
 //! TCP listeners: accept, dial an endpoint with retries, and copy both ways with half-close.
 
+use super::copy::{forward, Activity};
 use super::sockopt::{original_dst, reset};
 use super::{DataPlaneConfig, Shared, TaskCtx};
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::oneshot;
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 
 /// Pause after a failed accept, so running out of file descriptors does not spin a core.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
-
-const COPY_BUFFER: usize = 16 * 1024;
 
 pub(super) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
@@ -25,6 +23,9 @@ pub(super) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     };
     // A reopened listener must bind while connections of its previous life sit in TIME_WAIT.
     socket.set_reuseaddr(true)?;
+    // Accepted sockets inherit TCP_NODELAY from the listener on Linux: one setsockopt per
+    // listener instead of one per connection.
+    socket.set_nodelay(true)?;
     socket.bind(addr)?;
     socket.listen(1024)
 }
@@ -68,11 +69,11 @@ async fn connection(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>, mu
 
 async fn proxy(client: TcpStream, peer: SocketAddr, shared: &Shared, config: &DataPlaneConfig) {
     let id = &shared.id;
-    if let Err(e) = client.set_nodelay(true) {
-        tracing::debug!(listener = %id, client = %peer, error = %e, "cannot set TCP_NODELAY");
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        // A getsockopt per connection, only worth it when someone reads it.
+        let original = original_dst(&client);
+        tracing::debug!(listener = %id, client = %peer, original_dst = ?original, "connection accepted");
     }
-    let original = original_dst(&client);
-    tracing::debug!(listener = %id, client = %peer, original_dst = ?original, "connection accepted");
 
     let plan = shared
         .balancer()
@@ -94,11 +95,10 @@ async fn proxy(client: TcpStream, peer: SocketAddr, shared: &Shared, config: &Da
         .balancer()
         .established(peer.ip(), endpoint, Instant::now());
     shared.sent_to(endpoint);
-    if let Err(e) = upstream.set_nodelay(true) {
-        tracing::debug!(listener = %id, %endpoint, error = %e, "cannot set TCP_NODELAY");
-    }
     tracing::debug!(listener = %id, client = %peer, %endpoint, "connection proxied");
-    let outcome = splice(client, upstream, config.half_close_timeout).await;
+    #[cfg(test)]
+    shared.record_sockets(&client, &upstream);
+    let outcome = relay(client, upstream, shared, config.half_close_timeout).await;
     tracing::debug!(listener = %id, client = %peer, %endpoint, %outcome, "connection ended");
 }
 
@@ -110,7 +110,7 @@ async fn dial(
 ) -> Option<(SocketAddr, TcpStream)> {
     for (attempt, &endpoint) in plan.iter().enumerate() {
         let limit = config.dial_timeout(attempt);
-        let error = match timeout(limit, TcpStream::connect(endpoint)).await {
+        let error = match timeout(limit, connect(endpoint)).await {
             Ok(Ok(stream)) => return Some((endpoint, stream)),
             Ok(Err(e)) => e.to_string(),
             Err(_) => format!("no answer within {limit:?}"),
@@ -125,6 +125,18 @@ async fn dial(
         );
     }
     None
+}
+
+/// Dials `endpoint` with TCP_NODELAY set before the SYN: the proxy forwards what it reads at
+/// once, so Nagle's algorithm would only add latency to small writes.
+async fn connect(endpoint: SocketAddr) -> io::Result<TcpStream> {
+    let socket = if endpoint.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_nodelay(true)?;
+    socket.connect(endpoint).await
 }
 
 /// How a proxied connection ended.
@@ -153,20 +165,34 @@ impl std::fmt::Display for Outcome {
 /// whole response. Once one direction is done, the other must keep moving: silence for
 /// `half_close_timeout` reaps the connection, so neither side lingers in FIN_WAIT2 or
 /// CLOSE_WAIT because its peer vanished.
-async fn splice(
+async fn relay(
     mut client: TcpStream,
     mut upstream: TcpStream,
+    shared: &Shared,
     half_close_timeout: Duration,
 ) -> Outcome {
-    let base = Instant::now();
-    // Nanoseconds after `base` of the latest read or write in either direction, EOF included;
-    // a write counts so a slow reader draining a long response is not mistaken for silence.
-    let last_activity = AtomicU64::new(0);
+    // A write counts as activity too, so a slow reader draining a long response is not
+    // mistaken for silence.
+    let activity = Activity::new();
+    let ended = AtomicBool::new(false);
     let outcome = {
         let (mut client_read, mut client_write) = client.split();
         let (mut upstream_read, mut upstream_write) = upstream.split();
-        let to_upstream = pipe(&mut client_read, &mut upstream_write, &last_activity, base);
-        let to_client = pipe(&mut upstream_read, &mut client_write, &last_activity, base);
+        let buffers = &shared.buffers;
+        let to_upstream = forward(
+            &mut client_read,
+            &mut upstream_write,
+            &activity,
+            buffers,
+            &ended,
+        );
+        let to_client = forward(
+            &mut upstream_read,
+            &mut client_write,
+            &activity,
+            buffers,
+            &ended,
+        );
         tokio::pin!(to_upstream, to_client);
         let (first, remaining) = tokio::select! {
             r = &mut to_upstream => (r, to_client.as_mut()),
@@ -174,7 +200,7 @@ async fn splice(
         };
         match first {
             Err(e) => Outcome::Failed(e),
-            Ok(()) => finish(remaining, &last_activity, base, half_close_timeout).await,
+            Ok(()) => finish(remaining, &activity, half_close_timeout).await,
         }
     };
     if matches!(outcome, Outcome::Closed) {
@@ -188,16 +214,14 @@ async fn splice(
 /// Waits for the remaining direction, reaping it once it has been silent too long.
 async fn finish<F>(
     mut remaining: std::pin::Pin<&mut F>,
-    last_activity: &AtomicU64,
-    base: Instant,
+    activity: &Activity,
     half_close_timeout: Duration,
 ) -> Outcome
 where
     F: std::future::Future<Output = io::Result<()>>,
 {
     loop {
-        let silent_since = base + Duration::from_nanos(last_activity.load(Ordering::Relaxed));
-        let deadline = silent_since + half_close_timeout;
+        let deadline = activity.last() + half_close_timeout;
         tokio::select! {
             r = remaining.as_mut() => {
                 return match r {
@@ -206,43 +230,11 @@ where
                 };
             }
             _ = sleep_until(deadline) => {
-                // A read since the deadline was computed moved it; wait again.
-                let latest = base + Duration::from_nanos(last_activity.load(Ordering::Relaxed));
-                if Instant::now() >= latest + half_close_timeout {
+                // Activity since the deadline was computed moved it; wait again.
+                if Instant::now() >= activity.last() + half_close_timeout {
                     return Outcome::Reaped;
                 }
             }
         }
     }
-}
-
-/// Copies one direction to EOF, then half-closes the writer.
-async fn pipe<R, W>(
-    reader: &mut R,
-    writer: &mut W,
-    last_activity: &AtomicU64,
-    base: Instant,
-) -> io::Result<()>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut buf = vec![0u8; COPY_BUFFER];
-    loop {
-        let n = reader.read(&mut buf).await?;
-        touch(last_activity, base);
-        if n == 0 {
-            return writer.shutdown().await;
-        }
-        writer.write_all(&buf[..n]).await?;
-        touch(last_activity, base);
-    }
-}
-
-fn touch(last_activity: &AtomicU64, base: Instant) {
-    let since_base = Instant::now().saturating_duration_since(base).as_nanos();
-    last_activity.fetch_max(
-        u64::try_from(since_base).unwrap_or(u64::MAX),
-        Ordering::Relaxed,
-    );
 }

@@ -267,6 +267,77 @@ async fn client_half_close_still_receives_whole_response() {
 }
 
 #[tokio::test]
+async fn proxied_connection_sets_tcp_nodelay_on_client_and_endpoint_sockets() {
+    let plane = DataPlane::new(config());
+    let (a, _) = backend("a").await;
+    let port = open(&plane, Protocol::Tcp, &[a], None).await;
+
+    assert_eq!(ask(port).await, "a");
+    assert_eq!(ask(port).await, "a");
+
+    let listeners = plane.listeners();
+    let shared = &listeners[&(Protocol::Tcp, port)].shared;
+    // (client side, endpoint side) per connection, read back with getsockopt.
+    assert_eq!(*lock(&shared.nodelay), [(true, true), (true, true)]);
+}
+
+#[tokio::test]
+async fn idle_connections_hold_no_copy_buffers() {
+    const IDLE: usize = 50;
+    let plane = DataPlane::new(config());
+    // Keeps every connection open and silent, reading only once told to.
+    let (drain_tx, drain_rx) = watch::channel(false);
+    let (endpoint, _) = serve_with(move |mut stream| {
+        let mut drain_rx = drain_rx.clone();
+        async move {
+            let _ = drain_rx.wait_for(|drain| *drain).await;
+            let mut sink = Vec::new();
+            let _ = stream.read_to_end(&mut sink).await;
+        }
+    })
+    .await;
+    let port = open(&plane, Protocol::Tcp, &[endpoint], None).await;
+    let buffers = || {
+        let listeners = plane.listeners();
+        listeners[&(Protocol::Tcp, port)]
+            .shared
+            .buffers
+            .load(Ordering::Relaxed)
+    };
+
+    let mut idle = Vec::new();
+    for _ in 0..IDLE {
+        idle.push(TcpStream::connect((LOCAL, port)).await.unwrap());
+    }
+    eventually("every idle connection is proxied", || {
+        status_of(&plane, Protocol::Tcp, port)
+            .per_endpoint
+            .get(&endpoint)
+            == Some(&(IDLE as u64))
+    })
+    .await;
+    // Give every direction the chance to take a buffer it should not keep.
+    sleep(ms(100)).await;
+    assert_eq!(buffers(), 0, "idle connections hold copy buffers");
+
+    // The counter is live: a direction whose endpoint does not read keeps its buffer while
+    // bytes are stuck in flight...
+    let mut busy = TcpStream::connect((LOCAL, port)).await.unwrap();
+    let upload = vec![1u8; 64 << 20];
+    let writer = tokio::spawn(async move {
+        busy.write_all(&upload).await.unwrap();
+        busy.shutdown().await.unwrap();
+        busy
+    });
+    eventually("the stuck direction holds a buffer", || buffers() == 1).await;
+    // ...and gives it back once they are delivered.
+    drain_tx.send_replace(true);
+    let _busy = bounded("upload delivered", writer).await.unwrap();
+    eventually("the buffer is given back", || buffers() == 0).await;
+    drop(idle);
+}
+
+#[tokio::test]
 async fn endpoint_half_close_still_receives_client_data() {
     const UPLOAD: usize = 1 << 20;
     let plane = DataPlane::new(config());

@@ -1,0 +1,139 @@
+//! One direction of a proxied TCP connection: copy from one socket to the other until EOF,
+//! holding a copy buffer only while bytes are in flight.
+//!
+//! An idle connection owns no buffer: each direction waits for readability with no memory
+//! of its own, takes a buffer from a small shared pool when the socket has data, reads and
+//! writes until the reader has nothing more, and gives the buffer back. Thousands of idle
+//! connections thus cost their sockets and a task each, not 2 × 16 KiB.
+
+use super::lock;
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::task::Poll;
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use tokio::net::tcp::{ReadHalf, WriteHalf};
+use tokio::time::{Duration, Instant};
+
+/// Bytes one read may take. Large enough that a bulk transfer makes few syscalls; it costs
+/// nothing while a connection is idle.
+pub(super) const BUFFER: usize = 64 * 1024;
+
+/// Buffers kept for reuse, so a busy proxy neither allocates nor zeroes one per read burst.
+/// Bounded: at most `POOLED × BUFFER` (1 MiB) stays allocated once traffic stops.
+const POOLED: usize = 16;
+
+static POOL: Mutex<Vec<Box<[u8]>>> = Mutex::new(Vec::new());
+
+/// A copy buffer on loan from the pool, counted in the listener's `held` while it lives.
+pub(super) struct Held<'a> {
+    buf: Box<[u8]>,
+    held: &'a AtomicUsize,
+}
+
+impl<'a> Held<'a> {
+    pub(super) fn take(held: &'a AtomicUsize) -> Self {
+        let buf = lock(&POOL)
+            .pop()
+            .unwrap_or_else(|| vec![0; BUFFER].into_boxed_slice());
+        held.fetch_add(1, Ordering::Relaxed);
+        Held { buf, held }
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.held.fetch_sub(1, Ordering::Relaxed);
+        let buf = std::mem::take(&mut self.buf);
+        let mut pool = lock(&POOL);
+        // Past the pool's bound the buffer is simply freed.
+        if pool.len() < POOLED {
+            pool.push(buf);
+        }
+    }
+}
+
+/// When either direction of a connection last moved (a read, a write, or an EOF), so the
+/// half-close timeout measures silence, not age.
+pub(super) struct Activity {
+    base: Instant,
+    /// Nanoseconds after `base` of the latest activity.
+    last: AtomicU64,
+}
+
+impl Activity {
+    pub(super) fn new() -> Self {
+        Activity {
+            base: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    pub(super) fn touch(&self) {
+        let since_base = Instant::now().saturating_duration_since(self.base);
+        self.last.fetch_max(
+            u64::try_from(since_base.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    pub(super) fn last(&self) -> Instant {
+        self.base + Duration::from_nanos(self.last.load(Ordering::Relaxed))
+    }
+}
+
+/// Copies `from` to `to` until `from` reaches EOF, then half-closes `to` (SHUT_WR), so the
+/// peer of `to` sees the end of the stream while the other direction goes on. `ended` is
+/// shared by both directions of a connection: the direction that ends last skips the
+/// shutdown, as closing both sockets right after sends the same FIN for one syscall less.
+pub(super) async fn forward(
+    from: &mut ReadHalf<'_>,
+    to: &mut WriteHalf<'_>,
+    activity: &Activity,
+    held: &AtomicUsize,
+    ended: &AtomicBool,
+) -> io::Result<()> {
+    loop {
+        // Optimistic first: a fresh connection's request has usually arrived already.
+        if burst(from, to, activity, held).await? {
+            if ended.swap(true, Ordering::Relaxed) {
+                return Ok(());
+            }
+            return to.shutdown().await;
+        }
+        // Waiting takes no buffer. Unlike `readable()`, `poll_read_ready` spends cooperative
+        // budget: a read refused for want of budget must yield here, not spin.
+        poll_fn(|cx| from.as_ref().poll_read_ready(cx)).await?;
+    }
+}
+
+/// Copies while `from` has data; `Ok(true)` at EOF, `Ok(false)` once `from` has nothing
+/// more to read right now. The buffer is held for this burst only.
+async fn burst(
+    from: &mut ReadHalf<'_>,
+    to: &mut WriteHalf<'_>,
+    activity: &Activity,
+    held: &AtomicUsize,
+) -> io::Result<bool> {
+    let mut buf = Held::take(held);
+    loop {
+        // One poll, no waiting: tokio's read clears the socket's readiness on a short read,
+        // which spares the extra read that would only return EAGAIN. It also spends the
+        // task's cooperative budget, so a connection that always has data yields in time.
+        let mut read = ReadBuf::new(&mut buf.buf);
+        let polled = poll_fn(|cx| Poll::Ready(Pin::new(&mut *from).poll_read(cx, &mut read)));
+        match polled.await {
+            Poll::Pending => return Ok(false),
+            Poll::Ready(result) => result?,
+        }
+        let n = read.filled().len();
+        activity.touch();
+        if n == 0 {
+            return Ok(true);
+        }
+        to.write_all(&buf.buf[..n]).await?;
+        activity.touch();
+    }
+}
