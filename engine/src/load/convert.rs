@@ -1,6 +1,6 @@
 //! Turns generic documents into validated objects, reporting every problem with its place.
 
-use super::positions::Positions;
+use super::positions::{document_lines, Positions};
 use super::spec::{self, IntOrString, KNOWN_UNUSED};
 use super::{Object, SourceFile};
 use crate::diagnostics::{Diagnostic, Severity};
@@ -19,6 +19,9 @@ const MAX_AFFINITY_SECONDS: i64 = 86_400;
 /// Per-file context: where diagnostics go and how to find lines.
 pub struct FileCtx<'a> {
     file: &'a SourceFile,
+    /// Where each document starts, from a scan of the text (see [`document_lines`]).
+    document_lines: Option<Vec<usize>>,
+    /// The full line index: a second parse, made only when some other line is asked for.
     positions: OnceCell<Positions>,
     diagnostics: Vec<Diagnostic>,
 }
@@ -43,9 +46,16 @@ impl Place {
 }
 
 impl<'a> FileCtx<'a> {
-    pub fn new(file: &'a SourceFile) -> Self {
+    /// `documents`: how many documents the parser found in the file, to find object lines
+    /// with a scan ([`document_lines`]); `None` to find every line with the full index.
+    pub fn new(file: &'a SourceFile, json: bool, documents: Option<usize>) -> Self {
+        // For YAML the scan must have seen the documents the parser saw, or it is not trusted.
+        let document_lines = documents.and_then(|documents| {
+            document_lines(&file.text, json).filter(|lines| json || lines.len() == documents)
+        });
         FileCtx {
             file,
+            document_lines,
             positions: OnceCell::new(),
             diagnostics: Vec::new(),
         }
@@ -56,6 +66,15 @@ impl<'a> FileCtx<'a> {
     }
 
     fn line(&self, place: &Place, field: &str) -> Option<usize> {
+        if place.prefix.is_empty() && field.is_empty() {
+            if let Some(line) = self
+                .document_lines
+                .as_ref()
+                .and_then(|lines| lines.get(place.doc))
+            {
+                return Some(*line);
+            }
+        }
         let positions = self
             .positions
             .get_or_init(|| Positions::index(&self.file.text));
@@ -174,24 +193,26 @@ impl<'a> FileCtx<'a> {
         value: &Value,
         warn_unknown: bool,
     ) -> Option<T> {
+        // Unknown fields, except those known and unused, in the order met.
         let mut unknown = Vec::new();
-        let mut on_ignored = |path: serde_ignored::Path| unknown.push(ignored_path(&path));
+        let mut on_ignored = |path: serde_ignored::Path| {
+            if warn_unknown && !is_known_unused(&path) {
+                unknown.push(ignored_path(&path));
+            }
+        };
+        // Tracking the path of a type error costs; it is done again only when there is one.
         let ignoring = serde_ignored::Deserializer::new(value, &mut on_ignored);
+        if let Ok(spec) = T::deserialize(ignoring) {
+            for path in unknown {
+                self.warn(place, &path, "unknown field; ignored");
+            }
+            return Some(spec);
+        }
+        let mut skip = |_: serde_ignored::Path| {};
+        let ignoring = serde_ignored::Deserializer::new(value, &mut skip);
         let result: Result<T, _> = serde_path_to_error::deserialize(ignoring);
         match result {
-            Ok(spec) => {
-                if warn_unknown {
-                    for (path, pattern) in unknown {
-                        if !KNOWN_UNUSED
-                            .iter()
-                            .any(|k| pattern == *k || pattern.starts_with(&format!("{k}.")))
-                        {
-                            self.warn(place, &path, "unknown field; ignored");
-                        }
-                    }
-                }
-                Some(spec)
-            }
+            Ok(spec) => Some(spec),
             Err(e) => {
                 let path = e.path().to_string();
                 let path = if path == "." { String::new() } else { path };
@@ -830,31 +851,58 @@ pub fn escape(text: &str) -> String {
     }
 }
 
-/// `spec.ports[0].nodePort` and its pattern `spec.ports[].nodePort`.
-fn ignored_path(path: &serde_ignored::Path) -> (String, String) {
-    fn walk(path: &serde_ignored::Path, exact: &mut String, pattern: &mut String) {
+/// Whether an ignored field is one of [`KNOWN_UNUSED`] or below one: its pattern (`[]` for
+/// every index, as in `spec.ports[].nodePort`) equals or extends an entry.
+fn is_known_unused(path: &serde_ignored::Path) -> bool {
+    fn pattern(path: &serde_ignored::Path, out: &mut String) {
         match path {
             serde_ignored::Path::Root => {}
-            serde_ignored::Path::Seq { parent, index } => {
-                walk(parent, exact, pattern);
-                exact.push_str(&format!("[{index}]"));
-                pattern.push_str("[]");
+            serde_ignored::Path::Seq { parent, .. } => {
+                pattern(parent, out);
+                out.push_str("[]");
             }
             serde_ignored::Path::Map { parent, key } => {
-                walk(parent, exact, pattern);
-                if !exact.is_empty() {
-                    exact.push('.');
-                    pattern.push('.');
+                pattern(parent, out);
+                if !out.is_empty() {
+                    out.push('.');
                 }
-                exact.push_str(key);
-                pattern.push_str(key);
+                out.push_str(key);
             }
             serde_ignored::Path::Some { parent }
             | serde_ignored::Path::NewtypeStruct { parent }
-            | serde_ignored::Path::NewtypeVariant { parent } => walk(parent, exact, pattern),
+            | serde_ignored::Path::NewtypeVariant { parent } => pattern(parent, out),
         }
     }
-    let (mut exact, mut pattern) = (String::new(), String::new());
-    walk(path, &mut exact, &mut pattern);
-    (exact, pattern)
+    let mut text = String::new();
+    pattern(path, &mut text);
+    KNOWN_UNUSED.iter().any(|known| {
+        text.strip_prefix(known)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+    })
+}
+
+/// `spec.ports[0].nodePort`: the path of an ignored field, as diagnostics name it.
+fn ignored_path(path: &serde_ignored::Path) -> String {
+    fn walk(path: &serde_ignored::Path, exact: &mut String) {
+        match path {
+            serde_ignored::Path::Root => {}
+            serde_ignored::Path::Seq { parent, index } => {
+                walk(parent, exact);
+                exact.push_str(&format!("[{index}]"));
+            }
+            serde_ignored::Path::Map { parent, key } => {
+                walk(parent, exact);
+                if !exact.is_empty() {
+                    exact.push('.');
+                }
+                exact.push_str(key);
+            }
+            serde_ignored::Path::Some { parent }
+            | serde_ignored::Path::NewtypeStruct { parent }
+            | serde_ignored::Path::NewtypeVariant { parent } => walk(parent, exact),
+        }
+    }
+    let mut exact = String::new();
+    walk(path, &mut exact);
+    exact
 }

@@ -4,6 +4,7 @@
 //! file never hides the good ones.
 
 mod convert;
+mod fast;
 pub mod positions;
 pub mod spec;
 pub mod yaml;
@@ -137,13 +138,31 @@ fn file_error(path: &str, message: &str) -> Diagnostic {
 
 /// Parses one file into objects and diagnostics. Pure.
 pub fn parse_file(file: &SourceFile) -> ParsedFile {
+    parse_file_with(file, Shortcuts::On)
+}
+
+/// Whether [`parse_file`] takes its shortcuts (the fast YAML reader, the scan for object
+/// lines); off, it takes the general way for everything, which the tests compare with.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shortcuts {
+    On,
+    #[cfg_attr(not(test), allow(dead_code))]
+    Off,
+}
+
+fn parse_file_with(file: &SourceFile, shortcuts: Shortcuts) -> ParsedFile {
     let json = file.path.ends_with(".json");
     let mut parsed = ParsedFile {
         path: file.path.clone(),
         objects: Vec::new(),
         diagnostics: Vec::new(),
     };
-    match yaml::parse_documents(&file.text, json) {
+    let documents = match shortcuts {
+        Shortcuts::On => yaml::parse_documents(&file.text, json),
+        Shortcuts::Off if json => yaml::parse_documents(&file.text, json),
+        Shortcuts::Off => yaml::parse_yaml(&file.text),
+    };
+    match documents {
         Err(e) => parsed.diagnostics.push(Diagnostic {
             file: file.path.clone(),
             line: e.line,
@@ -157,7 +176,8 @@ pub fn parse_file(file: &SourceFile) -> ParsedFile {
             ),
         }),
         Ok(docs) => {
-            let mut ctx = convert::FileCtx::new(file);
+            let documents = (shortcuts == Shortcuts::On).then_some(docs.len());
+            let mut ctx = convert::FileCtx::new(file, json, documents);
             for (index, doc) in docs.iter().enumerate() {
                 ctx.document(index, doc, &mut parsed.objects);
             }
@@ -205,6 +225,68 @@ pub fn load_dir(dir: &Path) -> Result<Vec<ParsedFile>, LoadError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for path in entries.flatten().map(|e| e.path()) {
+            if path.is_dir() {
+                walk(&path, out);
+            } else if is_service_file(&path.to_string_lossy()) {
+                out.push(path);
+            }
+        }
+    }
+
+    /// The shortcuts change nothing: same objects, same diagnostics with the same lines, on
+    /// the fixtures, the examples, the corpus, and small edits of them (a line deleted, its
+    /// indentation changed, a bad port or name put on it).
+    #[test]
+    fn shortcuts_give_what_the_general_way_gives() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut paths = Vec::new();
+        for dir in ["fixtures", "examples", "../shared/corpus"] {
+            walk(&root.join(dir), &mut paths);
+        }
+        paths.sort();
+        assert!(paths.len() > 20, "fixtures not found");
+        let mut files = Vec::new();
+        for path in &paths {
+            let Ok(text) = std::fs::read_to_string(path) else {
+                continue;
+            };
+            let path = path.to_string_lossy().into_owned();
+            let lines: Vec<&str> = text.split('\n').collect();
+            // Twenty places per file keep the test quick in a debug build.
+            for i in (0..lines.len()).step_by(lines.len().div_ceil(20)) {
+                let edit = |line: String| {
+                    let mut edited = lines.clone();
+                    edited[i] = &line;
+                    edited.join("\n")
+                };
+                let mut without = lines.clone();
+                without.remove(i);
+                files.push(without.join("\n"));
+                files.push(edit(format!(" {}", lines[i])));
+                files.push(edit(lines[i].replacen(": ", ": 99999", 1)));
+                files.push(edit(lines[i].replacen(": ", ": X_", 1)));
+            }
+            files.push(text);
+            for text in files.drain(..) {
+                let file = SourceFile {
+                    path: path.clone(),
+                    text,
+                };
+                assert_eq!(
+                    parse_file_with(&file, Shortcuts::On),
+                    parse_file_with(&file, Shortcuts::Off),
+                    "{}",
+                    file.text
+                );
+            }
+        }
+    }
 
     #[test]
     fn configmap_volume_layout_loads_each_file_once_and_follows_a_swap() {

@@ -1,6 +1,8 @@
 //! Finds the line of a field in a YAML or JSON document, so diagnostics can point at it.
 //!
-//! Built only when a file has something to report: the happy path never pays for it.
+//! The full index ([`Positions`]) is a second YAML parse, built only when a file has something
+//! to report or a field's line is needed. The line every object carries (where its document
+//! starts) comes from [`document_lines`], a scan of the text that gives the same lines.
 
 use std::collections::BTreeMap;
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
@@ -36,6 +38,60 @@ impl Positions {
             path = &path[..cut];
         }
     }
+}
+
+/// Where each document of a file starts, as [`Positions::line`]`(doc, "")` would say, found
+/// without parsing: a `---` line starts a document on that line; a document with no `---`
+/// starts on its first line of content. `None` when the text has anything that could make the
+/// two disagree (directives, `...`, tabs in indentation, carriage returns, a byte-order mark,
+/// a document that opens with a tag, an anchor or a complex key): the caller asks
+/// [`Positions`] then.
+///
+/// For JSON (`json`), only the first document's line: the YAML parser behind [`Positions`]
+/// reads no further than one JSON value.
+pub fn document_lines(text: &str, json: bool) -> Option<Vec<usize>> {
+    if text.starts_with('\u{feff}') || text.contains('\r') {
+        return None;
+    }
+    if json {
+        let start = text.find(|c: char| c != ' ' && c != '\n')?;
+        if text.as_bytes()[start] != b'{' {
+            return None;
+        }
+        return Some(vec![1 + text[..start].matches('\n').count()]);
+    }
+    let mut lines = Vec::new();
+    let mut in_document = false;
+    for (index, line) in text.split('\n').enumerate() {
+        let bytes = line.as_bytes();
+        let marker =
+            |m: &[u8]| bytes.starts_with(m) && matches!(bytes.get(3), None | Some(b' ' | b'\t'));
+        if marker(b"---") {
+            lines.push(index + 1);
+            in_document = true;
+            continue;
+        }
+        if marker(b"...") || bytes.first() == Some(&b'%') {
+            return None;
+        }
+        let content = line.trim_start_matches(' ');
+        if content.starts_with('\t') {
+            return None;
+        }
+        if in_document || content.is_empty() || content.starts_with('#') {
+            continue;
+        }
+        // The first content of a document without `---`: a key, a collection or a scalar.
+        if matches!(
+            content.as_bytes()[0],
+            b'&' | b'!' | b'*' | b'?' | b'|' | b'>' | b'@' | b'`'
+        ) {
+            return None;
+        }
+        lines.push(index + 1);
+        in_document = true;
+    }
+    Some(lines)
 }
 
 enum Frame {
@@ -157,6 +213,71 @@ mod tests {
         let text = "kind: A\n---\nkind: B\nspec:\n  x: 1\n";
         let p = Positions::index(text);
         assert_eq!(p.line(1, "spec.x"), Some(5));
+    }
+
+    /// The scan must agree with the index wherever it answers.
+    fn assert_scan_agrees(text: &str, json: bool) {
+        let Some(lines) = document_lines(text, json) else {
+            return;
+        };
+        let p = Positions::index(text);
+        if !json {
+            assert_eq!(lines.len(), p.docs.len(), "document count of {text:?}");
+        }
+        for (doc, line) in lines.iter().enumerate() {
+            assert_eq!(Some(*line), p.line(doc, ""), "document {doc} of {text:?}");
+        }
+    }
+
+    #[test]
+    fn document_scan_gives_the_index_lines() {
+        for text in [
+            "a: 1\n",
+            "\n\n# c\n  a: 1\n",
+            "---\na: 1\n",
+            "# c\n---\na: 1\n---\nb: 2\n",
+            "a: 1\n---\n---\nb: 2\n",
+            "--- {a: 1}\n",
+            "---\n\n\n  a: 1\n",
+            "a: 1\n---\n",
+            "---\n# x\n- a\n",
+            "- a\n- b\n",
+            "{a: 1,\n b: 2}\n---\n[1]\n",
+            "a: |\n  ---x\n  text\n---x: 1\n",
+            "\"quoted\": 1\n--- # comment\nb: 2\n",
+            "",
+            "# only a comment\n",
+        ] {
+            assert!(document_lines(text, false).is_some(), "{text:?}");
+            assert_scan_agrees(text, false);
+        }
+        for text in [
+            "{\"kind\":\"Service\",\"spec\":{\"ports\":[{\"port\":80}]}}\n",
+            "\n\n{\n\t\"id\": \"a\",\n\t\"port\": 1\n}\n",
+            "  {\"a\": [1,\n2]}",
+            "{\"a\": 1}\n{\"b\": 2}\n",
+        ] {
+            assert!(document_lines(text, true).is_some(), "{text:?}");
+            assert_scan_agrees(text, true);
+        }
+    }
+
+    #[test]
+    fn document_scan_gives_up_on_what_it_cannot_be_sure_of() {
+        for text in [
+            "%YAML 1.2\n---\na: 1\n",
+            "a: 1\n...\nb: 2\n",
+            "a: 1\r\n",
+            "\u{feff}a: 1\n",
+            "&anchor\na: 1\n",
+            "!tag\na: 1\n",
+            "? complex\n: key\n",
+            "a:\n\t- 1\n",
+        ] {
+            assert_eq!(document_lines(text, false), None, "{text:?}");
+        }
+        assert_eq!(document_lines("[1]", true), None);
+        assert_eq!(document_lines("\t{}", true), None);
     }
 
     #[test]
