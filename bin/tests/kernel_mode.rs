@@ -327,7 +327,9 @@ fn live_switches_of_backend_and_mode_drop_no_request() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let load = steady_client(client.clone(), stop.clone());
-    let steps: [(&[&str], (&str, &str), (bool, bool)); 4] = [
+    // (switch flags, (backend, mode) after it, (owned through iptables, through nftables))
+    type Switch<'a> = (&'a [&'a str], (&'a str, &'a str), (bool, bool));
+    let steps: [Switch; 4] = [
         (
             &["--backend", "nftables"],
             ("nftables", "userspace"),
