@@ -7,6 +7,8 @@
 # network namespace (the host's own rules are never touched).
 #
 #   bench/scale.sh            # env: SERVICES=10000 ENDPOINTS=10 FILES=100 RUNS=3 KEEP=0
+#   MODE=kernel bench/scale.sh   # the same in kernel mode (DNAT to the endpoints: a chain
+#                                # per portal, 10 endpoints each, in both dialects)
 #
 # Target: plan under 1 s and under 200 MiB on a 2-core machine. Prints one table at the end.
 # Per-stage timings come from `engine/examples/stages.rs` (same pipeline, timed stage by stage).
@@ -20,6 +22,9 @@ RUNS=${RUNS:-3}
 # 10,000 services need 10,000 proxy ports: widen the default 20000-29999 range so that the
 # one-service change (an added service) has a port to take.
 PORTS=${PORTS:-20000-39999}
+MODE=${MODE:-userspace}
+# Every planning command below runs in this mode (word-split on purpose).
+M="--mode $MODE"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/tmp/target-bench}
 
 [ "$(id -u)" = 0 ] || { echo "scale.sh: needs root (unshare -n, iptables, nft)" >&2; exit 1; }
@@ -60,15 +65,15 @@ echo "   $(find "$DIR" -name '*.yaml' | wc -l) files, $(du -sh "$DIR" | cut -f1)
 
 echo "== portald lock (first allocation)"
 t=$(date +%s%N)
-/usr/bin/time -f "%M" -o "$WORK/lock.rss" "$P" lock "$DIR" --no-live --proxy-port-range "$PORTS"
+/usr/bin/time -f "%M" -o "$WORK/lock.rss" "$P" lock "$DIR" --no-live --proxy-port-range "$PORTS" $M
 LOCK_MS=$(ms "$t"); LOCK_RSS=$(( $(cat "$WORK/lock.rss") / 1024 ))
 
 echo "== full plans and live dumps (fresh unshare -n namespaces)"
-"$P" plan "$DIR" --no-live --proxy-port-range "$PORTS" --out "$WORK/full-ipt.json" >/dev/null
-"$P" plan "$DIR" --no-live --proxy-port-range "$PORTS" --backend nftables --out "$WORK/full-nft.json" >/dev/null
+"$P" plan "$DIR" --no-live --proxy-port-range "$PORTS" $M --out "$WORK/full-ipt.json" >/dev/null
+"$P" plan "$DIR" --no-live --proxy-port-range "$PORTS" $M --backend nftables --out "$WORK/full-nft.json" >/dev/null
 batch_of "$WORK/full-ipt.json" > "$WORK/full-ipt.batch"
 batch_of "$WORK/full-nft.json" > "$WORK/full-nft.batch"
-unshare -n bash -c "iptables-restore --noflush < '$WORK/full-ipt.batch' && iptables-save -t nat" > "$WORK/live-ipt.txt"
+unshare -n bash -c "iptables-restore --noflush < '$WORK/full-ipt.batch' && iptables-save" > "$WORK/live-ipt.txt"
 unshare -n bash -c "nft -f '$WORK/full-nft.batch' && nft -j list ruleset" > "$WORK/live-nft.json"
 echo "   live iptables dump: $(grep -c '^-A PORTAL-' "$WORK/live-ipt.txt") PORTAL rules, $(wc -c < "$WORK/live-ipt.txt") bytes"
 echo "   live nft dump: $(wc -c < "$WORK/live-nft.json") bytes"
@@ -76,17 +81,17 @@ echo "   live nft dump: $(wc -c < "$WORK/live-nft.json") bytes"
 # Sanity: against its own live dump the kernel part of the plan is empty.
 for b in ipt nft; do
   [ $b = ipt ] && { L=$WORK/live-ipt.txt; B=iptables; } || { L=$WORK/live-nft.json; B=nftables; }
-  "$P" plan "$DIR" --live "$L" --backend $B --proxy-port-range "$PORTS" --out "$WORK/steady-$b.json" >/dev/null
+  "$P" plan "$DIR" --live "$L" --backend $B --proxy-port-range "$PORTS" $M --out "$WORK/steady-$b.json" >/dev/null
   n=$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["batch"]))' "$WORK/steady-$b.json")
   [ "$n" = 0 ] || { echo "scale.sh: $B plan against its own live dump is not empty ($n bytes)" >&2; exit 1; }
 done
 
 echo "== plan wall time (hyperfine, $RUNS runs + 1 warmup; load average: $(cut -d' ' -f1-3 /proc/loadavg))"
 declare -A CMD=(
-  [ipt-live]="$P plan $DIR --live $WORK/live-ipt.txt --json --proxy-port-range $PORTS"
-  [ipt-nolive]="$P plan $DIR --no-live --json --proxy-port-range $PORTS"
-  [nft-live]="$P plan $DIR --live $WORK/live-nft.json --backend nftables --json --proxy-port-range $PORTS"
-  [nft-nolive]="$P plan $DIR --no-live --backend nftables --json --proxy-port-range $PORTS"
+  [ipt-live]="$P plan $DIR --live $WORK/live-ipt.txt --json --proxy-port-range $PORTS $M"
+  [ipt-nolive]="$P plan $DIR --no-live --json --proxy-port-range $PORTS $M"
+  [nft-live]="$P plan $DIR --live $WORK/live-nft.json --backend nftables --json --proxy-port-range $PORTS $M"
+  [nft-nolive]="$P plan $DIR --no-live --backend nftables --json --proxy-port-range $PORTS $M"
 )
 CASES=(ipt-live ipt-nolive nft-live nft-nolive)
 args=()
@@ -110,6 +115,7 @@ EOF
   RSS[$c]=$(( peak / 1024 ))
 done
 
+if [ "$MODE" = userspace ]; then # the stages example plans in userspace mode
 echo "== where the time goes (engine/examples/stages.rs, one run each)"
 echo "-- iptables, against the live dump"
 "$STAGES" "$DIR" "$WORK/live-ipt.txt" --ports "$PORTS" | tee "$WORK/stages-ipt-live.txt"
@@ -117,6 +123,7 @@ echo "-- iptables, empty live (full plan)"
 "$STAGES" "$DIR" --ports "$PORTS" | tee "$WORK/stages-ipt-nolive.txt"
 echo "-- nftables, against the live dump"
 "$STAGES" "$DIR" "$WORK/live-nft.json" --nftables --ports "$PORTS" | tee "$WORK/stages-nft-live.txt"
+fi
 
 echo "== kernel apply: full batch, fresh namespace each run"
 apply_full() { # $1 ipt|nft
@@ -155,8 +162,8 @@ subsets:
 - addresses: [{ip: 10.244.250.1}, {ip: 10.244.250.2}]
   ports: [{name: http, port: 8080, protocol: TCP}]
 EOF
-"$P" plan "$CHG" --live "$WORK/live-ipt.txt" --proxy-port-range "$PORTS" --out "$WORK/chg-ipt.json" >/dev/null
-"$P" plan "$CHG" --live "$WORK/live-nft.json" --backend nftables --proxy-port-range "$PORTS" --out "$WORK/chg-nft.json" >/dev/null
+"$P" plan "$CHG" --live "$WORK/live-ipt.txt" --proxy-port-range "$PORTS" $M --out "$WORK/chg-ipt.json" >/dev/null
+"$P" plan "$CHG" --live "$WORK/live-nft.json" --backend nftables --proxy-port-range "$PORTS" $M --out "$WORK/chg-nft.json" >/dev/null
 batch_of "$WORK/chg-ipt.json" > "$WORK/chg-ipt.batch"
 batch_of "$WORK/chg-nft.json" > "$WORK/chg-nft.batch"
 echo "-- iptables change batch ($(size_of "$WORK/chg-ipt.batch")):"; sed 's/^/   /' "$WORK/chg-ipt.batch"
@@ -164,7 +171,7 @@ echo "-- nft change batch ($(size_of "$WORK/chg-nft.batch")):"; sed 's/^/   /' "
 apply_change() { # $1 ipt|nft: full batch first (untimed), then the change, timed
   for _ in $(seq "$RUNS"); do
     if [ "$1" = ipt ]; then
-      unshare -n bash -c "iptables-restore --noflush < '$WORK/full-ipt.batch'; t=\$(date +%s%N); iptables-restore --noflush < '$WORK/chg-ipt.batch'; echo \$(( (\$(date +%s%N) - t) / 1000000 )); iptables-save -t nat | grep -c svc-added >/dev/null"
+      unshare -n bash -c "iptables-restore --noflush < '$WORK/full-ipt.batch'; t=\$(date +%s%N); iptables-restore --noflush < '$WORK/chg-ipt.batch'; echo \$(( (\$(date +%s%N) - t) / 1000000 )); iptables-save | grep -c svc-added >/dev/null"
     else
       unshare -n bash -c "nft -f '$WORK/full-nft.batch'; t=\$(date +%s%N); nft -f '$WORK/chg-nft.batch'; echo \$(( (\$(date +%s%N) - t) / 1000000 )); nft list ruleset | grep -c svc-added >/dev/null"
     fi
@@ -177,7 +184,7 @@ verdict() { # $1 ms $2 MiB
   if [ "$1" -lt 1000 ] && [ "$2" -lt 200 ]; then echo ok; else echo "OVER TARGET"; fi
 }
 echo
-echo "================ portald scale benchmark ================"
+echo "================ portald scale benchmark ($MODE mode) ================"
 echo "commit $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet -- engine planners bin || echo ' (+ uncommitted changes)'), $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "input: $SERVICES services x $ENDPOINTS endpoints, $FILES files, $(du -sh "$DIR" | cut -f1); proxy ports $PORTS"
 printf '%-44s %10s %10s %9s  %s\n' "portald plan ... --json > /dev/null" "min ms" "median ms" "peak MiB" "target <1 s, <200 MiB"
@@ -198,5 +205,6 @@ printf '%-44s %-32s %s\n' "one added service, iptables-restore" "$(size_of "$WOR
 printf '%-44s %-32s %s\n' "one added service, nft -f" "$(size_of "$WORK/chg-nft.batch")" "$APPLY_CHG_NFT"
 echo "(iptables here is $(iptables --version | sed 's/^iptables //'))"
 echo
+[ "$MODE" = userspace ] || exit 0
 echo "stages, iptables --live (ms):"
 sed 's/^/  /' "$WORK/stages-ipt-live.txt"

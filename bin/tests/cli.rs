@@ -203,3 +203,35 @@ fn plan_json_matches_the_golden_batch_of_its_case() {
             .expect("golden batch");
     assert_eq!(plan["batch"].as_str(), Some(golden.as_str()));
 }
+
+#[test]
+fn plan_in_kernel_mode_spreads_over_the_endpoints_in_both_dialects() {
+    let dir = services("seed-apache");
+    for (backend, spread) in [
+        (
+            "nftables",
+            "numgen random mod 2 map { 0 : 10.244.1.2 . 80, 1 : 10.244.2.2 . 80 }",
+        ),
+        (
+            "iptables",
+            "-m statistic --mode random --probability 0.50000000000",
+        ),
+    ] {
+        let out = portald(&[
+            "plan",
+            &dir,
+            "--no-live",
+            "--mode",
+            "kernel",
+            "--backend",
+            backend,
+            "--show-batch",
+        ]);
+        assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+        let stdout = text(&out.stdout);
+        assert!(stdout.contains("mode kernel"), "{stdout}");
+        assert!(stdout.contains(spread), "{backend}: {stdout}");
+        // No userspace hop: no listener is planned.
+        assert!(!stdout.contains("listener"), "{backend}: {stdout}");
+    }
+}
