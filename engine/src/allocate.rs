@@ -133,6 +133,15 @@ pub fn allocate(
             taken.insert(*ip, key.clone());
         }
     }
+    // So do the locked VIPs of services whose file is broken: when it is mended, they get
+    // their address back rather than finding it handed to a newcomer.
+    if keep_absent {
+        for (k, ip) in &lock.vips {
+            if let Some(key) = parse_key(k).filter(|key| !services.contains_key(key)) {
+                taken.entry(*ip).or_insert(key);
+            }
+        }
+    }
     // Lock entries of services still present are honoured before explicit requests, so an
     // explicit clusterIP cannot steal an address another service already has.
     let locked: BTreeMap<ObjectKey, Ipv4Addr> = lock
@@ -224,7 +233,7 @@ pub fn allocate(
         out.vips.insert(key.clone(), Vip(ip));
     }
 
-    allocate_ports(services, lock, live, config, &mut out);
+    allocate_ports(services, lock, live, config, keep_absent, &mut out);
 
     out.lock = Lock {
         format_version: LOCK_FORMAT_VERSION,
@@ -265,6 +274,7 @@ fn allocate_ports(
     lock: &Lock,
     live: &LiveHints,
     config: &Config,
+    keep_absent: bool,
     out: &mut Allocation,
 ) {
     let range = config.proxy_ports;
@@ -287,6 +297,22 @@ fn allocate_ports(
         if let (Some(owner), Action::Redirect { to_port }) = (owner, &rule.action) {
             if !services.contains_key(&owner) {
                 taken.insert((rule.key.protocol, *to_port));
+            }
+        }
+    }
+    // The locked ports of services whose file is broken stay theirs, like their VIPs.
+    if keep_absent {
+        for (id, port) in &lock.proxy_ports {
+            let owner = id.split_once(':').and_then(|(k, _)| parse_key(k));
+            let protocol = match id.rsplit_once('/').map(|(_, p)| p) {
+                Some("tcp") => Some(Protocol::Tcp),
+                Some("udp") => Some(Protocol::Udp),
+                _ => None,
+            };
+            if let (Some(owner), Some(protocol)) = (owner, protocol) {
+                if !services.contains_key(&owner) {
+                    taken.insert((protocol, *port));
+                }
             }
         }
     }
@@ -528,5 +554,19 @@ mod tests {
             false,
         );
         assert!(dropped.lock.vips.is_empty());
+        // While the file is broken, a newcomer gets neither its VIP nor its proxy port.
+        let b = service("b", VipRequest::Auto);
+        let newcomer = allocate(
+            &services(std::slice::from_ref(&b)),
+            &first.lock,
+            &LiveHints::default(),
+            &config("10.11.0.0/16"),
+            true,
+        );
+        let a_vip = first.lock.vips.values().next().copied().unwrap();
+        let a_port = first.lock.proxy_ports.values().next().copied().unwrap();
+        assert_ne!(newcomer.vips.values().next().unwrap().0, a_vip);
+        assert!(newcomer.proxy_ports.values().all(|p| p.0 != a_port));
+        assert_eq!(newcomer.lock.vips.len(), 2, "{:?}", newcomer.lock);
     }
 }
