@@ -9,7 +9,7 @@
 #   - nstat counters (SYN retransmits, listen drops/overflows, retransmitted segments) per run.
 #
 #   bench/dataplane.sh        # env: DURATION=10 CONNS=256 IDLE=2000 THREADS=$(nproc) KEEP=0 PERF=0
-#                               TESTS="iperf wrk idle" PATHS="direct vip haproxy"
+#                               TESTS="iperf wrk idle" PATHS="direct vip haproxy listener"
 #
 # Fairness: portald and HAProxy get the same number of threads (THREADS: tokio worker threads
 # via TOKIO_WORKER_THREADS, HAProxy `nbthread`); both share the same cores with the clients
@@ -24,6 +24,8 @@
 # Each path has its own backend port (no TIME_WAIT/PAWS clash between paths):
 #   direct: 10.244.1.2:{5201,8081}   VIP: 10.11.0.1:{5202,80} -> :{5202,8082}
 #   HAProxy: 10.244.1.1:{5203,8083} -> :{5203,8083}
+#   listener (diagnostic: portald's proxy port itself, without the VIP's NAT; ports of its own):
+#            10.244.1.1:<proxy port> -> :{5204,8084}
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -34,7 +36,7 @@ THREADS=${THREADS:-$(nproc)}
 PERF=${PERF:-0}
 # For quick experiments: a subset of the runs, e.g. TESTS=wrk PATHS="vip haproxy vip haproxy".
 TESTS=${TESTS:-iperf wrk idle}
-PATHS=${PATHS:-direct vip haproxy}
+PATHS=${PATHS:-direct vip haproxy listener}
 wants() { [[ " $TESTS " == *" $1 "* ]]; }
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/tmp/target-bench}
 
@@ -103,7 +105,7 @@ in_ns node sysctl -qw net.ipv4.ip_forward=1
 ulimit -n "$(ulimit -Hn)" # as many descriptors as allowed (2 per proxied connection)
 
 # --- servers (server namespace) ------------------------------------------------------------
-for port in 5201 5202 5203; do
+for port in 5201 5202 5203 5204; do
   ip netns exec "$N-server" iperf3 -s -p "$port" >/dev/null 2>&1 &
   PIDS+=($!)
 done
@@ -128,6 +130,7 @@ http {
     listen 8081 backlog=4096;
     listen 8082 backlog=4096;
     listen 8083 backlog=4096;
+    listen 8084 backlog=4096;
     location / { return 200 "ok\n"; }
   }
 }
@@ -147,6 +150,8 @@ spec:
   ports:
   - {name: http, protocol: TCP, port: 80, targetPort: 8082}
   - {name: iperf, protocol: TCP, port: 5202, targetPort: 5202}
+  - {name: http-listener, protocol: TCP, port: 81, targetPort: 8084}
+  - {name: iperf-listener, protocol: TCP, port: 5204, targetPort: 5204}
 ---
 apiVersion: v1
 kind: Endpoints
@@ -156,6 +161,8 @@ subsets:
   ports:
   - {name: http, port: 8082, protocol: TCP}
   - {name: iperf, port: 5202, protocol: TCP}
+  - {name: http-listener, port: 8084, protocol: TCP}
+  - {name: iperf-listener, port: 5204, protocol: TCP}
 EOF
 TOKIO_WORKER_THREADS=$THREADS ip netns exec "$N-node" "$P" run "$WORK/services" --control-socket "$WORK/ctl.sock" >"$WORK/portald.log" 2>&1 &
 PORTALD=$!
@@ -204,6 +211,13 @@ echo "   portald: $(in_ns node "$P" status --control-socket "$WORK/ctl.sock" 2>/
 # `ip netns exec` execs in place: $! is the process itself.
 PORTALD_PID=$PORTALD
 HAPROXY_PID=$HAPROXY
+# portald's own proxy ports, for the `listener` path: the same proxy without the VIP's NAT.
+proxy_port_of() { # $1 service port name
+  in_ns node "$P" status --json --control-socket "$WORK/ctl.sock" |
+    python3 -c 'import json,sys; print(next(l["port"] for l in json.load(sys.stdin)["listeners"] if l["name"].endswith(":" + sys.argv[1])))' "$1"
+}
+PROXY_HTTP=$(proxy_port_of http-listener)
+PROXY_IPERF=$(proxy_port_of iperf-listener)
 
 # --- nstat per namespace (each with its own history file) -----------------------------------
 COUNTERS="TcpExtTCPSynRetrans TcpExtListenDrops TcpExtListenOverflows TcpRetransSegs TcpExtTCPTimeouts TcpAttemptFails"
@@ -221,7 +235,7 @@ nstat_read() { # prints "ns:counter=value ..." for non-zero counters
 
 # CPU time (user + system, in seconds) a process has used so far.
 cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$1/stat"; }
-proxy_pid() { case $1 in vip) echo "$PORTALD_PID" ;; haproxy) echo "$HAPROXY_PID" ;; *) echo "" ;; esac; }
+proxy_pid() { case $1 in vip | listener) echo "$PORTALD_PID" ;; haproxy) echo "$HAPROXY_PID" ;; *) echo "" ;; esac; }
 cpu_start() { local pid; pid=$(proxy_pid "$1"); CPU0=${pid:+$(cpu_s "$pid")}; }
 cpu_used() { local pid; pid=$(proxy_pid "$1"); [ -n "$pid" ] && awk -v a="$(cpu_s "$pid")" -v b="$CPU0" 'BEGIN {printf "%.1f", a - b}' || echo -; }
 PERF_PID=
@@ -246,6 +260,7 @@ wants iperf && for path in $PATHS; do
   case $path in
     direct) host=10.244.1.2 port=5201 ;;
     vip) host=10.11.0.1 port=5202 ;;
+    listener) host=10.244.1.1 port=$PROXY_IPERF ;;
     haproxy) host=10.244.1.1 port=5203 ;;
   esac
   nstat_reset
@@ -265,6 +280,7 @@ wants wrk && for path in $PATHS; do
   case $path in
     direct) url=http://10.244.1.2:8081/ ;;
     vip) url=http://10.11.0.1:80/ ;;
+    listener) url=http://10.244.1.1:$PROXY_HTTP/ ;;
     haproxy) url=http://10.244.1.1:8083/ ;;
   esac
   sleep 2 # let the previous run's closes settle
@@ -362,6 +378,10 @@ printf '%-34s %10s %10s %10s\n' "socket errors (conn/read/wr/tmo)" "${R[sockerr-
 printf '%-34s %10s %10s %10s %10s %10s %12s\n' "idle conn memory (KiB/conn)" "-" "${R[idle-per-portald]}" "${R[idle-per-haproxy]}" "-" "-" "$(ratio "${R[idle-per-portald]}" "${R[idle-per-haproxy]}")"
 echo "proxy RSS before -> with $IDLE idle conns: portald ${R[idle-before-portald]} -> ${R[idle-after-portald]} KiB," \
   "HAProxy ${R[idle-before-haproxy]} -> ${R[idle-after-haproxy]} KiB"
+if [ -n "${R[tput-listener]}${R[rps-listener]}" ]; then
+  echo "portald without the VIP's NAT (client -> proxy port directly): ${R[tput-listener]:--} Gbit/s," \
+    "${R[rps-listener]:--} conn/s, p50 ${R[p50-listener]:--}, p99 ${R[p99-listener]:--}"
+fi
 echo "ratios are column / column: for throughput and conn/s higher is better; for latency and memory lower is better"
 echo
 echo "nstat (non-zero counters, per namespace, per run):"

@@ -6,15 +6,18 @@
 //! writes until the reader has nothing more, and gives the buffer back. Thousands of idle
 //! connections thus cost their sockets and a task each, not 2 × 16 KiB.
 
-use super::lock;
+use super::{lock, splice};
+use socket2::SockRef;
 use std::future::poll_fn;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::task::Poll;
-use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWriteExt, Interest, ReadBuf};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
 use tokio::time::{Duration, Instant};
 
 /// Bytes one read may take. Large enough that a bulk transfer makes few syscalls; it costs
@@ -85,7 +88,8 @@ impl Activity {
 }
 
 /// Copies `from` to `to` until `from` reaches EOF, then half-closes `to` (SHUT_WR), so the
-/// peer of `to` sees the end of the stream while the other direction goes on. `ended` is
+/// peer of `to` sees the end of the stream while the other direction goes on. A direction
+/// that turns out to carry bulk data continues with splice(2) (see [`splice`]). `ended` is
 /// shared by both directions of a connection: the direction that ends last skips the
 /// shutdown, as closing both sockets right after sends the same FIN for one syscall less.
 pub(super) async fn forward(
@@ -97,26 +101,40 @@ pub(super) async fn forward(
 ) -> io::Result<()> {
     loop {
         // Optimistic first: a fresh connection's request has usually arrived already.
-        if burst(from, to, activity, held).await? {
-            if ended.swap(true, Ordering::Relaxed) {
-                return Ok(());
+        match burst(from, to, activity, held).await? {
+            Burst::Drained => {}
+            Burst::Eof => break,
+            Burst::Bulk => {
+                splice::forward(from, to, activity, held).await?;
+                break;
             }
-            return to.shutdown().await;
         }
         // Waiting takes no buffer. Unlike `readable()`, `poll_read_ready` spends cooperative
         // budget: a read refused for want of budget must yield here, not spin.
         poll_fn(|cx| from.as_ref().poll_read_ready(cx)).await?;
     }
+    if ended.swap(true, Ordering::Relaxed) {
+        return Ok(());
+    }
+    to.shutdown().await
 }
 
-/// Copies while `from` has data; `Ok(true)` at EOF, `Ok(false)` once `from` has nothing
-/// more to read right now. The buffer is held for this burst only.
+/// How a burst of copying ended.
+enum Burst {
+    /// `from` has nothing more to read right now.
+    Drained,
+    Eof,
+    /// A read filled the whole buffer: a bulk transfer, better spliced from here on.
+    Bulk,
+}
+
+/// Copies while `from` has data. The buffer is held for this burst only.
 async fn burst(
     from: &mut ReadHalf<'_>,
     to: &mut WriteHalf<'_>,
     activity: &Activity,
     held: &AtomicUsize,
-) -> io::Result<bool> {
+) -> io::Result<Burst> {
     let mut buf = Held::take(held);
     loop {
         // One poll, no waiting: tokio's read clears the socket's readiness on a short read,
@@ -125,15 +143,54 @@ async fn burst(
         let mut read = ReadBuf::new(&mut buf.buf);
         let polled = poll_fn(|cx| Poll::Ready(Pin::new(&mut *from).poll_read(cx, &mut read)));
         match polled.await {
-            Poll::Pending => return Ok(false),
+            Poll::Pending => return Ok(Burst::Drained),
             Poll::Ready(result) => result?,
         }
         let n = read.filled().len();
         activity.touch();
         if n == 0 {
-            return Ok(true);
+            return Ok(Burst::Eof);
         }
-        to.write_all(&buf.buf[..n]).await?;
+        if n < BUFFER && read_closed(from).await {
+            // The last bytes before `from`'s EOF: held back (MSG_MORE) so that the FIN which
+            // follows at once leaves in the same segment, which spares the peer an ACK.
+            write_all_more(to.as_ref(), &buf.buf[..n]).await?;
+        } else {
+            to.write_all(&buf.buf[..n]).await?;
+        }
         activity.touch();
+        if n == BUFFER {
+            return Ok(Burst::Bulk);
+        }
     }
+}
+
+/// Whether `from`'s peer has already sent its FIN; looks at the readiness tokio already has,
+/// no syscall.
+async fn read_closed(from: &ReadHalf<'_>) -> bool {
+    let ready = std::pin::pin!(from.ready(Interest::READABLE));
+    let mut ready = ready;
+    match poll_fn(|cx| Poll::Ready(ready.as_mut().poll(cx))).await {
+        Poll::Ready(Ok(ready)) => ready.is_read_closed(),
+        _ => false,
+    }
+}
+
+/// Writes `data` with MSG_MORE: the kernel queues it without sending until the next write,
+/// shutdown or close, whichever the caller does right after.
+async fn write_all_more(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        let sent = to.try_io(Interest::WRITABLE, || {
+            SockRef::from(to).send_with_flags(data, libc::MSG_MORE)
+        });
+        match sent {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                poll_fn(|cx| to.poll_write_ready(cx)).await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }

@@ -267,6 +267,34 @@ async fn client_half_close_still_receives_whole_response() {
 }
 
 #[tokio::test]
+async fn last_bytes_before_an_endpoint_close_arrive_at_once() {
+    let plane = DataPlane::new(config());
+    // Answers and closes at once, like an HTTP server with `Connection: close`: the answer
+    // and the FIN reach the proxy together, which holds the answer back for the FIN.
+    let (endpoint, _) = serve_with(|mut stream| async move {
+        let mut request = [0u8; 4];
+        stream.read_exact(&mut request).await.unwrap();
+        stream.write_all(b"done").await.unwrap();
+        stream.shutdown().await.unwrap();
+    })
+    .await;
+    let port = open(&plane, Protocol::Tcp, &[endpoint], None).await;
+
+    for _ in 0..20 {
+        let started = Instant::now();
+        let reply = bounded("answer and close", async {
+            let mut stream = TcpStream::connect((LOCAL, port)).await.unwrap();
+            stream.write_all(b"ask!").await.unwrap();
+            // The client keeps its side open: the proxy must still flush and pass the EOF on.
+            read_until_closed(&mut stream).await.unwrap()
+        })
+        .await;
+        assert_eq!(reply, b"done");
+        assert!(started.elapsed() < ms(500), "took {:?}", started.elapsed());
+    }
+}
+
+#[tokio::test]
 async fn proxied_connection_sets_tcp_nodelay_on_client_and_endpoint_sockets() {
     let plane = DataPlane::new(config());
     let (a, _) = backend("a").await;
