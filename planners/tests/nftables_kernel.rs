@@ -2,8 +2,10 @@
 //! its own (deleted on drop, even when the test fails). Needs root, `ip`, `nft` and, for the
 //! busy ruleset, `iptables` (nf_tables backend); a missing tool fails the test, never skips.
 
+mod netns_support;
 mod nftables_support;
 
+use netns_support::{run, Netns};
 use nftables_support::*;
 use planners::nftables::render_json;
 use planners::{
@@ -11,52 +13,16 @@ use planners::{
 };
 use proptest::prelude::*;
 use std::io::Write;
-use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// A private network namespace; `ip netns del` on drop.
-struct Netns(String);
+/// What these tests do in a namespace with the nftables dialect.
+trait Nft {
+    fn apply(&self, batch: &str);
+    fn observe(&self) -> Live;
+    fn setup(&self, steps: &[&str]);
+}
 
-impl Netns {
-    fn new() -> Netns {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let name = format!(
-            "portald-nft-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        );
-        let out = run("ip", &["netns", "add", &name], None);
-        assert!(
-            out.status.success(),
-            "`ip netns add {name}` failed (tier-3 tests need root): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let ns = Netns(name);
-        ns.ok("ip", &["link", "set", "lo", "up"], None);
-        ns
-    }
-
-    /// Runs a command inside the namespace.
-    fn exec(&self, program: &str, args: &[&str], stdin: Option<&str>) -> Output {
-        let mut full = vec!["netns", "exec", self.0.as_str(), program];
-        full.extend_from_slice(args);
-        run("ip", &full, stdin)
-    }
-
-    /// Runs a command inside the namespace and insists it succeeds.
-    fn ok(&self, program: &str, args: &[&str], stdin: Option<&str>) -> String {
-        let out = self.exec(program, args, stdin);
-        assert!(
-            out.status.success(),
-            "`{program} {}` failed in `{}`: {}\nstdin:\n{}",
-            args.join(" "),
-            self.0,
-            String::from_utf8_lossy(&out.stderr),
-            stdin.unwrap_or_default()
-        );
-        String::from_utf8(out.stdout).expect("utf-8 output")
-    }
-
+impl Nft for Netns {
+    /// Checks, then applies, a batch.
     fn apply(&self, batch: &str) {
         let check = Nftables.check_command();
         let args: Vec<&str> = check.args.iter().map(String::as_str).collect();
@@ -90,27 +56,6 @@ impl Netns {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
-}
-
-fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run `{program}` (is it installed?): {e}"));
-    let mut pipe = child.stdin.take().unwrap();
-    pipe.write_all(stdin.unwrap_or_default().as_bytes())
-        .unwrap();
-    drop(pipe);
-    child.wait_with_output().unwrap()
 }
 
 fn create_all(state: &NatState) -> Vec<Change> {
@@ -153,7 +98,7 @@ fn remove_all(state: &NatState) -> Vec<Change> {
 
 #[test]
 fn batches_build_change_and_remove_portald_beside_busy_foreign_tables() {
-    let ns = Netns::new();
+    let ns = Netns::new("nft");
     ns.setup(&["docker_like", "firewalld_like", "admin_filter"]);
     let before = ns.observe();
     assert!(before.owned.is_empty() && before.stray.is_empty());
@@ -209,7 +154,7 @@ fn batches_build_change_and_remove_portald_beside_busy_foreign_tables() {
 
 #[test]
 fn one_batch_removes_strays_and_repairs_a_damaged_chain() {
-    let ns = Netns::new();
+    let ns = Netns::new("nft");
     ns.setup(&["portald_table", "portald_damaged", "portald_stray"]);
     let live = ns.observe();
     assert_eq!(live.stray.len(), 5, "{:?}", live.stray);
@@ -229,7 +174,7 @@ fn one_batch_removes_strays_and_repairs_a_damaged_chain() {
 
 #[test]
 fn render_json_is_what_the_kernel_prints() {
-    let ns = Netns::new();
+    let ns = Netns::new("nft");
     let state = sample_state();
     ns.apply(&Nftables.render_state(&state));
     let kernel = ns.ok("nft", &["-j", "list", "ruleset"], None);
@@ -251,7 +196,7 @@ fn render_json_is_what_the_kernel_prints() {
 
 #[test]
 fn a_host_path_dnat_portal_reaches_a_loopback_listener() {
-    let ns = Netns::new();
+    let ns = Netns::new("nft");
     ns.ok(
         "ip",
         &["route", "add", "local", "10.11.0.0/16", "dev", "lo"],
@@ -347,7 +292,7 @@ proptest! {
 
     #[test]
     fn any_rendered_state_loads_and_reads_back_the_same(state in loadable_state(16)) {
-        let ns = Netns::new();
+        let ns = Netns::new("nft");
         let text = Nftables.render_state(&state);
         if !text.is_empty() {
             ns.apply(&text);

@@ -244,30 +244,17 @@ fn reconcile_loop(reconciler: &mut Reconciler, rx: mpsc::Receiver<Trigger>, clea
                         reconciler.switch(Some(from_backend), Some(from_mode));
                         reconciler.reconcile("switch back");
                     }
-                    reconciled = Some(result.clone());
-                    let _ = reply.send(Response {
-                        ok: result.ok,
-                        error: result.error.clone(),
-                        plan_text: Some(format!(
-                            "Switched from backend {from_backend} mode {from_mode}. Plan: {} to add, {} to change, {} to remove.",
-                            result.summary.add, result.summary.change, result.summary.remove
-                        )),
-                        ..Response::default()
-                    });
+                    let _ = reply.send(summary_response(
+                        &result,
+                        &format!("Switched from backend {from_backend} mode {from_mode}. "),
+                    ));
+                    reconciled = Some(result);
                 }
                 Trigger::Request(_, reply) => {
                     let result = reconciled
                         .get_or_insert_with(|| reconciler.reconcile("request"))
                         .clone();
-                    let _ = reply.send(Response {
-                        ok: result.ok,
-                        error: result.error.clone(),
-                        plan_text: Some(format!(
-                            "Plan: {} to add, {} to change, {} to remove.",
-                            result.summary.add, result.summary.change, result.summary.remove
-                        )),
-                        ..Response::default()
-                    });
+                    let _ = reply.send(summary_response(&result, ""));
                 }
                 _ => hinted = Some(name),
             }
@@ -279,6 +266,19 @@ fn reconcile_loop(reconciler: &mut Reconciler, rx: mpsc::Receiver<Trigger>, clea
                 std::thread::sleep(Duration::from_millis(500));
             }
         }
+    }
+}
+
+/// The answer to a request that ran a reconcile: its result and the plan's summary line.
+fn summary_response(result: &control::ReconcileResult, prefix: &str) -> Response {
+    Response {
+        ok: result.ok,
+        error: result.error.clone(),
+        plan_text: Some(format!(
+            "{prefix}Plan: {} to add, {} to change, {} to remove.",
+            result.summary.add, result.summary.change, result.summary.remove
+        )),
+        ..Response::default()
     }
 }
 

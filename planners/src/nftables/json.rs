@@ -2,8 +2,8 @@
 //! applied: what a fake kernel or a captured snapshot hands to the parse.
 
 use super::{
-    affinity_set, chain_name, hook_chain, hook_facts, map_name, service_chain, service_exprs,
-    slot_exprs, slot_maps, Kind, AFFINITY_SET_SIZE, FAMILY, MASQUERADE_SET, TABLE,
+    affinity_set, chain_name, hook_chain, hook_facts, map_name, masquerades, service_chain,
+    service_exprs, slot_exprs, slot_maps, Kind, AFFINITY_SET_SIZE, FAMILY, MASQUERADE_SET, TABLE,
 };
 use crate::{Action, NatState, PortalRule, Scaffold, Slot};
 use serde_json::{json, Value};
@@ -38,16 +38,11 @@ pub fn render_json(state: &NatState) -> String {
         for slot in Slot::ALL {
             for (name, key, data) in slot_maps(slot) {
                 let elems: Vec<Value> = if name == MASQUERADE_SET {
-                    state
-                        .scaffold
-                        .iter()
-                        .filter_map(|s| match s {
-                            Scaffold::Masquerade(m) => Some(json!({"concat": [
-                                {"prefix": {"addr": m.source.addr.to_string(), "len": m.source.len}},
-                                {"prefix": {"addr": m.portals.addr.to_string(), "len": m.portals.len}},
-                            ]})),
-                            _ => None,
-                        })
+                    masquerades(state)
+                        .map(|m| json!({"concat": [
+                            {"prefix": {"addr": m.source.addr.to_string(), "len": m.source.len}},
+                            {"prefix": {"addr": m.portals.addr.to_string(), "len": m.portals.len}},
+                        ]}))
                         .collect()
                 } else {
                     state

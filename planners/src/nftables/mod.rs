@@ -294,6 +294,14 @@ pub(crate) fn slot_maps(slot: Slot) -> Vec<(String, Vec<&'static str>, Option<&'
     }
 }
 
+/// The masquerade pairs of a state, in order.
+pub(crate) fn masquerades(state: &NatState) -> impl Iterator<Item = &crate::Masquerade> {
+    state.scaffold.iter().filter_map(|s| match s {
+        crate::Scaffold::Masquerade(m) => Some(m),
+        _ => None,
+    })
+}
+
 /// `10.11.0.1 . tcp . 80`: an element's key.
 pub(crate) fn element_key(key: &PortalKey) -> String {
     format!("{} . {} . {}", key.vip, key.protocol, key.port)

@@ -2,8 +2,8 @@
 
 use super::{
     affinity_set, chain_name, element_key, element_value, hook_chain, hook_spec, jump_rule,
-    map_name, service_chain, service_rules, slot_maps, slot_rules, Kind, AFFINITY_SET_SIZE, FAMILY,
-    MASQUERADE_SET, TABLE,
+    map_name, masquerades, service_chain, service_rules, slot_maps, slot_rules, Kind,
+    AFFINITY_SET_SIZE, FAMILY, MASQUERADE_SET, TABLE,
 };
 use crate::{Action, Change, Masquerade, NatState, PortalRule, Scaffold, Slot, StrayRule};
 use std::collections::BTreeSet;
@@ -51,14 +51,7 @@ pub(crate) fn render_state(state: &NatState) -> String {
     for slot in Slot::ALL {
         for (name, key, data) in slot_maps(slot) {
             let elements: Vec<String> = if name == MASQUERADE_SET {
-                state
-                    .scaffold
-                    .iter()
-                    .filter_map(|s| match s {
-                        Scaffold::Masquerade(m) => Some(masquerade_element(m)),
-                        _ => None,
-                    })
-                    .collect()
+                masquerades(state).map(masquerade_element).collect()
             } else {
                 state
                     .rules

@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub struct Netns(pub String);
 
-fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Output {
+/// Runs a program to its end, with `stdin` as its standard input.
+pub fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Output {
     let mut child = Command::new(program)
         .args(args)
         .stdin(if stdin.is_some() {
