@@ -11,9 +11,9 @@
 #   bench/dataplane.sh        # env: DURATION=10 CONNS=256 IDLE=2000 THREADS=$(nproc) KEEP=0 PERF=0
 #                               TESTS="iperf wrk idle" PATHS="direct vip haproxy listener"
 #
-# Fairness: portald and HAProxy get the same number of threads (THREADS: tokio worker threads
-# via TOKIO_WORKER_THREADS, HAProxy `nbthread`); both share the same cores with the clients
-# and servers. HAProxy runs with its defaults otherwise (no splice). PERF=1 records a
+# Fairness: portald and HAProxy get the same number of data-plane threads (THREADS: portald's
+# TCP workers and tokio runtime workers via TOKIO_WORKER_THREADS, HAProxy `nbthread`); both
+# share the same cores with the clients and servers. HAProxy runs with its defaults otherwise (no splice). PERF=1 records a
 # `perf record -g` profile of the proxy (portald, HAProxy) during each iperf3 and wrk run
 # (perf-*.txt in the work directory; KEEP=1 keeps it).
 #
@@ -362,7 +362,7 @@ done
 echo
 echo "================ portald data-plane benchmark ================"
 echo "commit $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet -- engine planners bin || echo ' (+ uncommitted changes)'), $(nproc) CPUs, kernel $(uname -r), $(haproxy -v | head -1 | cut -d' ' -f1-3), $(nginx -v 2>&1 | cut -d' ' -f3), load average $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "threads: portald $THREADS tokio workers (TOKIO_WORKER_THREADS), HAProxy nbthread $THREADS; clients, servers and proxies share the same $(nproc) CPUs"
+echo "threads: portald $THREADS TCP data-plane workers (TOKIO_WORKER_THREADS; its control runtime idles during the runs), HAProxy nbthread $THREADS; clients, servers and proxies share the same $(nproc) CPUs"
 printf '%-34s %10s %10s %10s %10s %10s %12s\n' "metric" "direct" "VIP" "HAProxy" "VIP/dir" "HAP/dir" "portald/HAP"
 row() { # name direct vip haproxy [lower-is-better]
   printf '%-34s %10s %10s %10s %10s %10s %12s\n' "$1" "$2" "$3" "$4" "$(ratio "$3" "$2")" "$(ratio "$4" "$2")" "$(ratio "$3" "$4")"

@@ -4,6 +4,10 @@
 //! listener balances new TCP connections and UDP client flows over the service's endpoints
 //! (round robin, optional client-IP affinity, retry on another endpoint when one refuses or
 //! stays silent). The reconciler drives it only through [`DataPlane`]'s open / update / close.
+//!
+//! TCP runs on its own worker threads, one single-threaded runtime each, every worker with
+//! its own listening socket on each port (SO_REUSEPORT): a connection lives and dies on the
+//! worker whose socket accepted it. UDP runs on the caller's runtime.
 
 // Only `splice` needs `unsafe` (raw pipe and splice syscalls); it allows it for itself.
 #![deny(unsafe_code)]
@@ -46,6 +50,10 @@ pub struct DataPlaneConfig {
     pub half_close_timeout: Duration,
     /// A UDP client flow with no datagram either way this long is removed.
     pub udp_idle_timeout: Duration,
+    /// Threads serving TCP, each a single-threaded runtime with its own listening socket per
+    /// port; by default as many as the async runtime's workers (`TOKIO_WORKER_THREADS`,
+    /// else one per CPU).
+    pub tcp_workers: usize,
 }
 
 impl Default for DataPlaneConfig {
@@ -59,8 +67,17 @@ impl Default for DataPlaneConfig {
             max_attempts: 4,
             half_close_timeout: Duration::from_secs(60),
             udp_idle_timeout: Duration::from_secs(30),
+            tcp_workers: default_workers(),
         }
     }
+}
+
+fn default_workers() -> usize {
+    std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|n| n.trim().parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 impl DataPlaneConfig {
@@ -258,12 +275,48 @@ impl TaskCtx {
 
 struct Listener {
     shared: Arc<Shared>,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<()>,
+    /// One accept task per socket: one per TCP worker, one for UDP.
+    tasks: Vec<(oneshot::Sender<()>, JoinHandle<()>)>,
+}
+
+/// The threads that serve TCP: one single-threaded tokio runtime each. A connection stays
+/// on the worker that accepted it, so its wake-ups never cross threads and each worker
+/// polls its own epoll set. The threads end when the data plane is dropped.
+struct Workers {
+    handles: Vec<tokio::runtime::Handle>,
+    /// Dropped with the data plane, which lets each worker's runtime return and drop.
+    _stop: Vec<oneshot::Sender<()>>,
+}
+
+impl Workers {
+    fn start(count: usize) -> Workers {
+        let mut handles = Vec::new();
+        let mut stops = Vec::new();
+        for index in 0..count.max(1) {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("building a data-plane runtime");
+            let (stop, stopped) = oneshot::channel::<()>();
+            handles.push(runtime.handle().clone());
+            std::thread::Builder::new()
+                .name(format!("portald-dp-{index}"))
+                .spawn(move || {
+                    let _ = runtime.block_on(stopped);
+                })
+                .expect("starting a data-plane thread");
+            stops.push(stop);
+        }
+        Workers {
+            handles,
+            _stop: stops,
+        }
+    }
 }
 
 struct Inner {
     config: Arc<DataPlaneConfig>,
+    workers: Workers,
     listeners: Mutex<BTreeMap<(Protocol, u16), Listener>>,
     stop_all: watch::Sender<bool>,
     /// Cloned into every task; `None` once shutdown has begun.
@@ -282,6 +335,7 @@ impl DataPlane {
         let (drain, drained) = mpsc::channel(1);
         DataPlane {
             inner: Arc::new(Inner {
+                workers: Workers::start(config.tcp_workers),
                 config: Arc::new(config),
                 listeners: Mutex::new(BTreeMap::new()),
                 stop_all: watch::channel(false).0,
@@ -313,7 +367,7 @@ impl DataPlane {
             }
         };
         let bound = match spec.protocol {
-            Protocol::Tcp => tcp::bind(addr).map(Bound::Tcp),
+            Protocol::Tcp => tcp::bind(addr, self.inner.workers.handles.len()).map(Bound::Tcp),
             Protocol::Udp => udp::bind(addr).map(Bound::Udp),
         }
         .map_err(|e| bind_error(&id, e))?;
@@ -325,17 +379,26 @@ impl DataPlane {
             _drain: drain,
         };
         let shared = Arc::new(Shared::new(id.clone(), &spec.backends));
-        let (stop, stopped) = oneshot::channel();
         let mut listeners = self.listeners();
         // Checked again under the lock: a concurrent open of the same port may have won.
         if listeners.contains_key(&(id.protocol, id.port)) {
             return Err(DataPlaneError::AlreadyOpen(id));
         }
-        let task = match bound {
-            Bound::Tcp(listener) => {
-                tokio::spawn(tcp::serve(listener, shared.clone(), ctx, stopped))
+        let tasks = match bound {
+            Bound::Tcp(sockets) => sockets
+                .into_iter()
+                .zip(&self.inner.workers.handles)
+                .map(|(socket, worker)| {
+                    let (stop, stopped) = oneshot::channel();
+                    let serve = tcp::serve(socket, shared.clone(), ctx.clone(), stopped);
+                    (stop, worker.spawn(serve))
+                })
+                .collect(),
+            Bound::Udp(sockets) => {
+                let (stop, stopped) = oneshot::channel();
+                let serve = udp::serve(sockets, shared.clone(), ctx, stopped);
+                vec![(stop, tokio::spawn(serve))]
             }
-            Bound::Udp(sockets) => tokio::spawn(udp::serve(sockets, shared.clone(), ctx, stopped)),
         };
         tracing::info!(
             listener = %id,
@@ -343,7 +406,7 @@ impl DataPlane {
             affinity = ?spec.backends.affinity,
             "listener open"
         );
-        listeners.insert((id.protocol, id.port), Listener { shared, stop, task });
+        listeners.insert((id.protocol, id.port), Listener { shared, tasks });
         Ok(id.port)
     }
 
@@ -406,7 +469,8 @@ impl DataPlane {
 }
 
 enum Bound {
-    Tcp(tokio::net::TcpListener),
+    /// One socket per TCP worker, all on one port (see [`tcp::bind`]).
+    Tcp(Vec<std::net::TcpListener>),
     /// The wildcard socket first, then a loopback one (see [`udp::bind`]).
     Udp(Vec<tokio::net::UdpSocket>),
 }
@@ -414,17 +478,20 @@ enum Bound {
 impl Bound {
     fn port(&self) -> io::Result<u16> {
         match self {
-            Bound::Tcp(listener) => listener.local_addr().map(|a| a.port()),
+            Bound::Tcp(sockets) => sockets[0].local_addr().map(|a| a.port()),
             Bound::Udp(sockets) => sockets[0].local_addr().map(|a| a.port()),
         }
     }
 }
 
 async fn stop_listener(listener: Listener) {
-    // The task may already have ended on its own (a fatal accept error); nothing to stop then.
-    let _ = listener.stop.send(());
-    if let Err(e) = listener.task.await {
-        tracing::warn!(listener = %listener.shared.id, error = %e, "listener task failed");
+    for (stop, task) in listener.tasks {
+        // The task may already have ended on its own (a fatal accept error); nothing to
+        // stop then.
+        let _ = stop.send(());
+        if let Err(e) = task.await {
+            tracing::warn!(listener = %listener.shared.id, error = %e, "listener task failed");
+        }
     }
     tracing::info!(listener = %listener.shared.id, "listener closed");
 }

@@ -3,6 +3,7 @@
 use super::copy::{forward, Activity};
 use super::sockopt::{original_dst, reset};
 use super::{DataPlaneConfig, Shared, TaskCtx};
+use socket2::{Domain, Protocol as SockProtocol, Socket, Type};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
@@ -15,29 +16,56 @@ use tokio::time::{sleep, sleep_until, timeout, Instant};
 /// Pause after a failed accept, so running out of file descriptors does not spin a core.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
 
-pub(super) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
+/// Binds `count` listening sockets on `addr`, all on the same port (SO_REUSEPORT), one per
+/// data-plane worker: the kernel spreads new connections over them, and each worker accepts
+/// and serves its own with no hand-off between threads. With port 0 the first socket picks
+/// the port and the others join it.
+pub(super) fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    let first = listen_on(addr)?;
+    let addr = first.local_addr()?;
+    let mut listeners = vec![first];
+    for _ in 1..count.max(1) {
+        listeners.push(listen_on(addr)?);
+    }
+    Ok(listeners)
+}
+
+fn listen_on(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM,
+        Some(SockProtocol::TCP),
+    )?;
     // A reopened listener must bind while connections of its previous life sit in TIME_WAIT.
-    socket.set_reuseaddr(true)?;
+    socket.set_reuse_address(true)?;
+    // Only sockets that all set it (and belong to the same user) share the port: a foreign
+    // listener without it still makes the bind fail with "address in use".
+    socket.set_reuse_port(true)?;
     // Accepted sockets inherit TCP_NODELAY from the listener on Linux: one setsockopt per
     // listener instead of one per connection.
-    socket.set_nodelay(true)?;
-    socket.bind(addr)?;
-    socket.listen(1024)
+    socket.set_tcp_nodelay(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
 }
 
 /// Accepts until `stop` fires (close) or the data plane shuts down; each connection runs in
 /// its own task, which outlives the listener.
 pub(super) async fn serve(
-    listener: TcpListener,
+    listener: std::net::TcpListener,
     shared: Arc<Shared>,
     mut ctx: TaskCtx,
     mut stop: oneshot::Receiver<()>,
 ) {
+    // Registered here, with the reactor of the worker that runs this task.
+    let listener = match TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::error!(listener = %shared.id, error = %e, "cannot serve listener");
+            return;
+        }
+    };
     loop {
         let accepted = tokio::select! {
             _ = &mut stop => break,

@@ -26,6 +26,7 @@ fn config() -> DataPlaneConfig {
         max_attempts: 4,
         half_close_timeout: Duration::from_secs(10),
         udp_idle_timeout: Duration::from_secs(10),
+        tcp_workers: 2,
     }
 }
 
