@@ -55,7 +55,7 @@ fn listen_on(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 pub(super) async fn serve(
     listener: std::net::TcpListener,
     shared: Arc<Shared>,
-    mut ctx: TaskCtx,
+    ctx: TaskCtx,
     mut stop: oneshot::Receiver<()>,
 ) {
     // Registered here, with the reactor of the worker that runs this task.
@@ -66,10 +66,15 @@ pub(super) async fn serve(
             return;
         }
     };
+    // Pinned once, not remade for every accept: each remaking would enter and leave the
+    // shutdown signal's waiter list.
+    let mut stop_all = ctx.clone();
+    let stopped = stop_all.stopped();
+    tokio::pin!(stopped);
     loop {
         let accepted = tokio::select! {
             _ = &mut stop => break,
-            _ = ctx.stopped() => break,
+            _ = &mut stopped => break,
             accepted = listener.accept() => accepted,
         };
         match accepted {
