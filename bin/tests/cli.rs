@@ -208,10 +208,7 @@ fn plan_json_matches_the_golden_batch_of_its_case() {
 fn plan_in_kernel_mode_spreads_over_the_endpoints_in_both_dialects() {
     let dir = services("seed-apache");
     for (backend, spread) in [
-        (
-            "nftables",
-            "numgen random mod 2 map { 0 : 10.244.1.2 . 80, 1 : 10.244.2.2 . 80 }",
-        ),
+        ("nftables", "numgen random mod 2 0 dnat ip to 10.244.1.2:80"),
         (
             "iptables",
             "-m statistic --mode random --probability 0.50000000000",
