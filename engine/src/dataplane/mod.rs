@@ -5,9 +5,9 @@
 //! (round robin, optional client-IP affinity, retry on another endpoint when one refuses or
 //! stays silent). The reconciler drives it only through [`DataPlane`]'s open / update / close.
 //!
-//! TCP runs on its own worker threads, one single-threaded runtime each, every worker with
-//! its own listening socket on each port (SO_REUSEPORT): a connection lives and dies on the
-//! worker whose socket accepted it. UDP runs on the caller's runtime.
+//! TCP runs on its own worker threads, one single-threaded runtime each; every worker waits
+//! on each listening socket in its own epoll set, and a connection lives and dies on the
+//! worker that accepted it. UDP runs on the caller's runtime.
 
 // Only `splice` needs `unsafe` (raw pipe and splice syscalls); it allows it for itself.
 #![deny(unsafe_code)]
@@ -50,9 +50,9 @@ pub struct DataPlaneConfig {
     pub half_close_timeout: Duration,
     /// A UDP client flow with no datagram either way this long is removed.
     pub udp_idle_timeout: Duration,
-    /// Threads serving TCP, each a single-threaded runtime with its own listening socket per
-    /// port; by default as many as the async runtime's workers (`TOKIO_WORKER_THREADS`,
-    /// else one per CPU).
+    /// Threads serving TCP, each a single-threaded runtime accepting on every listener; by
+    /// default as many as the async runtime's workers (`TOKIO_WORKER_THREADS`, else one per
+    /// CPU).
     pub tcp_workers: usize,
 }
 
@@ -469,7 +469,7 @@ impl DataPlane {
 }
 
 enum Bound {
-    /// One socket per TCP worker, all on one port (see [`tcp::bind`]).
+    /// The listening socket once per TCP worker (see [`tcp::bind`]).
     Tcp(Vec<std::net::TcpListener>),
     /// The wildcard socket first, then a loopback one (see [`udp::bind`]).
     Udp(Vec<tokio::net::UdpSocket>),

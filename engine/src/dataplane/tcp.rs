@@ -16,21 +16,10 @@ use tokio::time::{sleep, sleep_until, timeout, Instant};
 /// Pause after a failed accept, so running out of file descriptors does not spin a core.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
 
-/// Binds `count` listening sockets on `addr`, all on the same port (SO_REUSEPORT), one per
-/// data-plane worker: the kernel spreads new connections over them, and each worker accepts
-/// and serves its own with no hand-off between threads. With port 0 the first socket picks
-/// the port and the others join it.
+/// Binds the listening socket on `addr` and returns it once per data-plane worker (the
+/// same socket, duplicated descriptors): every worker waits on it in its own epoll set and
+/// whichever is free accepts, so a busy worker never holds new connections back.
 pub(super) fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
-    let first = listen_on(addr)?;
-    let addr = first.local_addr()?;
-    let mut listeners = vec![first];
-    for _ in 1..count.max(1) {
-        listeners.push(listen_on(addr)?);
-    }
-    Ok(listeners)
-}
-
-fn listen_on(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(
         Domain::for_address(addr),
         Type::STREAM,
@@ -38,16 +27,19 @@ fn listen_on(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     )?;
     // A reopened listener must bind while connections of its previous life sit in TIME_WAIT.
     socket.set_reuse_address(true)?;
-    // Only sockets that all set it (and belong to the same user) share the port: a foreign
-    // listener without it still makes the bind fail with "address in use".
-    socket.set_reuse_port(true)?;
     // Accepted sockets inherit TCP_NODELAY from the listener on Linux: one setsockopt per
     // listener instead of one per connection.
     socket.set_tcp_nodelay(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
-    Ok(socket.into())
+    let first: std::net::TcpListener = socket.into();
+    let mut listeners = Vec::new();
+    for _ in 1..count.max(1) {
+        listeners.push(first.try_clone()?);
+    }
+    listeners.push(first);
+    Ok(listeners)
 }
 
 /// Accepts until `stop` fires (close) or the data plane shuts down; each connection runs in
