@@ -150,16 +150,6 @@ subsets:
   ports:
   - {name: http, port: $4, protocol: TCP}
   - {name: iperf, port: $3, protocol: TCP}
-  - {name: iperf, protocol: TCP, port: $3, targetPort: $3}
----
-apiVersion: v1
-kind: Endpoints
-metadata: {name: bench, namespace: default}
-subsets:
-- addresses: [{ip: 10.244.1.2}]
-  ports:
-  - {name: http, port: $4, protocol: TCP}
-  - {name: iperf, port: $3, protocol: TCP}
 EOF
 }
 bench_service "$WORK/nft1" 10.11.250.1 5203 8083

@@ -9,8 +9,7 @@
 //! on each listening socket in its own epoll set, and a connection lives and dies on the
 //! worker that accepted it. UDP runs on the caller's runtime.
 
-// Only `splice` needs `unsafe` (raw pipe and splice syscalls); it allows it for itself.
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 mod balancer;
 mod copy;

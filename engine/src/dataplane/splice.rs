@@ -6,16 +6,14 @@
 //! the copy buffers, pipes are held only while bytes are in flight and come from a small
 //! shared pool, so an idle connection holds none.
 //!
-//! This is the data plane's only `unsafe`: `pipe2`, `splice` and `fcntl` have no safe
-//! wrapper among the crates portald uses; each call is commented.
-
-#![allow(unsafe_code)]
+//! The system calls (`pipe2`, `splice`, `fcntl`) go through `nix`'s safe wrappers.
 
 use super::copy::Activity;
 use super::lock;
+use nix::fcntl::{fcntl, FcntlArg, OFlag, SpliceFFlags};
 use std::future::poll_fn;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use tokio::io::Interest;
@@ -35,16 +33,10 @@ struct Pipe(OwnedFd, OwnedFd);
 
 impl Pipe {
     fn new() -> io::Result<Pipe> {
-        let mut fds = [0 as RawFd; 2];
-        // SAFETY: pipe2 writes two new descriptors into the two-element array on success.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: both descriptors were just created and are owned by nothing else.
-        let pipe = unsafe { Pipe(OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        // SAFETY: F_SETPIPE_SZ on our own pipe; failure only leaves the default size.
-        unsafe { libc::fcntl(pipe.1.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
-        Ok(pipe)
+        let (read, write) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
+        // A pipe that cannot grow keeps the default size and works the same.
+        let _ = fcntl(write.as_raw_fd(), FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
+        Ok(Pipe(read, write))
     }
 }
 
@@ -53,7 +45,8 @@ impl Pipe {
 /// reuse: it is closed instead of pooled.
 struct Held<'a> {
     pipe: Option<Pipe>,
-    in_pipe: usize,
+    /// Bytes in the pipe; atomic only so that the pipe can be lent out while it changes.
+    in_pipe: AtomicUsize,
     held: &'a AtomicUsize,
 }
 
@@ -66,7 +59,7 @@ impl<'a> Held<'a> {
         held.fetch_add(1, Ordering::Relaxed);
         Ok(Held {
             pipe: Some(pipe),
-            in_pipe: 0,
+            in_pipe: AtomicUsize::new(0),
             held,
         })
     }
@@ -81,7 +74,7 @@ impl Drop for Held<'_> {
         self.held.fetch_sub(1, Ordering::Relaxed);
         if let Some(pipe) = self.pipe.take() {
             let mut pool = lock(&POOL);
-            if self.in_pipe == 0 && pool.len() < POOLED {
+            if self.in_pipe.load(Ordering::Relaxed) == 0 && pool.len() < POOLED {
                 pool.push(pipe);
             }
         }
@@ -89,24 +82,10 @@ impl Drop for Held<'_> {
 }
 
 /// Moves up to `len` bytes from `from` to `to` without blocking; `Ok(0)` at EOF of `from`.
-fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
-    // SAFETY: splice on descriptors the caller keeps open for the call; null offsets are
-    // required for sockets and pipes.
-    let n = unsafe {
-        libc::splice(
-            from,
-            std::ptr::null_mut(),
-            to,
-            std::ptr::null_mut(),
-            len,
-            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
-        )
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+/// Sockets and pipes take no offsets.
+fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
+    let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
+    Ok(nix::fcntl::splice(from, None, to, None, len, flags)?)
 }
 
 /// Forwards `from` to `to` until EOF of `from` (`Ok(())`), through a pipe taken for each
@@ -122,12 +101,12 @@ pub(super) async fn forward(
     loop {
         // Spends cooperative budget, so a busy connection yields to the others in time.
         poll_fn(|cx| source.poll_read_ready(cx)).await?;
-        let mut pipe = Held::take(held)?;
-        let (pipe_read, pipe_write) = (pipe.pipe().0.as_raw_fd(), pipe.pipe().1.as_raw_fd());
+        let pipe = Held::take(held)?;
+        let (pipe_read, pipe_write) = (pipe.pipe().0.as_fd(), pipe.pipe().1.as_fd());
         loop {
             // The pipe is empty here, so EAGAIN can only mean the socket has nothing.
             let read = source.try_io(Interest::READABLE, || {
-                splice(source.as_raw_fd(), pipe_write, PIPE_SIZE as usize)
+                splice(source.as_fd(), pipe_write, PIPE_SIZE as usize)
             });
             let n = match read {
                 Ok(0) => return Ok(()),
@@ -136,16 +115,20 @@ pub(super) async fn forward(
                 Err(e) => return Err(e),
             };
             activity.touch();
-            pipe.in_pipe = n;
-            while pipe.in_pipe > 0 {
-                let left = pipe.in_pipe;
+            pipe.in_pipe.store(n, Ordering::Relaxed);
+            loop {
+                let left = pipe.in_pipe.load(Ordering::Relaxed);
+                if left == 0 {
+                    break;
+                }
                 // The pipe holds data here, so EAGAIN can only mean the socket is full.
-                let written = sink.try_io(Interest::WRITABLE, || {
-                    splice(pipe_read, sink.as_raw_fd(), left)
-                });
+                let written =
+                    sink.try_io(Interest::WRITABLE, || splice(pipe_read, sink.as_fd(), left));
                 match written {
                     Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                    Ok(m) => pipe.in_pipe -= m,
+                    Ok(m) => {
+                        pipe.in_pipe.fetch_sub(m, Ordering::Relaxed);
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         poll_fn(|cx| sink.poll_write_ready(cx)).await?;
                     }

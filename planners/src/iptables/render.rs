@@ -103,9 +103,15 @@ pub fn service_specs(
 }
 
 /// A hook's match and target, without the chain it sits in.
+/// The filter hooks see every packet, not only a connection's first: they jump for new
+/// connections only, so established traffic pays one conntrack check and no rule walk.
 pub fn hook_spec(slot: Slot) -> String {
+    let new_only = match slot {
+        Slot::ContainerReject | Slot::HostReject => "-m conntrack --ctstate NEW ",
+        _ => "",
+    };
     format!(
-        "-m comment --comment {} -j {}",
+        "{new_only}-m comment --comment {} -j {}",
         save_quote(hook_comment(slot)),
         chain(slot)
     )

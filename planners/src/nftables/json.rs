@@ -2,8 +2,9 @@
 //! applied: what a fake kernel or a captured snapshot hands to the parse.
 
 use super::{
-    affinity_set, chain_name, hook_chain, hook_facts, map_name, masquerades, service_chain,
-    service_exprs, slot_exprs, slot_maps, Kind, AFFINITY_SET_SIZE, FAMILY, MASQUERADE_SET, TABLE,
+    affinity_set, chain_name, hook_chain, hook_facts, jump_exprs, map_name, masquerades,
+    service_chain, service_exprs, slot_exprs, slot_maps, Kind, AFFINITY_SET_SIZE, FAMILY,
+    MASQUERADE_SET, TABLE,
 };
 use crate::{Action, NatState, PortalRule, Scaffold, Slot};
 use serde_json::{json, Value};
@@ -117,10 +118,7 @@ pub fn render_json(state: &NatState) -> String {
                     "family": FAMILY, "table": TABLE, "name": chain, "handle": next(),
                     "type": kind, "hook": hook, "prio": prio, "policy": "accept",
                 }}));
-                rules.push((
-                    chain.to_string(),
-                    json!([{"jump": {"target": chain_name(slot)}}]),
-                ));
+                rules.push((chain.to_string(), jump_exprs(slot)));
             }
         }
         for (chain, expr) in rules {

@@ -185,9 +185,30 @@ pub(crate) fn hook_spec(slot: Slot) -> &'static str {
     }
 }
 
+/// Whether a slot's hook sees every packet (the filter hooks), not only a connection's first
+/// (the nat hooks): then its jump is for new connections only, so established traffic pays
+/// one conntrack check and no lookup.
+fn filters(slot: Slot) -> bool {
+    matches!(slot, Slot::ContainerReject | Slot::HostReject)
+}
+
 /// The base chain's only rule.
 pub(crate) fn jump_rule(slot: Slot) -> String {
-    format!("jump {}", chain_name(slot))
+    if filters(slot) {
+        format!("ct state new jump {}", chain_name(slot))
+    } else {
+        format!("jump {}", chain_name(slot))
+    }
+}
+
+/// The same rule as `nft -j` lists its expressions.
+pub(crate) fn jump_exprs(slot: Slot) -> Value {
+    let jump = json!({"jump": {"target": chain_name(slot)}});
+    if filters(slot) {
+        json!([{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": "new"}}, jump])
+    } else {
+        json!([jump])
+    }
 }
 
 /// The rules of a slot's chain, as `nft -f` text.

@@ -6,14 +6,14 @@
 
 use super::expr::{facts, rule_text};
 use super::{
-    affinity_set, chain_name, hook_chain, hook_facts, map_name, service_chain, service_exprs,
-    slot_exprs, slot_maps, Kind, AFFINITY_SET_SIZE, FAMILY, MASQUERADE_SET, TABLE,
+    affinity_set, chain_name, hook_chain, hook_facts, jump_exprs, map_name, service_chain,
+    service_exprs, slot_exprs, slot_maps, Kind, AFFINITY_SET_SIZE, FAMILY, MASQUERADE_SET, TABLE,
 };
 use crate::{
     Action, Comment, ForeignRule, Live, Masquerade, Net, ParseError, Path, PortalKey, PortalRule,
     Protocol, Scaffold, Slot, StrayRule,
 };
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -222,10 +222,6 @@ pub(crate) fn parse_live(dump: &str) -> Result<Live, ParseError> {
         }
     }
     Ok(live)
-}
-
-fn jump_exprs(slot: Slot) -> Value {
-    json!([{"jump": {"target": chain_name(slot)}}])
 }
 
 /// Whether every expected rule is among the chain's rules.
