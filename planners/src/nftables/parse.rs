@@ -25,23 +25,56 @@ fn error(line: usize, message: impl Into<String>) -> ParseError {
     }
 }
 
-/// A rule of portald's table, in dump order.
-struct Rule<'a> {
+/// A rule of portald's table, in dump order. Its expressions are kept as canonical compact
+/// JSON (sorted keys), not as a `Value` tree: a table of 10,000 kernel-mode portals lists
+/// 200,000 rules, and their trees would take gigabytes.
+struct Rule {
     handle: Option<u64>,
-    exprs: &'a [Value],
-    comment: Option<&'a str>,
+    canon: String,
+    comment: Option<String>,
+    /// The DNAT targets of its statements, in order.
+    targets: Vec<SocketAddrV4>,
+    /// The first set it updates (affinity), without the `@`.
+    updates: Option<String>,
 }
 
-impl Rule<'_> {
+impl Rule {
+    fn read(body: &Value) -> Rule {
+        let exprs = body
+            .get("expr")
+            .cloned()
+            .unwrap_or(Value::Array(Vec::new()));
+        let stmts = exprs.as_array().map(Vec::as_slice).unwrap_or_default();
+        let mut targets = Vec::new();
+        let mut updates = None;
+        for stmt in stmts {
+            if let Some(dnat) = stmt.get("dnat") {
+                targets.extend(dnat_targets(dnat));
+            }
+            if let Some(set) = stmt
+                .get("set")
+                .and_then(|s| s.get("set"))
+                .and_then(Value::as_str)
+            {
+                updates.get_or_insert(set.trim_start_matches('@').to_string());
+            }
+        }
+        Rule {
+            handle: body.get("handle").and_then(Value::as_u64),
+            canon: exprs.to_string(),
+            comment: str_of(body, "comment").map(str::to_string),
+            targets,
+            updates,
+        }
+    }
+
     fn text(&self) -> String {
-        rule_text(self.exprs, self.comment)
+        let exprs: Vec<Value> = serde_json::from_str(&self.canon).unwrap_or_default();
+        rule_text(&exprs, self.comment.as_deref())
     }
 
     fn is(&self, expected: &Value) -> bool {
-        self.comment.is_none()
-            && expected
-                .as_array()
-                .is_some_and(|e| e.as_slice() == self.exprs)
+        self.comment.is_none() && expected.to_string() == self.canon
     }
 }
 
@@ -50,57 +83,69 @@ fn str_of<'a>(body: &'a Value, key: &str) -> Option<&'a str> {
 }
 
 /// A chain of portald's table.
-struct Chain<'a> {
-    hook: Option<&'a str>,
-    kind: Option<&'a str>,
+struct Chain {
+    hook: Option<String>,
+    kind: Option<String>,
     prio: Option<i64>,
 }
 
 /// portald's table as the dump lists it.
 #[derive(Default)]
-struct Table<'a> {
+struct Table {
     /// Maps and sets by name, with `"map"` or `"set"`.
-    maps: BTreeMap<&'a str, (&'static str, &'a Value)>,
-    chains: BTreeMap<&'a str, Chain<'a>>,
-    rules: BTreeMap<&'a str, Vec<Rule<'a>>>,
+    maps: BTreeMap<String, (&'static str, Value)>,
+    chains: BTreeMap<String, Chain>,
+    rules: BTreeMap<String, Vec<Rule>>,
 }
 
-impl Table<'_> {
-    fn rules_of(&self, chain: &str) -> &[Rule<'_>] {
+impl Table {
+    fn rules_of(&self, chain: &str) -> &[Rule] {
         self.rules.get(chain).map(Vec::as_slice).unwrap_or_default()
     }
 }
 
+/// The dump's items, each still as text: one is read at a time.
+#[derive(serde::Deserialize)]
+struct Dump<'a> {
+    #[serde(borrow)]
+    nftables: Vec<&'a serde_json::value::RawValue>,
+}
+
 pub(crate) fn parse_live(dump: &str) -> Result<Live, ParseError> {
-    let root: Value = serde_json::from_str(dump)
-        .map_err(|e| error(e.line(), format!("not libnftables JSON: {e}")))?;
-    let items = root
-        .get("nftables")
-        .and_then(Value::as_array)
-        .ok_or_else(|| error(1, "no top-level `nftables` array"))?;
+    let root: Dump = serde_json::from_str(dump).map_err(|e| {
+        let message = if e.is_data() {
+            "no top-level `nftables` array".to_string()
+        } else {
+            format!("not libnftables JSON: {e}")
+        };
+        error(e.line().max(1), message)
+    })?;
 
     let ours = |body: &Value| {
         str_of(body, "family") == Some(FAMILY) && str_of(body, "table") == Some(TABLE)
     };
     let mut table = Table::default();
     let mut live = Live::default();
-    for item in items {
+    for raw in root.nftables {
+        let Ok(Value::Object(mut item)) = serde_json::from_str::<Value>(raw.get()) else {
+            continue;
+        };
         if let Some((kind, body)) = item
-            .get("map")
+            .remove("map")
             .map(|m| ("map", m))
-            .or_else(|| item.get("set").map(|s| ("set", s)))
+            .or_else(|| item.remove("set").map(|s| ("set", s)))
         {
-            if let (true, Some(name)) = (ours(body), str_of(body, "name")) {
+            if let (true, Some(name)) = (ours(&body), str_of(&body, "name").map(str::to_string)) {
                 table.maps.insert(name, (kind, body));
             }
         } else if let Some(chain) = item.get("chain") {
             if let (true, Some(name)) = (ours(chain), str_of(chain, "name")) {
                 let info = Chain {
-                    hook: str_of(chain, "hook"),
-                    kind: str_of(chain, "type"),
+                    hook: str_of(chain, "hook").map(str::to_string),
+                    kind: str_of(chain, "type").map(str::to_string),
                     prio: chain.get("prio").and_then(Value::as_i64),
                 };
-                table.chains.insert(name, info);
+                table.chains.insert(name.to_string(), info);
             }
         } else if let Some(rule) = item.get("rule") {
             // A rule always names its place; one that does not is skipped, not fatal.
@@ -111,22 +156,22 @@ pub(crate) fn parse_live(dump: &str) -> Result<Live, ParseError> {
             ) else {
                 continue;
             };
-            let parsed = Rule {
-                handle: rule.get("handle").and_then(Value::as_u64),
-                exprs: rule
+            if ours(rule) {
+                table
+                    .rules
+                    .entry(chain.to_string())
+                    .or_default()
+                    .push(Rule::read(rule));
+            } else {
+                let exprs = rule
                     .get("expr")
                     .and_then(Value::as_array)
                     .map(Vec::as_slice)
-                    .unwrap_or_default(),
-                comment: str_of(rule, "comment"),
-            };
-            if ours(rule) {
-                table.rules.entry(chain).or_default().push(parsed);
-            } else {
-                let facts = facts(parsed.exprs);
+                    .unwrap_or_default();
+                let facts = facts(exprs);
                 live.foreign.push(ForeignRule {
                     location: format!("{family} {table_name}/{chain}"),
-                    text: parsed.text(),
+                    text: rule_text(exprs, str_of(rule, "comment")),
                     dst: facts.dst,
                     protocol: facts.protocol,
                     dport: facts.dport,
@@ -158,10 +203,11 @@ pub(crate) fn parse_live(dump: &str) -> Result<Live, ParseError> {
             live.owned.scaffold.insert(Scaffold::Chain(slot));
         }
         let (kind, hook, prio) = hook_facts(slot);
-        let hooked = table
-            .chains
-            .get(hook_chain(slot))
-            .is_some_and(|c| c.kind == Some(kind) && c.hook == Some(hook) && c.prio == Some(prio));
+        let hooked = table.chains.get(hook_chain(slot)).is_some_and(|c| {
+            c.kind.as_deref() == Some(kind)
+                && c.hook.as_deref() == Some(hook)
+                && c.prio == Some(prio)
+        });
         if hooked && holds_all(&table, hook_chain(slot), &[jump_exprs(slot)]) {
             live.owned.scaffold.insert(Scaffold::Hook(slot));
         }
@@ -184,8 +230,8 @@ pub(crate) fn parse_live(dump: &str) -> Result<Live, ParseError> {
         .flat_map(|s| [chain_name(*s), hook_chain(*s)])
         .collect();
     for (name, info) in &table.chains {
-        if known.contains(name) {
-            let mut wanted: Vec<Value> = expected.get(name).cloned().unwrap_or_default();
+        if known.contains(name.as_str()) {
+            let mut wanted: Vec<Value> = expected.get(name.as_str()).cloned().unwrap_or_default();
             for rule in table.rules_of(name) {
                 if let Some(at) = wanted.iter().position(|w| rule.is(w)) {
                     wanted.remove(at);
@@ -200,7 +246,7 @@ pub(crate) fn parse_live(dump: &str) -> Result<Live, ParseError> {
                     text,
                 });
             }
-        } else if !used_chains.contains(*name) {
+        } else if !used_chains.contains(name) {
             // An orphan base chain would keep a hook; it goes like any orphan.
             let _ = info;
             live.stray.push(StrayRule {
@@ -214,7 +260,7 @@ pub(crate) fn parse_live(dump: &str) -> Result<Live, ParseError> {
         .flat_map(|s| slot_maps(*s).into_iter().map(|(n, _, _)| n))
         .collect();
     for (name, (kind, _)) in &table.maps {
-        if !slot_map_names.contains(*name) && !used_sets.contains(*name) {
+        if !slot_map_names.contains(name) && !used_sets.contains(name) {
             live.stray.push(StrayRule {
                 chain: name.to_string(),
                 text: format!("{kind} {name}"),
@@ -366,21 +412,13 @@ fn service_action(table: &Table, key: &PortalKey, _elem: &Value) -> Option<Actio
     let mut endpoints: Vec<SocketAddrV4> = Vec::new();
     let mut affinity_name = None;
     for rule in rules {
-        for stmt in rule.exprs {
-            if let Some(dnat) = stmt.get("dnat") {
-                for target in dnat_targets(dnat) {
-                    if !endpoints.contains(&target) {
-                        endpoints.push(target);
-                    }
-                }
+        for target in &rule.targets {
+            if !endpoints.contains(target) {
+                endpoints.push(*target);
             }
-            if let Some(set) = stmt
-                .get("set")
-                .and_then(|s| s.get("set"))
-                .and_then(Value::as_str)
-            {
-                affinity_name.get_or_insert(set.trim_start_matches('@').to_string());
-            }
+        }
+        if affinity_name.is_none() {
+            affinity_name.clone_from(&rule.updates);
         }
     }
     if endpoints.is_empty() {
