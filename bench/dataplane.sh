@@ -43,18 +43,9 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/tmp/target-bench}
 [ "$(id -u)" = 0 ] || { echo "dataplane.sh: needs root (network namespaces)" >&2; exit 1; }
 
 # --- tools ---------------------------------------------------------------------------------
-need=()
-command -v iperf3 >/dev/null || need+=(iperf3)
-command -v haproxy >/dev/null || need+=(haproxy)
-command -v wrk >/dev/null || need+=(wrk)
-command -v nginx >/dev/null || need+=(nginx-light)
-command -v nstat >/dev/null || need+=(iproute2)
-command -v curl >/dev/null || need+=(curl)
-command -v python3 >/dev/null || need+=(python3)
-if [ ${#need[@]} -gt 0 ]; then
-  apt-get install -y "${need[@]}" >/dev/null 2>&1 ||
-    { apt-get update >/dev/null && apt-get install -y "${need[@]}" >/dev/null; }
-fi
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
+bench_tools iperf3:iperf3 haproxy:haproxy wrk:wrk nginx:nginx-light nstat:iproute2 curl:curl python3:python3
 
 echo "== build (release, CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
 (cd "$ROOT" && cargo build --release -q -p portald --bin portald)
@@ -62,47 +53,11 @@ P=$CARGO_TARGET_DIR/release/portald
 
 # Background processes are started with `ip netns exec ... &` (no wrapper shell), so that $!
 # is the process itself and the cleanup trap ends exactly what this script started.
-# --- topology ------------------------------------------------------------------------------
+# --- topology (bench/lib.sh) ---------------------------------------------------------------
 N=pdbench$$
 WORK=$(mktemp -d /tmp/portald-dataplane.XXXXXX)
 PIDS=()
-cleanup() {
-  set +e
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
-  sleep 0.5
-  for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; done
-  for ns in client server node; do ip netns del "$N-$ns" 2>/dev/null; done
-  [ "${KEEP:-0}" = 1 ] && echo "kept $WORK" || rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-in_ns() { local ns=$1; shift; ip netns exec "$N-$ns" "$@"; }
-
-for ns in node server client; do
-  ip netns add "$N-$ns"
-  ip -n "$N-$ns" link set lo up
-done
-ip -n "$N-node" link add br0 type bridge
-ip -n "$N-node" addr add 10.244.1.1/24 dev br0
-ip -n "$N-node" link set br0 up
-i=2
-for ns in server client; do
-  ip -n "$N-node" link add "v$ns" type veth peer name eth0 netns "$N-$ns"
-  ip -n "$N-node" link set "v$ns" master br0 up
-  ip -n "$N-$ns" addr add "10.244.1.$i/24" dev eth0
-  ip -n "$N-$ns" link set eth0 up
-  ip -n "$N-$ns" route add default via 10.244.1.1
-  i=$((i + 1))
-done
-ip -n "$N-node" route add 10.11.0.0/16 dev br0
-# Namespace-local sysctls: the same for every path, so that none runs out of ports.
-for ns in node server client; do
-  in_ns "$ns" sysctl -qw net.ipv4.ip_local_port_range="10000 65000" net.ipv4.tcp_tw_reuse=1 \
-    net.core.somaxconn=4096 net.ipv4.tcp_max_syn_backlog=4096
-done
-in_ns node sysctl -qw net.ipv4.ip_forward=1
-ulimit -n "$(ulimit -Hn)" # as many descriptors as allowed (2 per proxied connection)
+bench_topology
 
 # --- servers (server namespace) ------------------------------------------------------------
 for port in 5201 5202 5203 5204; do
@@ -220,18 +175,6 @@ PROXY_HTTP=$(proxy_port_of http-listener)
 PROXY_IPERF=$(proxy_port_of iperf-listener)
 
 # --- nstat per namespace (each with its own history file) -----------------------------------
-COUNTERS="TcpExtTCPSynRetrans TcpExtListenDrops TcpExtListenOverflows TcpRetransSegs TcpExtTCPTimeouts TcpAttemptFails"
-nstat_reset() { for ns in node server client; do NSTAT_HISTORY=$WORK/nstat.$ns in_ns "$ns" nstat -n; done; }
-nstat_read() { # prints "ns:counter=value ..." for non-zero counters
-  local out=""
-  for ns in node server client; do
-    # shellcheck disable=SC2086
-    while read -r name value _; do
-      [ -n "$name" ] && [ "$value" != 0 ] && out+="$ns:${name#TcpExt}=$value "
-    done < <(NSTAT_HISTORY=$WORK/nstat.$ns in_ns "$ns" nstat $COUNTERS 2>/dev/null | grep -v '^#')
-  done
-  echo "${out:-none}"
-}
 
 # CPU time (user + system, in seconds) a process has used so far.
 cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$1/stat"; }
@@ -349,11 +292,6 @@ fi
 # --- table ---------------------------------------------------------------------------------
 set +u # a subset run (TESTS, PATHS) leaves cells empty
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "-"; else printf "%.2f", a / b }'; }
-to_ms() { # wrk latency like 1.23ms / 456.00us / 1.20s -> ms
-  awk -v v="$1" 'BEGIN { if (v ~ /us$/) { sub(/us$/, "", v); printf "%.2f", v / 1000 }
-    else if (v ~ /ms$/) { sub(/ms$/, "", v); printf "%.2f", v }
-    else if (v ~ /s$/) { sub(/s$/, "", v); printf "%.2f", v * 1000 } else print "-" }'
-}
 for p in direct vip haproxy; do
   [ -n "${R[p50-$p]:-}" ] || continue
   R[p50ms-$p]=$(to_ms "${R[p50-$p]}")

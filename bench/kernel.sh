@@ -34,20 +34,10 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/tmp/target-bench}
 
 [ "$(id -u)" = 0 ] || { echo "kernel.sh: needs root (network namespaces)" >&2; exit 1; }
 
-need=()
-command -v iperf3 >/dev/null || need+=(iperf3)
-command -v wrk >/dev/null || need+=(wrk)
-command -v nginx >/dev/null || need+=(nginx-light)
-command -v nstat >/dev/null || need+=(iproute2)
-command -v nft >/dev/null || need+=(nftables)
-command -v iptables >/dev/null || need+=(iptables)
-command -v conntrack >/dev/null || need+=(conntrack)
-command -v curl >/dev/null || need+=(curl)
-command -v python3 >/dev/null || need+=(python3)
-if [ ${#need[@]} -gt 0 ]; then
-  apt-get install -y "${need[@]}" >/dev/null 2>&1 ||
-    { apt-get update >/dev/null && apt-get install -y "${need[@]}" >/dev/null; }
-fi
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
+bench_tools iperf3:iperf3 wrk:wrk nginx:nginx-light nstat:iproute2 nft:nftables \
+  iptables:iptables conntrack:conntrack curl:curl python3:python3
 
 echo "== build (release, CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
 (cd "$ROOT" && cargo build --release -q -p portald --bin portald)
@@ -56,44 +46,9 @@ P=$CARGO_TARGET_DIR/release/portald
 N=pdkern$$
 WORK=$(mktemp -d /tmp/portald-kernel.XXXXXX)
 PIDS=()
-cleanup() {
-  set +e
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
-  sleep 0.5
-  for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; done
-  for ns in client server node; do ip netns del "$N-$ns" 2>/dev/null; done
-  [ "${KEEP:-0}" = 1 ] && echo "kept $WORK" || rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-in_ns() { local ns=$1; shift; ip netns exec "$N-$ns" "$@"; }
-
-# --- topology ------------------------------------------------------------------------------
-for ns in node server client; do
-  ip netns add "$N-$ns"
-  ip -n "$N-$ns" link set lo up
-done
-ip -n "$N-node" link add br0 type bridge
-ip -n "$N-node" addr add 10.244.1.1/24 dev br0
-ip -n "$N-node" link set br0 up
-i=2
-for ns in server client; do
-  ip -n "$N-node" link add "v$ns" type veth peer name eth0 netns "$N-$ns"
-  ip -n "$N-node" link set "v$ns" master br0 up
-  ip -n "$N-$ns" addr add "10.244.1.$i/24" dev eth0
-  ip -n "$N-$ns" link set eth0 up
-  ip -n "$N-$ns" route add default via 10.244.1.1
-  i=$((i + 1))
-done
-ip -n "$N-node" route add 10.11.0.0/16 dev br0
-for ns in node server client; do
-  in_ns "$ns" sysctl -qw net.ipv4.ip_local_port_range="10000 65000" net.ipv4.tcp_tw_reuse=1 \
-    net.core.somaxconn=4096 net.ipv4.tcp_max_syn_backlog=4096
-done
+bench_topology
 # Room for every connection of a run in conntrack (NAT paths track each one).
-in_ns node sysctl -qw net.ipv4.ip_forward=1 net.netfilter.nf_conntrack_max=1048576 2>/dev/null ||
-  in_ns node sysctl -qw net.ipv4.ip_forward=1
-ulimit -n "$(ulimit -Hn)"
+in_ns node sysctl -qw net.netfilter.nf_conntrack_max=1048576 2>/dev/null || true
 
 # --- servers ---------------------------------------------------------------------------------
 for port in 5201 5202 5203 5204 5205 5206 5207; do
@@ -161,18 +116,6 @@ python3 "$ROOT/bench/gen_services.py" "$WORK/nft10k/others" --services "$SERVICE
 cp -r "$WORK/nft10k/others" "$WORK/ipt10k/others"
 
 # --- measuring -------------------------------------------------------------------------------------
-COUNTERS="TcpExtTCPSynRetrans TcpExtListenDrops TcpExtListenOverflows TcpRetransSegs TcpExtTCPTimeouts TcpAttemptFails"
-nstat_reset() { for ns in node server client; do NSTAT_HISTORY=$WORK/nstat.$ns in_ns "$ns" nstat -n; done; }
-nstat_read() {
-  local out=""
-  for ns in node server client; do
-    # shellcheck disable=SC2086
-    while read -r name value _; do
-      [ -n "$name" ] && [ "$value" != 0 ] && out+="$ns:${name#TcpExt}=$value "
-    done < <(NSTAT_HISTORY=$WORK/nstat.$ns in_ns "$ns" nstat $COUNTERS 2>/dev/null | grep -v '^#')
-  done
-  echo "${out:-none}"
-}
 wait_http() {
   for _ in $(seq 100); do
     in_ns client curl -fs -m 1 "$1" >/dev/null 2>&1 && return 0
@@ -180,11 +123,6 @@ wait_http() {
   done
   echo "kernel.sh: $1 not answering" >&2
   exit 1
-}
-to_ms() {
-  awk -v v="$1" 'BEGIN { if (v ~ /us$/) { sub(/us$/, "", v); printf "%.2f", v / 1000 }
-    else if (v ~ /ms$/) { sub(/ms$/, "", v); printf "%.2f", v }
-    else if (v ~ /s$/) { sub(/s$/, "", v); printf "%.2f", v * 1000 } else print "-" }'
 }
 declare -A R
 PATHS=()
