@@ -24,6 +24,18 @@ fn portal(
     action: Action,
     comment: &str,
 ) {
+    portal_by_path(state, vip, protocol, port, |_| action.clone(), comment);
+}
+
+/// The same with an action per path (userspace mode: REDIRECT and DNAT to the proxy).
+fn portal_by_path(
+    state: &mut NatState,
+    vip: u8,
+    protocol: Protocol,
+    port: u16,
+    action: impl Fn(Path) -> Action,
+    comment: &str,
+) {
     for path in Path::ALL {
         state.insert_rule(PortalRule {
             key: PortalKey {
@@ -33,7 +45,7 @@ fn portal(
                 port,
             },
             comment: Comment::new(comment).unwrap(),
-            action: action.clone(),
+            action: action(path),
         });
     }
 }
@@ -158,24 +170,13 @@ fn states() -> Vec<(&'static str, NatState)> {
         (1, Protocol::Tcp, 80, 20000, "default/web:80"),
         (2, Protocol::Udp, 53, 20001, "default/dns2:53"),
     ] {
-        for path in Path::ALL {
-            let action = match path {
-                Path::Container => Action::Redirect { to_port: proxy },
-                Path::Host => Action::DnatLocal {
-                    to: SocketAddrV4::new(Ipv4Addr::LOCALHOST, proxy),
-                },
-            };
-            userspace.insert_rule(PortalRule {
-                key: PortalKey {
-                    path,
-                    vip: Ipv4Addr::new(10, 11, 0, vip),
-                    protocol,
-                    port,
-                },
-                comment: Comment::new(comment).unwrap(),
-                action,
-            });
-        }
+        let action = |path| match path {
+            Path::Container => Action::Redirect { to_port: proxy },
+            Path::Host => Action::DnatLocal {
+                to: SocketAddrV4::new(Ipv4Addr::LOCALHOST, proxy),
+            },
+        };
+        portal_by_path(&mut userspace, vip, protocol, port, action, comment);
     }
     vec![
         ("kernel mode", first),

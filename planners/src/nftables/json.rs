@@ -2,9 +2,9 @@
 //! applied: what a fake kernel or a captured snapshot hands to the parse.
 
 use super::{
-    affinity_set, chain_name, hook_chain, hook_facts, jump_exprs, map_name, masquerades,
-    service_chain, service_exprs, slot_exprs, slot_maps, Kind, AFFINITY_SET_SIZE, FAMILY,
-    MASQUERADE_SET, TABLE,
+    affinity_set, chain_name, hook_chain, hook_facts, jump_exprs, masquerades, rules_in,
+    service_chain, service_exprs, slot_exprs, slot_maps, AFFINITY_SET_SIZE, FAMILY, MASQUERADE_SET,
+    TABLE,
 };
 use crate::{Action, NatState, PortalRule, Scaffold, Slot};
 use serde_json::{json, Value};
@@ -46,12 +46,7 @@ pub fn render_json(state: &NatState) -> String {
                         ]}))
                         .collect()
                 } else {
-                    state
-                        .rules
-                        .values()
-                        .filter(|r| map_name(r.key.path, Kind::of(&r.action)) == name)
-                        .map(element)
-                        .collect()
+                    rules_in(state, &name).map(element).collect()
                 };
                 if elems.is_empty() && !state.scaffold.contains(&Scaffold::Chain(slot)) {
                     continue;

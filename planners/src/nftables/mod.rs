@@ -316,6 +316,17 @@ pub(crate) fn slot_maps(slot: Slot) -> Vec<(String, Vec<&'static str>, Option<&'
     }
 }
 
+/// The rules of a state whose element lives in the named map or set, in key order.
+pub(crate) fn rules_in<'a>(
+    state: &'a NatState,
+    map: &'a str,
+) -> impl Iterator<Item = &'a crate::PortalRule> {
+    state
+        .rules
+        .values()
+        .filter(move |r| map_name(r.key.path, Kind::of(&r.action)) == map)
+}
+
 /// The masquerade pairs of a state, in order.
 pub(crate) fn masquerades(state: &NatState) -> impl Iterator<Item = &crate::Masquerade> {
     state.scaffold.iter().filter_map(|s| match s {

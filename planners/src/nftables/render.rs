@@ -2,7 +2,7 @@
 
 use super::{
     affinity_set, chain_name, element_key, element_value, hook_chain, hook_spec, jump_rule,
-    map_name, masquerades, service_chain, service_rules, slot_maps, slot_rules, Kind,
+    map_name, masquerades, rules_in, service_chain, service_rules, slot_maps, slot_rules, Kind,
     AFFINITY_SET_SIZE, FAMILY, MASQUERADE_SET, TABLE,
 };
 use crate::{Action, Change, Masquerade, NatState, PortalRule, Scaffold, Slot, StrayRule};
@@ -53,12 +53,7 @@ pub(crate) fn render_state(state: &NatState) -> String {
             let elements: Vec<String> = if name == MASQUERADE_SET {
                 masquerades(state).map(masquerade_element).collect()
             } else {
-                state
-                    .rules
-                    .values()
-                    .filter(|r| map_name(r.key.path, Kind::of(&r.action)) == name)
-                    .map(element)
-                    .collect()
+                rules_in(state, &name).map(element).collect()
             };
             if elements.is_empty() && !state.scaffold.contains(&Scaffold::Chain(slot)) {
                 continue;
