@@ -179,7 +179,7 @@ fn portal_rule(slot: Slot, words: &[String]) -> Option<PortalRule> {
 
 /// A kernel-mode portal's action, read from its chain and accepted only if portald would
 /// write exactly that chain for it.
-fn service_action(key: &PortalKey, rules: &[Vec<String>]) -> Option<Action> {
+fn service_action(key: &PortalKey, rules: &[&[String]]) -> Option<Action> {
     let mut endpoints: Vec<SocketAddrV4> = Vec::new();
     let mut affinity_seconds = None;
     for words in rules {
@@ -206,7 +206,7 @@ fn service_action(key: &PortalKey, rules: &[Vec<String>]) -> Option<Action> {
         && expected
             .iter()
             .zip(rules)
-            .all(|(spec, words)| split_words(spec).is_ok_and(|w| &w == words));
+            .all(|(spec, words)| split_words(spec).is_ok_and(|w| w.as_slice() == *words));
     exact.then_some(Action::Balance {
         endpoints,
         affinity_seconds,
@@ -344,13 +344,13 @@ fn classify(declared: &[(String, String)], lines: &[Line]) -> Live {
         }
     }
     // Rules of every owned chain, by (table, chain), in dump order.
-    let mut owned_rules: BTreeMap<(&str, &str), Vec<Vec<String>>> = BTreeMap::new();
+    let mut owned_rules: BTreeMap<(&str, &str), Vec<&[String]>> = BTreeMap::new();
     for line in lines {
         if line.chain.starts_with(CHAIN_PREFIX) {
             owned_rules
                 .entry((line.table.as_str(), line.chain.as_str()))
                 .or_default()
-                .push(line.spec.clone());
+                .push(&line.spec);
         }
     }
     let mut used: BTreeSet<String> = BTreeSet::new();
