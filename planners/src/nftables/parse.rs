@@ -230,7 +230,7 @@ pub(crate) fn parse_live(dump: &str) -> Result<Live, ParseError> {
         .iter()
         .flat_map(|s| [chain_name(*s), hook_chain(*s)])
         .collect();
-    for (name, info) in &table.chains {
+    for name in table.chains.keys() {
         if known.contains(name.as_str()) {
             let mut wanted: Vec<Value> = expected.get(name.as_str()).cloned().unwrap_or_default();
             for rule in table.rules_of(name) {
@@ -248,8 +248,7 @@ pub(crate) fn parse_live(dump: &str) -> Result<Live, ParseError> {
                 });
             }
         } else if !used_chains.contains(name) {
-            // An orphan base chain would keep a hook; it goes like any orphan.
-            let _ = info;
+            // An orphan, base chain or not: it goes whole.
             live.stray.push(StrayRule {
                 chain: name.to_string(),
                 text: format!("chain {name}"),
@@ -314,7 +313,7 @@ fn read_elements(
             for elem in elems.into_iter().flatten() {
                 let rule = element_rule(path, kind, elem).and_then(|mut rule| {
                     if let Action::Balance { .. } = rule.action {
-                        rule.action = service_action(table, &rule.key, elem)?;
+                        rule.action = service_action(table, &rule.key)?;
                     }
                     Some(rule)
                 });
@@ -401,7 +400,7 @@ fn element_rule(path: Path, kind: Kind, elem: &Value) -> Option<PortalRule> {
 
 /// A Balance portal's action, read from its chain (and affinity sets) and accepted only if
 /// portald would write exactly that chain for it.
-fn service_action(table: &Table, key: &PortalKey, _elem: &Value) -> Option<Action> {
+fn service_action(table: &Table, key: &PortalKey) -> Option<Action> {
     let chain = service_chain(key);
     let info = table.chains.get(chain.as_str())?;
     if info.hook.is_some() {
