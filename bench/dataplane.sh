@@ -47,9 +47,7 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/tmp/target-bench}
 . "$ROOT/bench/lib.sh"
 bench_tools iperf3:iperf3 haproxy:haproxy wrk:wrk nginx:nginx-light nstat:iproute2 curl:curl python3:python3
 
-echo "== build (release, CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
-(cd "$ROOT" && cargo build --release -q -p portald --bin portald)
-P=$CARGO_TARGET_DIR/release/portald
+bench_build
 
 # Background processes are started with `ip netns exec ... &` (no wrapper shell), so that $!
 # is the process itself and the cleanup trap ends exactly what this script started.

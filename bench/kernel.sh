@@ -39,9 +39,7 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/tmp/target-bench}
 bench_tools iperf3:iperf3 wrk:wrk nginx:nginx-light nstat:iproute2 nft:nftables \
   iptables:iptables conntrack:conntrack curl:curl python3:python3
 
-echo "== build (release, CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
-(cd "$ROOT" && cargo build --release -q -p portald --bin portald)
-P=$CARGO_TARGET_DIR/release/portald
+bench_build
 
 N=pdkern$$
 WORK=$(mktemp -d /tmp/portald-kernel.XXXXXX)

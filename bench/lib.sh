@@ -20,6 +20,13 @@ bench_tools() {
   fi
 }
 
+# Builds the release binary into $CARGO_TARGET_DIR and sets P to it.
+bench_build() {
+  echo "== build (release, CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
+  (cd "$ROOT" && cargo build --release -q -p portald --bin portald)
+  P=$CARGO_TARGET_DIR/release/portald
+}
+
 bench_cleanup() {
   set +e
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done

@@ -115,29 +115,17 @@ fn batches_build_change_and_remove_portald_beside_busy_foreign_tables() {
     ns.apply(&Nftables.render_batch(&create_all(&state)));
     assert_eq!(ns.observe().owned, state);
 
-    let removed = state
-        .rules
-        .values()
-        .find(|r| r.key.protocol == Protocol::Udp)
-        .unwrap()
-        .clone();
-    let old = state.rules.values().next().unwrap().clone();
-    let mut new = old.clone();
-    new.action = redirect(34099);
-    let step = vec![
-        Change::AddRule {
-            rule: rule(
-                Path::Host,
-                4,
-                Protocol::Tcp,
-                8080,
-                dnat_local(34004),
-                "default/web:http",
-            ),
-        },
-        Change::ReplaceRule { old, new },
-        Change::RemoveRule { rule: removed },
-    ];
+    let step = incremental(
+        &state,
+        rule(
+            Path::Host,
+            4,
+            Protocol::Tcp,
+            8080,
+            dnat_local(34004),
+            "default/web:http",
+        ),
+    );
     ns.apply(&Nftables.render_batch(&step));
     let next = apply_changes(&state, &step);
     let live = ns.observe();

@@ -44,6 +44,25 @@ pub fn dnat_local(port: u16) -> Action {
 }
 
 /// The seed's apache service plus DNS, on both paths, the way userspace mode compiles them.
+/// One portal added (`added`), one removed (the first UDP one), one moved to another proxy
+/// port (the first one).
+pub fn incremental(state: &NatState, added: PortalRule) -> Vec<planners::Change> {
+    let removed = state
+        .rules
+        .values()
+        .find(|r| r.key.protocol == Protocol::Udp)
+        .unwrap()
+        .clone();
+    let old = state.rules.values().next().unwrap().clone();
+    let mut new = old.clone();
+    new.action = redirect(34099);
+    vec![
+        planners::Change::AddRule { rule: added },
+        planners::Change::ReplaceRule { old, new },
+        planners::Change::RemoveRule { rule: removed },
+    ]
+}
+
 pub fn sample_state() -> NatState {
     let mut state = NatState {
         scaffold: all_scaffold().into_iter().collect(),
