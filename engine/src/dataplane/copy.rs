@@ -87,18 +87,34 @@ impl Activity {
     }
 }
 
+/// What the two directions of one proxied connection share.
+pub(super) struct Link {
+    pub(super) activity: Activity,
+    /// Set by the first direction to reach EOF.
+    ended: AtomicBool,
+}
+
+impl Link {
+    pub(super) fn new() -> Self {
+        Link {
+            activity: Activity::new(),
+            ended: AtomicBool::new(false),
+        }
+    }
+}
+
 /// Copies `from` to `to` until `from` reaches EOF, then half-closes `to` (SHUT_WR), so the
 /// peer of `to` sees the end of the stream while the other direction goes on. A direction
-/// that turns out to carry bulk data continues with splice(2) (see [`splice`]). `ended` is
-/// shared by both directions of a connection: the direction that ends last skips the
-/// shutdown, as closing both sockets right after sends the same FIN for one syscall less.
+/// that turns out to carry bulk data continues with splice(2) (see [`splice`]). The
+/// direction that ends last skips the shutdown, as closing both sockets right after sends
+/// the same FIN for one syscall less.
 pub(super) async fn forward(
     from: &mut ReadHalf<'_>,
     to: &mut WriteHalf<'_>,
-    activity: &Activity,
+    link: &Link,
     held: &AtomicUsize,
-    ended: &AtomicBool,
 ) -> io::Result<()> {
+    let activity = &link.activity;
     loop {
         // Optimistic first: a fresh connection's request has usually arrived already.
         match burst(from, to, activity, held).await? {
@@ -113,7 +129,7 @@ pub(super) async fn forward(
         // budget: a read refused for want of budget must yield here, not spin.
         poll_fn(|cx| from.as_ref().poll_read_ready(cx)).await?;
     }
-    if ended.swap(true, Ordering::Relaxed) {
+    if link.ended.swap(true, Ordering::Relaxed) {
         return Ok(());
     }
     to.shutdown().await
@@ -151,13 +167,16 @@ async fn burst(
         if n == 0 {
             return Ok(Burst::Eof);
         }
-        if n < BUFFER && read_closed(from).await {
+        if n < BUFFER && finished(from.as_ref()).await {
             // The last bytes before `from`'s EOF: held back (MSG_MORE) so that the FIN which
-            // follows at once leaves in the same segment, which spares the peer an ACK.
+            // follows at once leaves in the same segment, which spares the peer an ACK. The
+            // FIN was in before this short read drained the socket, so the read that would
+            // only return 0 is skipped.
             write_all_more(to.as_ref(), &buf.buf[..n]).await?;
-        } else {
-            to.write_all(&buf.buf[..n]).await?;
+            activity.touch();
+            return Ok(Burst::Eof);
         }
+        to.write_all(&buf.buf[..n]).await?;
         activity.touch();
         if n == BUFFER {
             return Ok(Burst::Bulk);
@@ -165,13 +184,15 @@ async fn burst(
     }
 }
 
-/// Whether `from`'s peer has already sent its FIN; looks at the readiness tokio already has,
-/// no syscall.
-async fn read_closed(from: &ReadHalf<'_>) -> bool {
-    let ready = std::pin::pin!(from.ready(Interest::READABLE));
+/// Whether the peer of `stream` has already ended its stream cleanly (a FIN, no reset);
+/// looks at the readiness tokio already has, no syscall. Readiness is only updated between
+/// polls of this worker's tasks, so a FIN seen here arrived before any read this task just
+/// made.
+async fn finished(stream: &TcpStream) -> bool {
+    let ready = std::pin::pin!(stream.ready(Interest::READABLE | Interest::ERROR));
     let mut ready = ready;
     match poll_fn(|cx| Poll::Ready(ready.as_mut().poll(cx))).await {
-        Poll::Ready(Ok(ready)) => ready.is_read_closed(),
+        Poll::Ready(Ok(ready)) => ready.is_read_closed() && !ready.is_error(),
         _ => false,
     }
 }

@@ -1,15 +1,15 @@
 //! TCP listeners: accept, dial an endpoint with retries, and copy both ways with half-close.
 
-use super::copy::{forward, Activity};
+use super::copy::{forward, Activity, Link};
 use super::sockopt::{original_dst, reset};
 use super::{DataPlaneConfig, Shared, TaskCtx};
 use socket2::{Domain, Protocol as SockProtocol, Socket, Type};
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::io::Interest;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 
@@ -155,13 +155,28 @@ async fn dial(
 /// Dials `endpoint` with TCP_NODELAY set before the SYN: the proxy forwards what it reads at
 /// once, so Nagle's algorithm would only add latency to small writes.
 async fn connect(endpoint: SocketAddr) -> io::Result<TcpStream> {
-    let socket = if endpoint.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    socket.set_nodelay(true)?;
-    socket.connect(endpoint).await
+    let socket = Socket::new(
+        Domain::for_address(endpoint),
+        Type::STREAM.nonblocking(),
+        Some(SockProtocol::TCP),
+    )?;
+    socket.set_tcp_nodelay(true)?;
+    match socket.connect(&endpoint.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    let stream = TcpStream::from_std(socket.into())?;
+    // The handshake's outcome shows in the readiness epoll already reported: writable alone
+    // is success, while a refusal or reset also raises EPOLLERR/EPOLLHUP. Reading it spares
+    // the getsockopt(SO_ERROR) that tokio's own connect makes on every success.
+    let ready = stream.ready(Interest::WRITABLE | Interest::ERROR).await?;
+    if ready.is_error() || ready.is_write_closed() {
+        return Err(stream.take_error()?.unwrap_or_else(|| {
+            io::Error::new(io::ErrorKind::ConnectionAborted, "closed during connect")
+        }));
+    }
+    Ok(stream)
 }
 
 /// How a proxied connection ended.
@@ -198,26 +213,13 @@ async fn relay(
 ) -> Outcome {
     // A write counts as activity too, so a slow reader draining a long response is not
     // mistaken for silence.
-    let activity = Activity::new();
-    let ended = AtomicBool::new(false);
+    let link = Link::new();
     let outcome = {
         let (mut client_read, mut client_write) = client.split();
         let (mut upstream_read, mut upstream_write) = upstream.split();
         let buffers = &shared.buffers;
-        let to_upstream = forward(
-            &mut client_read,
-            &mut upstream_write,
-            &activity,
-            buffers,
-            &ended,
-        );
-        let to_client = forward(
-            &mut upstream_read,
-            &mut client_write,
-            &activity,
-            buffers,
-            &ended,
-        );
+        let to_upstream = forward(&mut client_read, &mut upstream_write, &link, buffers);
+        let to_client = forward(&mut upstream_read, &mut client_write, &link, buffers);
         tokio::pin!(to_upstream, to_client);
         let (first, remaining) = tokio::select! {
             r = &mut to_upstream => (r, to_client.as_mut()),
@@ -225,7 +227,7 @@ async fn relay(
         };
         match first {
             Err(e) => Outcome::Failed(e),
-            Ok(()) => finish(remaining, &activity, half_close_timeout).await,
+            Ok(()) => finish(remaining, &link.activity, half_close_timeout).await,
         }
     };
     if matches!(outcome, Outcome::Closed) {

@@ -304,6 +304,33 @@ async fn last_bytes_before_an_endpoint_close_arrive_at_once() {
 }
 
 #[tokio::test]
+async fn endpoint_reset_right_after_its_answer_reaches_the_client_as_a_reset() {
+    let plane = DataPlane::new(config());
+    // Answer and RST arrive together: the proxy must not take the end of the stream for a
+    // clean FIN, which would tell the client the answer is complete.
+    let (endpoint, _) = serve_with(|mut stream| async move {
+        let mut request = [0u8; 4];
+        stream.read_exact(&mut request).await.unwrap();
+        stream.write_all(b"part").await.unwrap();
+        stream.set_linger(Some(Duration::ZERO)).unwrap();
+        drop(stream);
+    })
+    .await;
+    let port = open(&plane, Protocol::Tcp, &[endpoint], None).await;
+
+    for _ in 0..20 {
+        let ended = bounded("answer and reset", async {
+            let mut stream = TcpStream::connect((LOCAL, port)).await.unwrap();
+            stream.write_all(b"ask!").await.unwrap();
+            read_until_closed(&mut stream).await
+        })
+        .await;
+        let error = ended.expect_err("the endpoint's reset must reach the client");
+        assert_eq!(error.kind(), io::ErrorKind::ConnectionReset, "{error}");
+    }
+}
+
+#[tokio::test]
 async fn proxied_connection_sets_tcp_nodelay_on_client_and_endpoint_sockets() {
     let plane = DataPlane::new(config());
     let (a, _) = backend("a").await;
