@@ -312,8 +312,7 @@ async fn endpoint_reset_right_after_its_answer_reaches_the_client_as_a_reset() {
         let mut request = [0u8; 4];
         stream.read_exact(&mut request).await.unwrap();
         stream.write_all(b"part").await.unwrap();
-        stream.set_linger(Some(Duration::ZERO)).unwrap();
-        drop(stream);
+        super::sockopt::reset(stream);
     })
     .await;
     let port = open(&plane, Protocol::Tcp, &[endpoint], None).await;
