@@ -6,14 +6,14 @@
 //! writes until the reader has nothing more, and gives the buffer back. Thousands of idle
 //! connections thus cost their sockets and a task each, not 2 × 16 KiB.
 
-use super::{lock, splice};
+use super::splice;
 use socket2::SockRef;
+use std::cell::RefCell;
 use std::future::poll_fn;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
 use std::task::Poll;
 use tokio::io::{AsyncRead, AsyncWriteExt, Interest, ReadBuf};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
@@ -25,10 +25,14 @@ use tokio::time::{Duration, Instant};
 pub(super) const BUFFER: usize = 64 * 1024;
 
 /// Buffers kept for reuse, so a busy proxy neither allocates nor zeroes one per read burst.
-/// Bounded: at most `POOLED × BUFFER` (1 MiB) stays allocated once traffic stops.
+/// Bounded: at most `POOLED × BUFFER` (1 MiB) per worker stays allocated once traffic stops.
 const POOLED: usize = 16;
 
-static POOL: Mutex<Vec<Box<[u8]>>> = Mutex::new(Vec::new());
+thread_local! {
+    /// One pool per worker thread: a connection never leaves the worker that accepted it,
+    /// so its buffers need no lock and no cache line shared with the other workers.
+    static POOL: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+}
 
 /// A copy buffer on loan from the pool, counted in the listener's `held` while it lives.
 pub(super) struct Held<'a> {
@@ -38,8 +42,10 @@ pub(super) struct Held<'a> {
 
 impl<'a> Held<'a> {
     pub(super) fn take(held: &'a AtomicUsize) -> Self {
-        let buf = lock(&POOL)
-            .pop()
+        let buf = POOL
+            .try_with(|pool| pool.borrow_mut().pop())
+            .ok()
+            .flatten()
             .unwrap_or_else(|| vec![0; BUFFER].into_boxed_slice());
         held.fetch_add(1, Ordering::Relaxed);
         Held { buf, held }
@@ -50,11 +56,13 @@ impl Drop for Held<'_> {
     fn drop(&mut self) {
         self.held.fetch_sub(1, Ordering::Relaxed);
         let buf = std::mem::take(&mut self.buf);
-        let mut pool = lock(&POOL);
-        // Past the pool's bound the buffer is simply freed.
-        if pool.len() < POOLED {
-            pool.push(buf);
-        }
+        // Past the pool's bound (or while the thread ends) the buffer is simply freed.
+        let _ = POOL.try_with(|pool| {
+            let mut pool = pool.borrow_mut();
+            if pool.len() < POOLED {
+                pool.push(buf);
+            }
+        });
     }
 }
 

@@ -255,8 +255,9 @@ impl Drop for ActiveGuard {
     }
 }
 
-/// What every connection task needs besides its listener: the config, the shutdown signal,
-/// and a drain token whose drop tells [`DataPlane::shutdown`] the task is gone.
+/// What every listener task needs besides its listener: the config, the shutdown signal,
+/// and a drain token whose drop tells [`DataPlane::shutdown`] the task is gone. TCP
+/// connection tasks hold none of it: they end with their worker's runtime.
 #[derive(Clone)]
 struct TaskCtx {
     config: Arc<DataPlaneConfig>,
@@ -280,15 +281,16 @@ struct Listener {
 
 /// The threads that serve TCP: one single-threaded tokio runtime each. A connection stays
 /// on the worker that accepted it, so its wake-ups never cross threads and each worker
-/// polls its own epoll set. The threads end when the data plane is dropped.
+/// polls its own epoll set. A worker ends when its stop is sent or dropped (shutdown, or
+/// the data plane dropped): its runtime drops, and with it every connection task on it.
 struct Workers {
     handles: Vec<tokio::runtime::Handle>,
-    /// Dropped with the data plane, which lets each worker's runtime return and drop.
-    _stop: Vec<oneshot::Sender<()>>,
+    stops: Mutex<Vec<oneshot::Sender<()>>>,
 }
 
 impl Workers {
-    fn start(count: usize) -> Workers {
+    /// `drain` is held by each worker until its runtime and tasks are gone.
+    fn start(count: usize, drain: &mpsc::Sender<()>) -> Workers {
         let mut handles = Vec::new();
         let mut stops = Vec::new();
         for index in 0..count.max(1) {
@@ -298,18 +300,26 @@ impl Workers {
                 .expect("building a data-plane runtime");
             let (stop, stopped) = oneshot::channel::<()>();
             handles.push(runtime.handle().clone());
+            let drain = drain.clone();
             std::thread::Builder::new()
                 .name(format!("portald-dp-{index}"))
                 .spawn(move || {
                     let _ = runtime.block_on(stopped);
+                    drop(runtime);
+                    drop(drain);
                 })
                 .expect("starting a data-plane thread");
             stops.push(stop);
         }
         Workers {
             handles,
-            _stop: stops,
+            stops: Mutex::new(stops),
         }
+    }
+
+    /// Ends every worker; each lets go of its drain token once its connections are closed.
+    fn stop(&self) {
+        lock(&self.stops).clear();
     }
 }
 
@@ -318,7 +328,8 @@ struct Inner {
     workers: Workers,
     listeners: Mutex<BTreeMap<(Protocol, u16), Listener>>,
     stop_all: watch::Sender<bool>,
-    /// Cloned into every task; `None` once shutdown has begun.
+    /// Cloned into every listener task and held by every TCP worker; `None` once shutdown
+    /// has begun.
     drain: Mutex<Option<mpsc::Sender<()>>>,
     drained: tokio::sync::Mutex<mpsc::Receiver<()>>,
 }
@@ -334,7 +345,7 @@ impl DataPlane {
         let (drain, drained) = mpsc::channel(1);
         DataPlane {
             inner: Arc::new(Inner {
-                workers: Workers::start(config.tcp_workers),
+                workers: Workers::start(config.tcp_workers, &drain),
                 config: Arc::new(config),
                 listeners: Mutex::new(BTreeMap::new()),
                 stop_all: watch::channel(false).0,
@@ -456,6 +467,7 @@ impl DataPlane {
             stop_listener(listener).await;
         }
         self.inner.stop_all.send_replace(true);
+        self.inner.workers.stop();
         drop(lock(&self.inner.drain).take());
         // Every task holds a drain sender; `recv` yields `None` once the last one is dropped.
         while self.inner.drained.lock().await.recv().await.is_some() {}

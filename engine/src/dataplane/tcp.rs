@@ -63,6 +63,9 @@ pub(super) async fn serve(
     let mut stop_all = ctx.clone();
     let stopped = stop_all.stopped();
     tokio::pin!(stopped);
+    // This worker's own copy: every connection clones it, and a count shared with the
+    // other workers would bounce between their cores on each clone and drop.
+    let config = Arc::new(DataPlaneConfig::clone(&ctx.config));
     loop {
         let accepted = tokio::select! {
             _ = &mut stop => break,
@@ -71,7 +74,7 @@ pub(super) async fn serve(
         };
         match accepted {
             Ok((stream, peer)) => {
-                tokio::spawn(connection(stream, peer, shared.clone(), ctx.clone()));
+                tokio::spawn(connection(stream, peer, shared.clone(), config.clone()));
             }
             Err(e) => {
                 tracing::warn!(listener = %shared.id, error = %e, "accept failed");
@@ -81,15 +84,16 @@ pub(super) async fn serve(
     }
 }
 
-async fn connection(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>, mut ctx: TaskCtx) {
+/// One proxied connection. Shutdown needs no signal here: it drops this worker's runtime,
+/// which drops the task and closes both sockets.
+async fn connection(
+    client: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    config: Arc<DataPlaneConfig>,
+) {
     let _active = shared.activate();
-    let config = ctx.config.clone();
-    tokio::select! {
-        _ = proxy(client, peer, &shared, &config) => {}
-        _ = ctx.stopped() => {
-            tracing::debug!(listener = %shared.id, client = %peer, "connection closed by shutdown");
-        }
-    }
+    proxy(client, peer, &shared, &config).await;
 }
 
 async fn proxy(client: TcpStream, peer: SocketAddr, shared: &Shared, config: &DataPlaneConfig) {
