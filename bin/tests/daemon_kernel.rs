@@ -950,3 +950,36 @@ fn foreign_process_on_proxy_port_is_replaced_make_before_break() {
     );
     assert!(alive(foreign), "socat died");
 }
+
+#[test]
+fn the_daemons_own_allocation_record_write_starts_no_reconcile() {
+    let mut c = Cluster::new("ownlock");
+    c.write(
+        "web.yaml",
+        &service_yaml("web", None, "web", "TCP", 80, 8080),
+    );
+    // No resync during the test: each reconcile after the first has a file event behind it.
+    c.start_daemon(&["--resync-seconds", "600"]);
+    assert!(
+        c.dir.join("portald.lock").exists(),
+        "the first reconcile wrote the allocation record"
+    );
+    // `start_daemon` waited until no reconcile had run for 600 ms (6 debounce periods).
+    assert_eq!(
+        c.status().reconciles,
+        1,
+        "only the start reconciled:\n{}",
+        c.daemon_logs()
+    );
+
+    // A user's change is still seen.
+    c.write(
+        "api.yaml",
+        &service_yaml("api", None, "api", "TCP", 81, 8081),
+    );
+    c.wait_status("the new file's reconcile", |s| {
+        service(s, "default/api").map(|_| ())
+    });
+    c.settle();
+    assert_eq!(c.status().reconciles, 2, "{}", c.daemon_logs());
+}

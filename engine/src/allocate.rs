@@ -79,8 +79,13 @@ impl Lock {
     }
 
     /// Writes atomically (temp file + rename) so a crash never leaves half a lock.
+    /// The file `write` fills before renaming it over `path`.
+    pub fn temporary(path: &std::path::Path) -> std::path::PathBuf {
+        path.with_extension("lock.tmp")
+    }
+
     pub fn write(&self, path: &std::path::Path) -> Result<(), LockError> {
-        let tmp = path.with_extension("lock.tmp");
+        let tmp = Self::temporary(path);
         let err = |source| LockError::Write {
             path: path.display().to_string(),
             source,

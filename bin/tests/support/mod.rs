@@ -305,9 +305,8 @@ impl Cluster {
         pid
     }
 
-    /// Waits until no reconcile has run for 600 ms (at most 10 s): the daemon's own
-    /// follow-up passes (such as the one its lock-file write triggers) are over, so a test
-    /// that then changes something sees only its own change being handled.
+    /// Waits until no reconcile has run for 600 ms (at most 10 s): any follow-up passes are
+    /// over, so a test that then changes something sees only its own change being handled.
     pub fn settle(&self) {
         let quiet = Duration::from_millis(600);
         let mut last = (self.status().reconciles, Instant::now());

@@ -133,7 +133,12 @@ pub async fn run(cfg: DaemonConfig, exec: Arc<dyn Exec>) -> Result<(), DaemonErr
     let socket = bind_control_socket(&cfg.control_socket)?;
     let _watcher = {
         let tx = tx.clone();
-        watch::watch(&cfg.dir, cfg.debounce, move || {
+        // The allocation record lives in DIR by default; writing it is no news.
+        let own = [
+            cfg.lock_path.clone(),
+            crate::allocate::Lock::temporary(&cfg.lock_path),
+        ];
+        watch::watch(&cfg.dir, &own, cfg.debounce, move || {
             let _ = tx.send(Trigger::Files);
         })
         .map_err(|source| DaemonError::Watch {
