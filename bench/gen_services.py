@@ -3,12 +3,15 @@
 # a v1 Endpoints object of E addresses, spread over F files (multi-document YAML), in the
 # shape `kubectl get -o yaml` gives (labels, annotations, selector, targetPort, ...).
 #
-#   gen_services.py DIR [--services 10000] [--endpoints 10] [--files 100]
+#   gen_services.py DIR [--services 10000] [--endpoints 10] [--files 100] [--affinity]
+# --affinity gives every service `sessionAffinity: ClientIP` (the nft affinity-set load test:
+#   gen_services.py /tmp/a --services 1000 --affinity && portald plan /tmp/a --no-live
+#   --mode kernel --backend nftables --show-batch ... | nft -f - in a fresh namespace).
 import argparse
 import os
 
 
-def service(i, ns):
+def service(i, ns, affinity):
     name = f"svc-{i:05d}"
     return f"""---
 apiVersion: v1
@@ -30,7 +33,7 @@ spec:
     protocol: TCP
     port: 80
     targetPort: 8080
-  sessionAffinity: None
+  sessionAffinity: {affinity}
 """
 
 
@@ -71,6 +74,7 @@ def main():
     p.add_argument("--services", type=int, default=10000)
     p.add_argument("--endpoints", type=int, default=10)
     p.add_argument("--files", type=int, default=100)
+    p.add_argument("--affinity", action="store_true")
     a = p.parse_args()
     os.makedirs(a.dir, exist_ok=True)
     per = (a.services + a.files - 1) // a.files
@@ -83,7 +87,7 @@ def main():
         os.makedirs(sub, exist_ok=True)
         with open(os.path.join(sub, f"services-{f:03d}.yaml"), "w") as out:
             for i in range(lo, hi):
-                out.write(service(i, ns))
+                out.write(service(i, ns, "ClientIP" if a.affinity else "None"))
                 out.write(endpoints(i, ns, a.endpoints))
 
 

@@ -35,8 +35,17 @@ fn map_declaration(name: &str, key: &[&str], data: Option<&str>) -> String {
     text
 }
 
+/// An affinity set as the kernel lists it: the `update` that fills it sets its size.
 fn affinity_declaration(seconds: u32) -> String {
     format!("type ipv4_addr; size {AFFINITY_SET_SIZE}; flags dynamic,timeout; timeout {seconds}s;")
+}
+
+/// An affinity set as the batch creates it. No size: a set created with one gets a
+/// fixed-size hash table allocated up front (about 1 MiB for 65,535 entries), which made
+/// 1,000 affinity services exhaust memory; without one the kernel picks a table that grows
+/// with its entries, and the `update` that fills it caps it at [`AFFINITY_SET_SIZE`].
+fn affinity_creation(seconds: u32) -> String {
+    format!("type ipv4_addr; flags dynamic,timeout; timeout {seconds}s;")
 }
 
 /// The whole table, laid out like `nft list table ip portald` (elements sorted by key
@@ -285,7 +294,7 @@ fn fill_service(out: &mut String, rule: &PortalRule, old_sets: &BTreeSet<String>
                 let _ = writeln!(
                     out,
                     "add set {FAMILY} {TABLE} {set} {{ {} }}",
-                    affinity_declaration(*seconds)
+                    affinity_creation(*seconds)
                 );
             }
         }
