@@ -275,30 +275,49 @@ async fn client_half_close_still_receives_whole_response() {
     assert!(response.chunks(5).all(|chunk| b"GET /".starts_with(chunk)));
 }
 
+/// How a one-shot endpoint ends its connection right after answering.
+#[derive(Clone, Copy)]
+enum Ending {
+    Fin,
+    Reset,
+}
+
+/// An endpoint that reads a four-byte question, answers `answer` and ends the connection at
+/// once, so that the answer and the FIN (or RST) reach the proxy together.
+async fn one_shot(answer: &'static [u8], ending: Ending) -> SocketAddr {
+    let (endpoint, _) = serve_with(move |mut stream| async move {
+        let mut question = [0u8; 4];
+        stream.read_exact(&mut question).await.unwrap();
+        stream.write_all(answer).await.unwrap();
+        match ending {
+            Ending::Fin => stream.shutdown().await.unwrap(),
+            Ending::Reset => super::sockopt::reset(stream),
+        }
+    })
+    .await;
+    endpoint
+}
+
+/// Asks a four-byte question through `port` and reads until the proxy ends the stream; the
+/// client keeps its own side open throughout.
+async fn one_question(port: u16) -> io::Result<Vec<u8>> {
+    let mut stream = TcpStream::connect((LOCAL, port)).await.unwrap();
+    stream.write_all(b"ask!").await.unwrap();
+    read_until_closed(&mut stream).await
+}
+
 #[tokio::test]
 async fn last_bytes_before_an_endpoint_close_arrive_at_once() {
     let plane = DataPlane::new(config());
-    // Answers and closes at once, like an HTTP server with `Connection: close`: the answer
-    // and the FIN reach the proxy together, which holds the answer back for the FIN.
-    let (endpoint, _) = serve_with(|mut stream| async move {
-        let mut request = [0u8; 4];
-        stream.read_exact(&mut request).await.unwrap();
-        stream.write_all(b"done").await.unwrap();
-        stream.shutdown().await.unwrap();
-    })
-    .await;
+    // Like an HTTP server with `Connection: close`: the proxy holds the answer back for the
+    // FIN, and must still flush it and pass the EOF on.
+    let endpoint = one_shot(b"done", Ending::Fin).await;
     let port = open(&plane, Protocol::Tcp, &[endpoint], None).await;
 
     for _ in 0..20 {
         let started = Instant::now();
-        let reply = bounded("answer and close", async {
-            let mut stream = TcpStream::connect((LOCAL, port)).await.unwrap();
-            stream.write_all(b"ask!").await.unwrap();
-            // The client keeps its side open: the proxy must still flush and pass the EOF on.
-            read_until_closed(&mut stream).await.unwrap()
-        })
-        .await;
-        assert_eq!(reply, b"done");
+        let reply = bounded("answer and close", one_question(port)).await;
+        assert_eq!(reply.unwrap(), b"done");
         assert!(started.elapsed() < ms(500), "took {:?}", started.elapsed());
     }
 }
@@ -306,24 +325,13 @@ async fn last_bytes_before_an_endpoint_close_arrive_at_once() {
 #[tokio::test]
 async fn endpoint_reset_right_after_its_answer_reaches_the_client_as_a_reset() {
     let plane = DataPlane::new(config());
-    // Answer and RST arrive together: the proxy must not take the end of the stream for a
-    // clean FIN, which would tell the client the answer is complete.
-    let (endpoint, _) = serve_with(|mut stream| async move {
-        let mut request = [0u8; 4];
-        stream.read_exact(&mut request).await.unwrap();
-        stream.write_all(b"part").await.unwrap();
-        super::sockopt::reset(stream);
-    })
-    .await;
+    // The proxy must not take the end of the stream for a clean FIN, which would tell the
+    // client the answer is complete.
+    let endpoint = one_shot(b"part", Ending::Reset).await;
     let port = open(&plane, Protocol::Tcp, &[endpoint], None).await;
 
     for _ in 0..20 {
-        let ended = bounded("answer and reset", async {
-            let mut stream = TcpStream::connect((LOCAL, port)).await.unwrap();
-            stream.write_all(b"ask!").await.unwrap();
-            read_until_closed(&mut stream).await
-        })
-        .await;
+        let ended = bounded("answer and reset", one_question(port)).await;
         let error = ended.expect_err("the endpoint's reset must reach the client");
         assert_eq!(error.kind(), io::ErrorKind::ConnectionReset, "{error}");
     }
