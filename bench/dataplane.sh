@@ -35,6 +35,9 @@ IDLE=${IDLE:-2000}
 THREADS=${THREADS:-$(nproc)}
 PERF=${PERF:-0}
 # For quick experiments: a subset of the runs, e.g. TESTS=wrk PATHS="vip haproxy vip haproxy".
+# For a conn/s comparison worth quoting, alternate in ABBA order so that drift in the machine's
+# load falls on both: TESTS=wrk PATHS="vip haproxy haproxy vip vip haproxy haproxy vip"
+# (the table then also lists every run and the means).
 TESTS=${TESTS:-iperf wrk idle}
 PATHS=${PATHS:-direct vip haproxy listener}
 wants() { [[ " $TESTS " == *" $1 "* ]]; }
@@ -234,6 +237,7 @@ wants wrk && for path in $PATHS; do
   perf_stop "wrk-$path"
   f=$WORK/wrk-$path.txt
   R[rps-$path]=$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' "$f")
+  R[runs-$path]="${R[runs-$path]:-} ${R[rps-$path]:-0}"
   R[p50-$path]=$(awk '$1 == "50%" {print $2}' "$f")
   R[p99-$path]=$(awk '$1 == "99%" {print $2}' "$f")
   R[sockerr-$path]=$(awk -F'[ ,]+' '/Socket errors:/ {printf "c%s r%s w%s t%s", $5, $7, $9, $11}' "$f")
@@ -320,6 +324,16 @@ if [ -n "${R[tput-listener]}${R[rps-listener]}" ]; then
 fi
 echo "ratios are column / column: for throughput and conn/s higher is better; for latency and memory lower is better"
 echo
+# A path run more than once (PATHS="vip haproxy haproxy vip ..."): every run and the means,
+# since one pair of 10 s runs on a shared 2-core machine differs by several percent.
+if [ "$(wc -w <<<"${R[runs-vip]:-}")" -gt 1 ] || [ "$(wc -w <<<"${R[runs-haproxy]:-}")" -gt 1 ]; then
+  mean() { awk '{ s = 0; for (i = 1; i <= NF; i++) s += $i; printf "%.0f", s / NF }' <<<"$1"; }
+  echo "new connections per run (conn/s): VIP${R[runs-vip]:- -}; HAProxy${R[runs-haproxy]:- -}"
+  if [ -n "${R[runs-vip]:-}" ] && [ -n "${R[runs-haproxy]:-}" ]; then
+    echo "means: VIP $(mean "${R[runs-vip]}"), HAProxy $(mean "${R[runs-haproxy]}"), portald/HAProxy $(ratio "$(mean "${R[runs-vip]}")" "$(mean "${R[runs-haproxy]}")")"
+  fi
+  echo
+fi
 echo "nstat (non-zero counters, per namespace, per run):"
 for p in direct vip haproxy; do
   echo "  iperf3 $p: ${R[nstat-iperf-$p]}"
