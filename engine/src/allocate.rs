@@ -78,12 +78,12 @@ impl Lock {
         text
     }
 
-    /// Writes atomically (temp file + rename) so a crash never leaves half a lock.
     /// The file `write` fills before renaming it over `path`.
     pub fn temporary(path: &std::path::Path) -> std::path::PathBuf {
         path.with_extension("lock.tmp")
     }
 
+    /// Writes atomically (temp file + rename) so a crash never leaves half a lock.
     pub fn write(&self, path: &std::path::Path) -> Result<(), LockError> {
         let tmp = Self::temporary(path);
         let err = |source| LockError::Write {
