@@ -1,4 +1,4 @@
-//! Real-world manifests (`<workspace>/../shared/corpus/`, else `$PORTALD_CORPUS`) all load:
+//! Real-world manifests (`fixtures/corpus/`, vendored with their licence) all load:
 //! no error diagnostic in any file, other kinds only noted.
 
 use engine::load::{is_service_file, parse_file, Object, SourceFile};
@@ -8,24 +8,9 @@ use std::path::{Path, PathBuf};
 const EXPECTED_SERVICES: usize = 60;
 
 fn corpus_dir() -> PathBuf {
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("engine/ has a parent");
-    let sibling = workspace.join("../shared/corpus");
-    if sibling.is_dir() {
-        return sibling;
-    }
-    match std::env::var_os("PORTALD_CORPUS") {
-        Some(dir) if Path::new(&dir).is_dir() => PathBuf::from(dir),
-        Some(dir) => panic!(
-            "PORTALD_CORPUS={} is not a directory",
-            Path::new(&dir).display()
-        ),
-        None => panic!(
-            "the corpus is missing: neither {} exists nor is PORTALD_CORPUS set",
-            sibling.display()
-        ),
-    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/corpus");
+    assert!(dir.is_dir(), "the vendored corpus {} is missing", dir.display());
+    dir
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) {

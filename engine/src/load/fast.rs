@@ -621,7 +621,6 @@ list:
         let mut paths = Vec::new();
         service_files(&root.join("fixtures"), &mut paths);
         service_files(&root.join("examples"), &mut paths);
-        service_files(&root.join("../shared/corpus"), &mut paths);
         paths.sort();
         let mut texts: Vec<String> = paths
             .iter()
