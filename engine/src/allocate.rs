@@ -423,6 +423,7 @@ mod tests {
             selector: None,
             affinity_seconds: None,
             external_ips: Vec::new(),
+            publish_not_ready: false,
         }
     }
 

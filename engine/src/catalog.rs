@@ -2,7 +2,7 @@
 
 use crate::diagnostics::{Diagnostic, Severity};
 use crate::load::{Object, ParsedFile};
-use crate::model::Catalog;
+use crate::model::{Catalog, GroupKind};
 use std::collections::BTreeSet;
 
 /// The catalog of valid objects, all diagnostics, and the files that had errors (whose objects
@@ -76,6 +76,50 @@ pub fn assemble<'a>(files: impl IntoIterator<Item = &'a ParsedFile>) -> Assemble
             }
         }
     }
+    ignore_replaced_groups(&mut out);
     out.diagnostics.sort();
     out
+}
+
+/// A Service with a selector takes its endpoints from the Pods it selects: on a cluster the
+/// endpoints controllers own its v1 Endpoints object and its controller-managed slices and
+/// rewrite them from the Pods, so a hand-written one would not last. They are ignored with a
+/// warning naming both files. Slices managed by anyone else are kept: kube-proxy merges every
+/// slice labelled with the service's name.
+fn ignore_replaced_groups(out: &mut Assembled) {
+    let services = &out.catalog.services;
+    let mut warned = BTreeSet::new();
+    out.catalog.endpoint_groups.retain(|group| {
+        let Some(service) = services.get(&group.service) else {
+            return true;
+        };
+        let selects = service.selector.as_ref().is_some_and(|s| !s.is_empty());
+        if !selects || group.kind == GroupKind::EndpointSlice {
+            return true;
+        }
+        if warned.insert(group.source.clone()) {
+            let (object, what) = match group.kind {
+                GroupKind::Endpoints => (
+                    format!("Endpoints `{}`", group.service),
+                    "the endpoints controller",
+                ),
+                _ => (
+                    format!("EndpointSlice for `{}`", group.service),
+                    "the EndpointSlice controller",
+                ),
+            };
+            out.diagnostics.push(Diagnostic {
+                file: group.source.file.clone(),
+                line: group.source.line,
+                severity: Severity::Warning,
+                object: Some(object),
+                field: None,
+                message: format!(
+                    "ignored: Service `{}` ({}) has a selector, so its endpoints come from the Pods it selects ({what} would replace this object on a cluster)",
+                    group.service, service.source
+                ),
+            });
+        }
+        false
+    });
 }

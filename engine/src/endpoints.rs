@@ -38,16 +38,26 @@ impl<'a> EndpointIndex<'a> {
         EndpointIndex { groups, labels }
     }
 
+    /// The endpoints of `port`: the Pods a selector picks plus the slices kept for the
+    /// service (see `catalog::assemble` for which), else its Endpoints objects. Ready ones
+    /// serve; when none is ready, the serving-and-terminating ones do (as kube-proxy, KEP-1669).
     pub fn resolve(&self, service: &Service, port: &ServicePort) -> Resolved {
-        if let Some(groups) = self.groups.get(&service.key) {
-            return from_groups(groups, port);
+        let mut candidates = Candidates::default();
+        let mut notes = Vec::new();
+        let groups = self.groups.get(&service.key);
+        if let Some(groups) = groups {
+            from_groups(groups, port, &mut candidates);
         }
         match &service.selector {
-            Some(selector) if !selector.is_empty() => self.selected_pods(service, selector, port),
-            _ => Resolved {
-                endpoints: Vec::new(),
-                notes: vec!["no selector and no Endpoints object".into()],
-            },
+            Some(selector) if !selector.is_empty() => {
+                self.selected_pods(service, selector, port, &mut candidates, &mut notes)
+            }
+            _ if groups.is_none() => notes.push("no selector and no Endpoints object".into()),
+            _ => {}
+        }
+        Resolved {
+            endpoints: candidates.serving(),
+            notes,
         }
     }
 
@@ -56,7 +66,9 @@ impl<'a> EndpointIndex<'a> {
         service: &Service,
         selector: &BTreeMap<String, String>,
         port: &ServicePort,
-    ) -> Resolved {
+        candidates: &mut Candidates,
+        notes: &mut Vec<String>,
+    ) {
         // Intersect starting from the rarest label so large catalogs stay cheap.
         let mut lists: Vec<&Vec<&Pod>> = Vec::new();
         for (k, v) in selector {
@@ -66,23 +78,21 @@ impl<'a> EndpointIndex<'a> {
             {
                 Some(list) => lists.push(list),
                 None => {
-                    return Resolved {
-                        endpoints: Vec::new(),
-                        notes: vec!["no pod matches the selector".into()],
-                    }
+                    notes.push("no pod matches the selector".into());
+                    return;
                 }
             }
         }
         lists.sort_by_key(|l| l.len());
-        let mut ready = BTreeSet::new();
         let mut missing_port = 0;
         for pod in lists[0].iter() {
             if !selector.iter().all(|(k, v)| pod.labels.get(k) == Some(v)) {
                 continue;
             }
-            let (Some(ip), true) = (pod.ip, pod.ready) else {
+            let Some(ip) = pod.ip else { continue };
+            if pod.finished {
                 continue;
-            };
+            }
             let target = match &port.target {
                 TargetPort::Number(n) => Some(*n),
                 TargetPort::Name(name) => pod
@@ -91,30 +101,56 @@ impl<'a> EndpointIndex<'a> {
                     .find(|p| p.name.as_deref() == Some(name) && p.protocol == port.protocol)
                     .map(|p| p.port),
             };
-            match target {
-                Some(t) => {
-                    ready.insert(Endpoint(SocketAddrV4::new(ip, t)));
-                }
-                None => missing_port += 1,
-            }
+            let Some(target) = target else {
+                missing_port += 1;
+                continue;
+            };
+            // publishNotReadyAddresses: the controller marks every such Pod ready.
+            let ready = pod.ready || service.publish_not_ready;
+            candidates.add(
+                Endpoint(SocketAddrV4::new(ip, target)),
+                ready,
+                pod.serving,
+                pod.terminating,
+            );
         }
-        let mut notes = Vec::new();
         if missing_port > 0 {
             notes.push(format!(
                 "{missing_port} selected pod(s) declare no port named `{}`",
                 port.target
             ));
         }
-        Resolved {
-            endpoints: ready.into_iter().collect(),
-            notes,
-        }
     }
 }
 
-fn from_groups(groups: &[&EndpointGroup], port: &ServicePort) -> Resolved {
-    let mut ready = BTreeSet::new();
-    let mut fallback = BTreeSet::new();
+/// Endpoints found so far, split by their conditions.
+#[derive(Default)]
+struct Candidates {
+    ready: BTreeSet<Endpoint>,
+    fallback: BTreeSet<Endpoint>,
+}
+
+impl Candidates {
+    fn add(&mut self, endpoint: Endpoint, ready: bool, serving: bool, terminating: bool) {
+        if ready {
+            self.ready.insert(endpoint);
+        } else if serving && terminating {
+            self.fallback.insert(endpoint);
+        }
+    }
+
+    /// As kube-proxy does: terminating-but-serving endpoints only when nothing is ready.
+    fn serving(self) -> Vec<Endpoint> {
+        let chosen = if self.ready.is_empty() {
+            self.fallback
+        } else {
+            self.ready
+        };
+        chosen.into_iter().collect()
+    }
+}
+
+fn from_groups(groups: &[&EndpointGroup], port: &ServicePort, candidates: &mut Candidates) {
     for group in groups {
         let matching = group.ports.iter().find(|p| {
             p.protocol == port.protocol
@@ -125,18 +161,12 @@ fn from_groups(groups: &[&EndpointGroup], port: &ServicePort) -> Resolved {
         });
         let Some(target) = matching else { continue };
         for address in &group.addresses {
-            let endpoint = Endpoint(SocketAddrV4::new(address.ip, target.port));
-            if address.ready {
-                ready.insert(endpoint);
-            } else if address.serving && address.terminating {
-                fallback.insert(endpoint);
-            }
+            candidates.add(
+                Endpoint(SocketAddrV4::new(address.ip, target.port)),
+                address.ready,
+                address.serving,
+                address.terminating,
+            );
         }
-    }
-    // As kube-proxy does: terminating-but-serving endpoints only when nothing is ready.
-    let endpoints = if ready.is_empty() { fallback } else { ready };
-    Resolved {
-        endpoints: endpoints.into_iter().collect(),
-        notes: Vec::new(),
     }
 }

@@ -150,6 +150,10 @@ pub struct Service {
     /// `ClientIP` affinity timeout in seconds.
     pub affinity_seconds: Option<u32>,
     pub external_ips: Vec<Ipv4Addr>,
+    /// `spec.publishNotReadyAddresses`: every selected Pod that is not finished serves, ready
+    /// or not (the EndpointSlice controller marks them ready).
+    #[serde(default)]
+    pub publish_not_ready: bool,
 }
 
 /// One backend address from an Endpoints or EndpointSlice object.
@@ -168,11 +172,26 @@ pub struct NamedPort {
     pub protocol: Protocol,
 }
 
+/// Which object an [`EndpointGroup`] came from: it decides whether a Service with a selector
+/// uses it (see `catalog::assemble`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupKind {
+    /// A v1 Endpoints subset.
+    Endpoints,
+    /// An EndpointSlice managed by someone other than the EndpointSlice controller.
+    EndpointSlice,
+    /// An EndpointSlice labelled `endpointslice.kubernetes.io/managed-by:
+    /// endpointslice-controller.k8s.io`: on a cluster the controller rewrites it from the Pods.
+    ControllerSlice,
+}
+
 /// Addresses that share a port list: an Endpoints subset or an EndpointSlice.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndpointGroup {
     pub service: ObjectKey,
     pub source: SourceRef,
+    pub kind: GroupKind,
     pub addresses: Vec<EndpointAddress>,
     pub ports: Vec<NamedPort>,
 }
@@ -183,7 +202,15 @@ pub struct Pod {
     pub source: SourceRef,
     pub labels: BTreeMap<String, String>,
     pub ip: Option<Ipv4Addr>,
+    /// As the EndpointSlice controller computes it: the Ready condition, false while
+    /// terminating.
     pub ready: bool,
+    /// The Ready condition whatever the termination (the slice's `serving`).
+    pub serving: bool,
+    /// `metadata.deletionTimestamp` is set.
+    pub terminating: bool,
+    /// `status.phase` is `Succeeded` or `Failed`: never an endpoint.
+    pub finished: bool,
     pub ports: Vec<NamedPort>,
 }
 

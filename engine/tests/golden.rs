@@ -21,6 +21,7 @@ const REQUIRED_CASES: &[&str] = &[
     "headless",
     "explicit-cluster-ip",
     "endpoint-slices",
+    "pod-endpoint-rules",
     "change-against-live",
     "busy-foreign-dump",
     "lock-honoured",
@@ -317,6 +318,68 @@ fn endpoint_slices_use_ready_endpoints_and_fall_back_to_serving_terminating_ones
         "nothing ready: serving+terminating endpoints are used, the non-serving one is not"
     );
     assert!(endpoints(service(&outcome, "prod/gone"), 0).is_empty());
+}
+
+#[test]
+fn pods_are_endpoints_by_the_endpointslice_controllers_rules() {
+    let outcome = Case::load("pod-endpoint-rules").run_iptables();
+    assert!(!outcome.has_errors(), "{:?}", outcome.diagnostics);
+    assert_eq!(
+        endpoints(service(&outcome, "default/web"), 0),
+        ["10.244.1.12:8080"],
+        "a finished Pod never serves, a terminating one waits, and the hand-written Endpoints \
+         (192.0.2.50) of a Service with a selector is ignored"
+    );
+    assert_eq!(
+        endpoints(service(&outcome, "default/dual"), 0),
+        ["10.244.2.5:8080"],
+        "the IPv4 address of a dual-stack Pod's podIPs"
+    );
+    assert_eq!(
+        endpoints(service(&outcome, "default/draining"), 0),
+        ["10.244.3.1:8080"],
+        "nothing ready: terminating Pods still Ready serve, the one no longer Ready does not"
+    );
+    assert_eq!(
+        endpoints(service(&outcome, "default/peers"), 0),
+        ["10.244.4.1:7000"],
+        "publishNotReadyAddresses: a not-ready Pod serves, a finished one does not"
+    );
+    assert_eq!(
+        endpoints(service(&outcome, "default/mixed"), 0),
+        ["10.244.6.1:8080", "10.244.6.100:8080"],
+        "a custom controller's slice merges with the Pods; the EndpointSlice controller's is ignored"
+    );
+    assert!(endpoints(service(&outcome, "default/legacy"), 0).is_empty());
+    assert_eq!(
+        endpoints(service(&outcome, "default/for-portald"), 0),
+        ["10.244.5.1:80"]
+    );
+    assert!(
+        !outcome
+            .intent
+            .services
+            .iter()
+            .any(|s| s.name == "default/for-other"),
+        "a Service meant for another proxy is left alone"
+    );
+    let said = |needle: &str| {
+        outcome
+            .diagnostics
+            .iter()
+            .any(|d| d.to_string().contains(needle))
+    };
+    assert!(said("web-endpoints.yaml:3: warning: Endpoints `default/web`: ignored: Service `default/web` (web.yaml:4) has a selector"));
+    assert!(said(
+        "slices.yaml:32: warning: EndpointSlice for `default/mixed`: ignored"
+    ));
+    assert!(said(
+        "note: Endpoints `default/legacy`: `metadata.labels.service.kubernetes.io/headless`"
+    ));
+    assert!(said(
+        "`spec.internalTrafficPolicy`: `Local` needs node-local endpoints"
+    ));
+    assert!(said("meant for the proxy `cilium`"));
 }
 
 #[test]

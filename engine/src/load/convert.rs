@@ -16,6 +16,20 @@ use std::net::{IpAddr, Ipv4Addr};
 pub const DEFAULT_AFFINITY_SECONDS: u32 = 10_800;
 const MAX_AFFINITY_SECONDS: i64 = 86_400;
 
+/// The label that hands a Service to another proxy. kube-proxy watches only Services
+/// without it (`pkg/proxy` informers select `!service.kubernetes.io/service-proxy-name`);
+/// portald serves those without it and those that name portald ([`PROXY_NAME`]).
+pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+/// The name a Service may give in [`SERVICE_PROXY_NAME_LABEL`] to be served by portald.
+pub const PROXY_NAME: &str = "portald";
+/// Endpoints and EndpointSlices of headless Services carry this label; kube-proxy does not
+/// watch them (its EndpointSlice informer selects `!service.kubernetes.io/headless`).
+pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
+/// Who manages an EndpointSlice; the EndpointSlice controller's own slices say
+/// [`SLICE_CONTROLLER`].
+const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
+const SLICE_CONTROLLER: &str = "endpointslice-controller.k8s.io";
+
 /// Per-file context: where diagnostics go and how to find lines.
 pub struct FileCtx<'a> {
     file: &'a SourceFile,
@@ -226,9 +240,24 @@ impl<'a> FileCtx<'a> {
         let Some(spec) = self.decode::<spec::ServiceV1>(place, value, true) else {
             return;
         };
+        if let Some(proxy) = spec.metadata.labels.get(SERVICE_PROXY_NAME_LABEL) {
+            if proxy != PROXY_NAME {
+                self.report(
+                    Severity::Note,
+                    place,
+                    &format!("metadata.labels.{SERVICE_PROXY_NAME_LABEL}"),
+                    format!(
+                        "meant for the proxy `{}`, not `{PROXY_NAME}` (as kube-proxy, portald leaves it alone); skipped",
+                        escape(proxy)
+                    ),
+                );
+                return;
+            }
+        }
         let errors_before = self.error_count();
         // Keep checking after a bad name: every problem of the object is reported at once.
         let key = self.object_key(place, &spec.metadata);
+        self.traffic_policies(place, &spec.spec);
         let service_type = match spec.spec.service_type.as_deref() {
             None | Some("ClusterIP") => ServiceType::ClusterIP,
             Some("NodePort") => ServiceType::NodePort,
@@ -330,7 +359,38 @@ impl<'a> FileCtx<'a> {
             selector: spec.spec.selector,
             affinity_seconds: affinity,
             external_ips,
+            publish_not_ready: spec.spec.publish_not_ready_addresses.unwrap_or(false),
         }));
+    }
+
+    /// `internalTrafficPolicy` / `externalTrafficPolicy`: `Local` needs to know which
+    /// endpoints run on this node, and portald has no node identity: every endpoint serves
+    /// (as `Cluster`), which is said, never silently done.
+    fn traffic_policies(&mut self, place: &Place, spec: &spec::ServiceSpecV1) {
+        for (field, value) in [
+            (
+                "spec.internalTrafficPolicy",
+                spec.internal_traffic_policy.as_deref(),
+            ),
+            (
+                "spec.externalTrafficPolicy",
+                spec.external_traffic_policy.as_deref(),
+            ),
+        ] {
+            match value {
+                None | Some("Cluster") => {}
+                Some("Local") => self.warn(
+                    place,
+                    field,
+                    "`Local` needs node-local endpoints and portald has no node identity: every endpoint serves, as with `Cluster`",
+                ),
+                Some(other) => self.error(
+                    place,
+                    field,
+                    format!("`{}` is not a traffic policy (Cluster or Local)", escape(other)),
+                ),
+            }
+        }
     }
 
     fn service_v1beta1(&mut self, place: &Place, value: &Value, out: &mut Vec<Object>) {
@@ -385,6 +445,7 @@ impl<'a> FileCtx<'a> {
             selector: spec.selector,
             affinity_seconds: affinity,
             external_ips: Vec::new(),
+            publish_not_ready: false,
         }));
     }
 
@@ -583,6 +644,9 @@ impl<'a> FileCtx<'a> {
         let Some(key) = self.object_key(place, &spec.metadata) else {
             return;
         };
+        if self.is_headless(place, &spec.metadata) {
+            return;
+        }
         let before = self.error_count();
         let mut groups = Vec::new();
         for (s, subset) in spec.subsets.iter().enumerate() {
@@ -607,6 +671,7 @@ impl<'a> FileCtx<'a> {
             groups.push(EndpointGroup {
                 service: key.clone(),
                 source: self.source(place),
+                kind: GroupKind::Endpoints,
                 addresses,
                 ports,
             });
@@ -644,6 +709,13 @@ impl<'a> FileCtx<'a> {
             );
             return;
         };
+        if self.is_headless(place, &spec.metadata) {
+            return;
+        }
+        let kind = match spec.metadata.labels.get(MANAGED_BY_LABEL) {
+            Some(manager) if manager == SLICE_CONTROLLER => GroupKind::ControllerSlice,
+            _ => GroupKind::EndpointSlice,
+        };
         let before = self.error_count();
         let ports = self.endpoint_ports(place, "ports", &spec.ports);
         let mut addresses = Vec::new();
@@ -672,10 +744,26 @@ impl<'a> FileCtx<'a> {
             out.push(Object::Endpoints(EndpointGroup {
                 service: ObjectKey::new(&slice_key.namespace, service),
                 source: self.source(place),
+                kind,
                 addresses,
                 ports,
             }));
         }
+    }
+
+    /// Endpoints and slices labelled [`HEADLESS_LABEL`] are skipped with a note, as kube-proxy
+    /// never sees them.
+    fn is_headless(&mut self, place: &Place, meta: &spec::ObjectMeta) -> bool {
+        let headless = meta.labels.contains_key(HEADLESS_LABEL);
+        if headless {
+            self.report(
+                Severity::Note,
+                place,
+                &format!("metadata.labels.{HEADLESS_LABEL}"),
+                "endpoints of a headless service: no proxy serves them (as kube-proxy); skipped",
+            );
+        }
+        headless
     }
 
     fn endpoint_ports(
@@ -740,11 +828,8 @@ impl<'a> FileCtx<'a> {
             return;
         };
         let before = self.error_count();
-        let ip = match spec.status.pod_ip.as_deref() {
-            None | Some("") => None,
-            Some(text) => self.endpoint_ip(place, "status.podIP", Some(text)),
-        };
-        let ready = match &spec.status.conditions {
+        let ip = self.pod_ip(place, &spec.status);
+        let condition_ready = match &spec.status.conditions {
             Some(conditions)
                 if conditions
                     .iter()
@@ -757,6 +842,15 @@ impl<'a> FileCtx<'a> {
             // A pod written by hand has no kubelet to report conditions: running counts as ready.
             _ => matches!(spec.status.phase.as_deref(), None | Some("Running")),
         };
+        // The EndpointSlice controller's rules (pkg/controller/endpointslice `podToEndpoint`,
+        // `ShouldPodBeInEndpoints`): a finished Pod is never an endpoint; a terminating one is
+        // not ready but still serving while its Ready condition holds.
+        let finished = matches!(spec.status.phase.as_deref(), Some("Succeeded" | "Failed"));
+        let terminating = spec
+            .metadata
+            .deletion_timestamp
+            .as_ref()
+            .is_some_and(|t| !t.is_null());
         let mut ports = Vec::new();
         for (c, container) in spec.spec.containers.iter().enumerate() {
             for (i, p) in container.ports.iter().enumerate() {
@@ -779,9 +873,42 @@ impl<'a> FileCtx<'a> {
                 source: self.source(place),
                 labels: spec.metadata.labels,
                 ip,
-                ready,
+                ready: condition_ready && !terminating,
+                serving: condition_ready,
+                terminating,
+                finished,
                 ports,
             }));
+        }
+    }
+
+    /// The Pod's IPv4 address: `status.podIP`, else the first IPv4 one of `status.podIPs` (a
+    /// dual-stack Pod whose primary family is IPv6 still serves on its IPv4 address).
+    fn pod_ip(&mut self, place: &Place, status: &spec::PodStatus) -> Option<Ipv4Addr> {
+        let mut candidates: Vec<(String, &str)> = Vec::new();
+        if let Some(ip) = status.pod_ip.as_deref().filter(|ip| !ip.is_empty()) {
+            candidates.push(("status.podIP".into(), ip));
+        }
+        for (i, entry) in status.pod_ips.iter().enumerate() {
+            if let Some(ip) = entry.ip.as_deref() {
+                candidates.push((format!("status.podIPs[{i}].ip"), ip));
+            }
+        }
+        for (field, ip) in &candidates {
+            if ip.parse::<IpAddr>().is_err() {
+                self.endpoint_ip(place, field, Some(ip));
+            }
+        }
+        let v4 = candidates
+            .iter()
+            .find(|(_, ip)| ip.parse::<Ipv4Addr>().is_ok());
+        match v4 {
+            Some((field, ip)) => self.endpoint_ip(place, field, Some(ip)),
+            // No IPv4 address: the first one says why (IPv6 not served, or not an address).
+            None => {
+                let (field, ip) = candidates.first()?;
+                self.endpoint_ip(place, field, Some(ip))
+            }
         }
     }
 

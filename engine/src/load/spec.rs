@@ -10,6 +10,8 @@ pub struct ObjectMeta {
     pub namespace: Option<String>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Set when the object is being deleted (read for Pods: a terminating Pod).
+    pub deletion_timestamp: Option<serde_json::Value>,
 }
 
 /// Fields of Kubernetes objects that portald reads past without comment.
@@ -21,7 +23,6 @@ pub const KNOWN_UNUSED: &[&str] = &[
     "metadata.uid",
     "metadata.resourceVersion",
     "metadata.creationTimestamp",
-    "metadata.deletionTimestamp",
     "metadata.generation",
     "metadata.generateName",
     "metadata.managedFields",
@@ -34,10 +35,7 @@ pub const KNOWN_UNUSED: &[&str] = &[
     "spec.loadBalancerIP",
     "spec.loadBalancerSourceRanges",
     "spec.loadBalancerClass",
-    "spec.externalTrafficPolicy",
-    "spec.internalTrafficPolicy",
     "spec.healthCheckNodePort",
-    "spec.publishNotReadyAddresses",
     "spec.allocateLoadBalancerNodePorts",
     "spec.externalName",
     "spec.trafficDistribution",
@@ -101,6 +99,9 @@ pub struct ServiceSpecV1 {
     pub session_affinity_config: Option<SessionAffinityConfig>,
     #[serde(rename = "externalIPs", default)]
     pub external_ips: Vec<String>,
+    pub publish_not_ready_addresses: Option<bool>,
+    pub internal_traffic_policy: Option<String>,
+    pub external_traffic_policy: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -235,8 +236,16 @@ pub struct ContainerPort {
 pub struct PodStatus {
     #[serde(rename = "podIP")]
     pub pod_ip: Option<String>,
+    /// Dual-stack Pods list one address per family here (`podIP` is the first).
+    #[serde(rename = "podIPs", default)]
+    pub pod_ips: Vec<PodIp>,
     pub phase: Option<String>,
     pub conditions: Option<Vec<PodCondition>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PodIp {
+    pub ip: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
