@@ -20,7 +20,7 @@ bench_tools() {
   fi
 }
 
-# Builds the release binary into $CARGO_TARGET_DIR and sets P to it.
+# Builds the release binary (no debug info; `--profile profiling` keeps line tables for perf) into $CARGO_TARGET_DIR and sets P to it.
 bench_build() {
   echo "== build (release, CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
   (cd "$ROOT" && cargo build --release -q -p portald --bin portald)

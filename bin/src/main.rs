@@ -8,6 +8,9 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = args::Cli::parse();
+    if !serves_sockets(&cli.command) {
+        quiet_on_closed_stdout();
+    }
     init_logging(&cli.log_format);
     match commands::dispatch(cli.command) {
         Ok(code) => ExitCode::from(code),
@@ -15,6 +18,27 @@ fn main() -> ExitCode {
             eprintln!("portald: error: {e:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// Commands that proxy or serve sockets keep SIGPIPE ignored (Rust's default): there a peer
+/// closing its end must be an `EPIPE` error on that one connection, never the end of the
+/// process.
+fn serves_sockets(command: &args::Command) -> bool {
+    matches!(
+        command,
+        args::Command::Run(_) | args::Command::Demo(_) | args::Command::Backend(_)
+    )
+}
+
+/// `portald plan | head -1`: when the reader goes away, end quietly as `cat` or `ls` do (killed
+/// by SIGPIPE, exit status 141 in a shell), instead of `println!` panicking on `EPIPE`.
+/// Rust ignores SIGPIPE before `main`; this restores the kernel's default disposition.
+fn quiet_on_closed_stdout() {
+    // SAFETY: `signal` with SIG_DFL installs no handler (no Rust code runs in signal
+    // context); it runs before any thread is spawned.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

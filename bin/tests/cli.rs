@@ -232,3 +232,80 @@ fn plan_in_kernel_mode_spreads_over_the_endpoints_in_both_dialects() {
         assert!(!stdout.contains("listener"), "{backend}: {stdout}");
     }
 }
+
+/// Runs `portald args` with its standard output read for one line only, then closed (as
+/// `portald ... | head -1`), and returns its status and standard error.
+fn with_stdout_closed_early(args: &[&str]) -> (std::process::ExitStatus, String) {
+    use std::io::{BufRead, Read};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portald"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the portald binary runs");
+    let mut first = String::new();
+    let mut reader = std::io::BufReader::new(child.stdout.take().expect("stdout piped"));
+    reader.read_line(&mut first).expect("one line");
+    assert!(
+        !first.is_empty(),
+        "`portald {}` printed nothing",
+        args.join(" ")
+    );
+    drop(reader);
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr piped")
+        .read_to_string(&mut stderr)
+        .expect("stderr readable");
+    (child.wait().expect("portald exits"), stderr)
+}
+
+#[test]
+fn a_reader_that_goes_away_ends_every_printing_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    // Large outputs, so that the writes go on after the reader has gone.
+    let dir = tempfile_dir("closed-stdout");
+    for i in 0..300 {
+        std::fs::write(
+            dir.join(format!("svc{i}.yaml")),
+            format!("{{kind: Service, apiVersion: v1, metadata: {{name: svc{i}}}, spec: {{ports: [{{port: 80}}]}}}}\n"),
+        )
+        .expect("writes a service");
+    }
+    let dir = dir.display().to_string();
+    for args in [
+        vec!["plan", dir.as_str(), "--no-live"],
+        vec!["plan", dir.as_str(), "--no-live", "--json"],
+        vec!["plan", dir.as_str(), "--no-live", "--show-batch"],
+        vec!["check", dir.as_str(), "--format", "json"],
+        vec!["--help"],
+    ] {
+        let (status, stderr) = with_stdout_closed_early(&args);
+        assert!(
+            !stderr.contains("panicked"),
+            "`portald {}` panicked: {stderr}",
+            args.join(" ")
+        );
+        assert!(
+            status.success() || status.signal() == Some(libc_sigpipe()),
+            "`portald {}` ended with {status}: {stderr}",
+            args.join(" ")
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// SIGPIPE's number on Linux.
+fn libc_sigpipe() -> i32 {
+    13
+}
+
+/// A fresh, empty temporary directory for one test.
+fn tempfile_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("portald-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("creates a temporary directory");
+    dir
+}
