@@ -11,7 +11,14 @@ fn main() -> ExitCode {
     if !serves_sockets(&cli.command) {
         quiet_on_closed_stdout();
     }
-    init_logging(&cli.log_format);
+    // The daemon says what it does (start, each change, each problem); one-shot commands
+    // print their result and log only warnings.
+    let default_level = if matches!(cli.command, args::Command::Run(_)) {
+        "info"
+    } else {
+        "warn"
+    };
+    init_logging(&cli.log_format, default_level);
     match commands::dispatch(cli.command) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
@@ -42,11 +49,14 @@ fn quiet_on_closed_stdout() {
     }
 }
 
-fn init_logging(format: &args::LogFormat) {
+fn init_logging(format: &args::LogFormat, default_level: &str) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colour codes only for a person at a terminal, never into a journal or a file.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         args::LogFormat::Json => builder.json().init(),

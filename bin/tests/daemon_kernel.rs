@@ -983,3 +983,42 @@ fn the_daemons_own_allocation_record_write_starts_no_reconcile() {
     c.settle();
     assert_eq!(c.status().reconciles, 2, "{}", c.daemon_logs());
 }
+
+#[test]
+fn sighup_reloads_without_dropping_a_request() {
+    let mut c = Cluster::new("sighup");
+    started_pods(&mut c, 80, 2);
+    let client = c.client("client", CLIENT);
+    c.write("apache-service.json", SEED_SERVICE);
+    c.write("pods.yaml", SEED_PODS);
+    // No resync: every pass after the start is one the reload asked for.
+    let pid = c.start_daemon(&["--resync-seconds", "600"]);
+    let before = c.status().reconciles;
+
+    // Requests keep going while the daemon gets three SIGHUPs (each was its end before).
+    let url = "http://10.11.0.1:12345/";
+    let mut answered = 0;
+    for round in 0..3 {
+        // SAFETY: the pid is the daemon this test started and still holds as a child.
+        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGHUP) }, 0);
+        for _ in 0..10 {
+            let reply = c.curl(&client, url, 3);
+            assert!(reply.ok(), "round {round}: request failed: {reply:?}");
+            answered += 1;
+        }
+    }
+    assert_eq!(answered, 30);
+    assert!(alive(pid), "the daemon ended on SIGHUP");
+    c.wait_status("a reconcile triggered by the reload", |s| {
+        match &s.last_reconcile {
+            Some(r) if r.trigger == "reload" && r.ok && s.reconciles >= before + 1 => Ok(()),
+            other => Err(format!("{} reconciles, last {other:?}", s.reconciles)),
+        }
+    });
+    let logs = c.daemon_logs();
+    assert!(logs.contains("SIGHUP: reloading"), "{logs}");
+    assert!(
+        !logs.contains('\u{1b}'),
+        "colour codes in a log that is not a terminal: {logs}"
+    );
+}

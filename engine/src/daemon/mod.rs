@@ -60,6 +60,8 @@ enum Trigger {
     Start,
     Files,
     Resync,
+    /// SIGHUP (`systemctl reload`, a closed SSH session): read everything again.
+    Reload,
     Request(Request, tokio::sync::oneshot::Sender<Response>),
     Stop,
 }
@@ -70,6 +72,7 @@ impl Trigger {
             Trigger::Start => "start",
             Trigger::Files => "files",
             Trigger::Resync => "resync",
+            Trigger::Reload => "reload",
             Trigger::Request(..) => "request",
             Trigger::Stop => "stop",
         }
@@ -116,6 +119,8 @@ pub async fn run(cfg: DaemonConfig, exec: Arc<dyn Exec>) -> Result<(), DaemonErr
     if !cfg.dir.is_dir() {
         return Err(DaemonError::NotADirectory(cfg.dir.display().to_string()));
     }
+    // First, so that a signal during the start is handled, never the default action.
+    let mut signals = Signals::new()?;
     let dataplane = DataPlane::new(cfg.dataplane.clone());
     let status = Arc::new(Mutex::new(Status {
         pid: std::process::id(),
@@ -184,7 +189,7 @@ pub async fn run(cfg: DaemonConfig, exec: Arc<dyn Exec>) -> Result<(), DaemonErr
         tokio::spawn(serve_control(socket, tx, status, dataplane, control))
     };
 
-    wait_for_signal().await?;
+    signals.wait(&tx).await;
     tracing::info!("stopping");
     let _ = tx.send(Trigger::Stop);
     let _ = worker.await;
@@ -376,13 +381,36 @@ async fn serve_control(
     }
 }
 
-async fn wait_for_signal() -> Result<(), DaemonError> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// The signals the daemon answers. SIGHUP, whose default is to end the process (and leave
+/// every VIP redirected to closed ports), asks for a reload instead: the directory and the
+/// kernel are read again and reconciled.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Signals, DaemonError> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).map_err(DaemonError::Signal)?,
+            int: signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?,
+            hup: signal(SignalKind::hangup()).map_err(DaemonError::Signal)?,
+        })
     }
-    Ok(())
+
+    /// Returns on SIGTERM or SIGINT; turns each SIGHUP into a reload.
+    async fn wait(&mut self, tx: &mpsc::Sender<Trigger>) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                _ = self.hup.recv() => {
+                    tracing::info!("SIGHUP: reloading");
+                    let _ = tx.send(Trigger::Reload);
+                }
+            }
+        }
+    }
 }
