@@ -1022,3 +1022,83 @@ fn sighup_reloads_without_dropping_a_request() {
         "colour codes in a log that is not a terminal: {logs}"
     );
 }
+
+/// Every datagram that arrived on `socket` within `wait`, as text.
+fn notifications(socket: &std::os::unix::net::UnixDatagram, wait: Duration) -> Vec<String> {
+    let deadline = Instant::now() + wait;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        socket
+            .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .expect("read timeout");
+        match socket.recv(&mut buf) {
+            Ok(n) => out.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+#[test]
+fn the_daemon_speaks_the_systemd_notification_protocol() {
+    let mut c = Cluster::new("sdnotify");
+    started_pods(&mut c, 80, 2);
+    c.write("apache-service.json", SEED_SERVICE);
+    c.write("pods.yaml", SEED_PODS);
+    // The service manager's end: a datagram socket, as systemd binds for Type=notify.
+    let path = c.temp().join("notify.sock");
+    let manager = std::os::unix::net::UnixDatagram::bind(&path).expect("binds NOTIFY_SOCKET");
+    let notify_socket = format!("NOTIFY_SOCKET={}", path.display());
+    let pid = c.start_daemon_with_env(
+        &[&notify_socket, "WATCHDOG_USEC=400000"],
+        &["--resync-seconds", "600"],
+    );
+
+    // start_daemon returned after the first successful reconcile: READY=1 has been sent,
+    // with a status line, and the rules it announces are in the kernel.
+    let first = notifications(&manager, Duration::from_millis(700));
+    let ready = first
+        .iter()
+        .find(|m| m.lines().any(|l| l == "READY=1"))
+        .unwrap_or_else(|| panic!("no READY=1: {first:?}"));
+    assert!(
+        ready.contains("STATUS=1 services, 1 ports, 2 endpoints; last reconcile ok (start)"),
+        "{ready}"
+    );
+    assert!(
+        portal_lines(&c.iptables_save())
+            .iter()
+            .any(|l| l.contains("10.11.0.1/32")),
+        "READY=1 before the rules were live"
+    );
+    // The watchdog (WATCHDOG_USEC=0.4 s) is fed every 0.2 s.
+    let pings = first
+        .iter()
+        .filter(|m| m.trim_end() == "WATCHDOG=1")
+        .count();
+    assert!(pings >= 2, "{pings} watchdog pings in 0.7 s: {first:?}");
+
+    // A reload: RELOADING=1 with the monotonic time, then READY=1 again.
+    // SAFETY: the pid is the daemon this test started.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGHUP) }, 0);
+    let reload = notifications(&manager, Duration::from_millis(1500));
+    let reloading = reload
+        .iter()
+        .position(|m| m.lines().any(|l| l == "RELOADING=1"))
+        .unwrap_or_else(|| panic!("no RELOADING=1: {reload:?}"));
+    assert!(reload[reloading].contains("MONOTONIC_USEC="), "{reload:?}");
+    assert!(
+        reload[reloading..]
+            .iter()
+            .any(|m| m.lines().any(|l| l == "READY=1")),
+        "no READY=1 after the reload: {reload:?}"
+    );
+
+    c.stop_daemon(libc::SIGTERM);
+    let last = notifications(&manager, Duration::from_millis(300));
+    assert!(
+        last.iter().any(|m| m.lines().any(|l| l == "STOPPING=1")),
+        "no STOPPING=1: {last:?}"
+    );
+}

@@ -277,6 +277,12 @@ impl Cluster {
     /// `portald run DIR --control-socket S` in the node with short timers, plus `extra`.
     /// Waits until the first reconcile succeeded.
     pub fn start_daemon(&mut self, extra: &[&str]) -> u32 {
+        self.start_daemon_with_env(&[], extra)
+    }
+
+    /// [`Cluster::start_daemon`] with `NAME=value` variables in the daemon's environment
+    /// only (through `env`, which execs it: the pid is the daemon's).
+    pub fn start_daemon_with_env(&mut self, env: &[&str], extra: &[&str]) -> u32 {
         let mut args: Vec<String> = vec![
             "run".into(),
             self.dir.display().to_string(),
@@ -292,7 +298,14 @@ impl Cluster {
         // A flag given again in `extra` replaces the default above (clap refuses repeats).
         args = merge_flags(args, extra);
         let node = self.node();
-        let pid = self.spawn(&node, PORTALD, &args);
+        let pid = if env.is_empty() {
+            self.spawn(&node, PORTALD, &args)
+        } else {
+            let mut with_env: Vec<String> = env.iter().map(|v| v.to_string()).collect();
+            with_env.push(PORTALD.to_string());
+            with_env.extend(args);
+            self.spawn(&node, "env", &with_env)
+        };
         self.daemon = Some(pid);
         self.daemons.push(pid);
         self.wait_status("the daemon's first successful reconcile", |s| {

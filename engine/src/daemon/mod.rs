@@ -3,6 +3,7 @@
 
 pub mod control;
 pub mod reconciler;
+pub mod systemd;
 pub mod watch;
 
 use crate::config::Config;
@@ -181,6 +182,22 @@ pub async fn run(cfg: DaemonConfig, exec: Arc<dyn Exec>) -> Result<(), DaemonErr
             }
         })
     };
+    // The watchdog is fed while the reconciler's thread lives: a wedged or dead reconciler
+    // lets systemd restart the daemon.
+    let watchdog_task = systemd::watchdog_period().map(|period| {
+        let alive = Arc::downgrade(&status);
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(period);
+            loop {
+                interval.tick().await;
+                let Some(status) = alive.upgrade() else { break };
+                // A lock held for a whole period means the reconciler is stuck in it.
+                if status.try_lock().is_ok() {
+                    systemd::watchdog();
+                }
+            }
+        })
+    });
     let server = {
         let tx = tx.clone();
         let status = status.clone();
@@ -191,9 +208,13 @@ pub async fn run(cfg: DaemonConfig, exec: Arc<dyn Exec>) -> Result<(), DaemonErr
 
     signals.wait(&tx).await;
     tracing::info!("stopping");
+    systemd::stopping();
     let _ = tx.send(Trigger::Stop);
     let _ = worker.await;
     resync_task.abort();
+    if let Some(task) = watchdog_task {
+        task.abort();
+    }
     server.abort();
     dataplane.shutdown().await;
     let _ = std::fs::remove_file(&cfg.control_socket);
@@ -202,6 +223,8 @@ pub async fn run(cfg: DaemonConfig, exec: Arc<dyn Exec>) -> Result<(), DaemonErr
 }
 
 fn reconcile_loop(reconciler: &mut Reconciler, rx: mpsc::Receiver<Trigger>, cleanup_on_exit: bool) {
+    // READY=1 only once a pass has been applied and verified; again after each reload.
+    let mut ready = false;
     while let Ok(first) = rx.recv() {
         // Coalesce a burst of hints into one pass; answer every request.
         let mut triggers = vec![first];
@@ -270,12 +293,36 @@ fn reconcile_loop(reconciler: &mut Reconciler, rx: mpsc::Receiver<Trigger>, clea
             }
         }
         if let (Some(name), None) = (hinted, &reconciled) {
+            if name == "reload" {
+                systemd::reloading();
+                ready = false;
+            }
             let result = reconciler.reconcile(name);
+            tell_service_manager(reconciler, result.ok, &mut ready);
             if !result.ok {
                 // Try again soon rather than waiting for the resync period.
                 std::thread::sleep(Duration::from_millis(500));
             }
         }
+    }
+}
+
+/// After a pass: `READY=1` with the status line the first time a pass succeeded (since the
+/// start or the last reload), else the status line alone.
+fn tell_service_manager(reconciler: &Reconciler, ok: bool, ready: &mut bool) {
+    let status = reconciler.status.lock().expect("status lock");
+    if ok && !*ready {
+        *ready = true;
+        systemd::ready(&status);
+        tracing::info!(
+            backend = %status.backend,
+            mode = %status.mode,
+            dir = %status.dir,
+            status = %systemd::status_line(&status),
+            "ready"
+        );
+    } else {
+        systemd::status(&status);
     }
 }
 
