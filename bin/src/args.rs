@@ -46,12 +46,23 @@ pub enum Command {
     Switch(SwitchArgs),
     /// A self-contained run in private network namespaces: backends, services, traffic.
     Demo(DemoArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff, for `man -l -`).
+    Man,
     /// A named test server ("pod") for the demo and the tests.
     #[command(hide = true)]
     Backend(BackendArgs),
     /// Send numbered UDP datagrams and print the replies.
     #[command(hide = true)]
     UdpProbe(UdpProbeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// Where the daemon's control socket is.

@@ -309,3 +309,41 @@ fn tempfile_dir(tag: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).expect("creates a temporary directory");
     dir
 }
+
+#[test]
+fn the_manual_page_and_the_completions_cover_every_subcommand() {
+    let commands = subcommands();
+    let man = portald(&["man"]);
+    assert_eq!(code(&man), 0, "{}", text(&man.stderr));
+    let page = text(&man.stdout);
+    assert!(page.contains(".TH portald 1"), "not a roff page: {page}");
+    let bash = portald(&["completions", "bash"]);
+    assert_eq!(code(&bash), 0, "{}", text(&bash.stderr));
+    let script = text(&bash.stdout);
+    for command in &commands {
+        assert!(
+            page.contains(command.as_str()),
+            "the man page lacks `{command}`"
+        );
+        assert!(
+            script.contains(command.as_str()),
+            "bash completion lacks `{command}`"
+        );
+    }
+    // The script is valid bash.
+    let dir = tempfile_dir("completions");
+    let path = dir.join("portald.bash");
+    std::fs::write(&path, &script).expect("writes the script");
+    let checked = Command::new("bash")
+        .arg("-n")
+        .arg(&path)
+        .output()
+        .expect("bash runs");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(checked.status.success(), "{}", text(&checked.stderr));
+    for shell in ["zsh", "fish", "elvish", "powershell"] {
+        let out = portald(&["completions", shell]);
+        assert_eq!(code(&out), 0, "{shell}: {}", text(&out.stderr));
+        assert!(out.stdout.len() > 1000, "{shell}: a short script");
+    }
+}

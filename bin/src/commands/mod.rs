@@ -5,6 +5,7 @@ mod backend;
 mod check;
 mod cleanup;
 mod demo;
+mod docs;
 mod lock;
 mod plan;
 mod run;
@@ -34,6 +35,8 @@ pub fn dispatch(command: Command) -> Result<u8> {
         Command::Cleanup(args) => cleanup::run(args),
         Command::Switch(args) => switch::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Completions(args) => docs::completions(args),
+        Command::Man => docs::man(),
         Command::Backend(args) => backend::run(args),
         Command::UdpProbe(args) => udp_probe::run(args),
     }
