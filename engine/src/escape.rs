@@ -160,17 +160,26 @@ pub fn github_property(text: &str, max: usize) -> String {
 /// `total` is how many there are (`items` may stop early). Each item is escaped and clipped
 /// to [`MAX_NAME`].
 pub fn list<T: fmt::Display>(items: impl IntoIterator<Item = T>, total: usize) -> String {
+    list_joined(items, total, ", ")
+}
+
+/// [`list`] with another separator.
+pub fn list_joined<T: fmt::Display>(
+    items: impl IntoIterator<Item = T>,
+    total: usize,
+    separator: &str,
+) -> String {
     let mut out = String::new();
     let mut shown = 0;
     for item in items.into_iter().take(MAX_ITEMS) {
         if shown > 0 {
-            out.push_str(", ");
+            out.push_str(separator);
         }
         out.push_str(&clipped(&item.to_string(), MAX_NAME));
         shown += 1;
     }
     if total > shown {
-        let _ = write!(out, ", {ELLIPSIS} and {} more", total - shown);
+        let _ = write!(out, "{separator}{ELLIPSIS} and {} more", total - shown);
     }
     out
 }

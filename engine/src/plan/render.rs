@@ -172,10 +172,16 @@ pub fn plan_text(plan: &Plan) -> String {
             Step::CloseListener { key, listener: l } => format!("- {}", listener(key, l)),
             Step::Kernel(change) => match change {
                 Change::AddScaffold { scaffold } => {
-                    format!("+ {}", escape::clipped(&scaffold.to_string(), escape::MAX_TEXT))
+                    format!(
+                        "+ {}",
+                        escape::clipped(&scaffold.to_string(), escape::MAX_TEXT)
+                    )
                 }
                 Change::RemoveScaffold { scaffold } => {
-                    format!("- {}", escape::clipped(&scaffold.to_string(), escape::MAX_TEXT))
+                    format!(
+                        "- {}",
+                        escape::clipped(&scaffold.to_string(), escape::MAX_TEXT)
+                    )
                 }
                 Change::AddRule { rule: r } => format!("+ {}", rule(r)),
                 Change::RemoveRule { rule: r } => format!("- {}", rule(r)),
