@@ -7,6 +7,8 @@ mod cleanup;
 mod demo;
 mod lock;
 mod plan;
+#[cfg(test)]
+mod render_props;
 mod run;
 mod snapshot;
 mod status;
