@@ -22,7 +22,12 @@ fn main() -> ExitCode {
     match commands::dispatch(cli.command) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("portald: error: {e:#}");
+            // One line, escaped: the chain may quote a file name or a kernel tool's output.
+            let message = format!("{e:#}");
+            eprintln!(
+                "portald: error: {}",
+                engine::escape::Text(message.trim_end())
+            );
             ExitCode::from(1)
         }
     }

@@ -307,6 +307,56 @@ fn tempfile_dir(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("portald-cli-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("creates a temporary directory");
+/// A services directory of the test's own, removed when dropped (also when the test fails).
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(what: &str) -> Scratch {
+        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("portald-cli-{what}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        Scratch(dir)
+    }
+
+    fn arg(&self) -> String {
+        self.0.display().to_string()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A file name that forges a GitHub workflow command on its own line, colours the terminal
+/// red and reverses the text after it.
+const HOSTILE_NAME: &str = "evil\n::error file=forged.yaml,line=1::forged\x1b[31m\u{202e}lmay.yaml";
+
+/// Characters that must never reach a terminal or a CI log raw.
+fn raw_control(line: &str) -> Option<char> {
+    line.chars().find(|&c| {
+        c.is_control()
+            || ('\u{202a}'..='\u{202e}').contains(&c)
+            || ('\u{2066}'..='\u{2069}').contains(&c)
+    })
+}
+
+fn hostile_dir() -> Scratch {
+    let dir = Scratch::new("hostile");
+    std::fs::write(
+        dir.0.join(HOSTILE_NAME),
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  ports:\n  - port: 99999\n",
+    )
+    .expect("hostile file written");
+    std::fs::write(
+        dir.0.join("good.yaml"),
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: good\nspec:\n  clusterIP: 10.11.0.9\n  ports:\n  - port: 80\n",
+    )
+    .expect("good file written");
     dir
 }
 
@@ -345,5 +395,122 @@ fn the_manual_page_and_the_completions_cover_every_subcommand() {
         let out = portald(&["completions", shell]);
         assert_eq!(code(&out), 0, "{shell}: {}", text(&out.stderr));
         assert!(out.stdout.len() > 1000, "{shell}: a short script");
+fn a_file_name_with_a_newline_an_escape_and_a_bidi_override_stays_one_escaped_record_in_every_check_format(
+) {
+    let dir = hostile_dir();
+    let json = portald(&["check", "--format", "json", &dir.arg()]);
+    assert_eq!(code(&json), 1, "{}", text(&json.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).expect("check json");
+    let diagnostics = report["diagnostics"].as_array().expect("diagnostics");
+    assert!(!diagnostics.is_empty());
+    // JSON keeps the name whole: a program reading it gets the real file.
+    for d in diagnostics {
+        assert_eq!(d["file"].as_str(), Some(HOSTILE_NAME), "{d}");
+    }
+
+    let plain = portald(&["check", &dir.arg()]);
+    assert_eq!(code(&plain), 1);
+    let stdout = text(&plain.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), diagnostics.len() + 1, "{stdout}");
+    for line in &lines[..diagnostics.len()] {
+        assert_eq!(raw_control(line), None, "{line:?}");
+        assert!(
+            line.starts_with(
+                "evil\\n::error file=forged.yaml,line=1::forged\\x1b[31m\\u{202e}lmay.yaml:7: error: "
+            ),
+            "{line:?}"
+        );
+    }
+
+    let github = portald(&["check", "--format", "github", &dir.arg()]);
+    assert_eq!(code(&github), 1);
+    let stdout = text(&github.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), diagnostics.len(), "{stdout}");
+    for line in lines {
+        assert_eq!(raw_control(line), None, "{line:?}");
+        // `:` and `,` escaped in the property: the command's file is the whole name.
+        assert!(
+            line.starts_with(
+                "::error file=evil%0A%3A%3Aerror file=forged.yaml%2Cline=1%3A%3Aforged\\x1b[31m\\u{202e}lmay.yaml,line=7::"
+            ),
+            "{line:?}"
+        );
+    }
+}
+
+#[test]
+fn plan_shows_a_hostile_file_name_escaped_on_one_line() {
+    let dir = hostile_dir();
+    let out = portald(&["plan", &dir.arg(), "--no-live"]);
+    assert_eq!(code(&out), 1, "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(!stderr.is_empty());
+    for line in stderr.lines().chain(text(&out.stdout).lines()) {
+        assert_eq!(raw_control(line), None, "{line:?}");
+        assert!(
+            !line.starts_with("::"),
+            "a forged workflow command: {line:?}"
+        );
+    }
+    assert!(
+        stderr.contains("evil\\n::error file=forged.yaml"),
+        "{stderr}"
+    );
+    assert!(text(&out.stdout).contains("default/good"));
+}
+
+/// A service whose one port has `count` endpoints, in JSON (quick to load).
+fn many_endpoints(count: usize) -> Scratch {
+    let dir = Scratch::new("endpoints");
+    let addresses: Vec<serde_json::Value> = (0..count)
+        .map(|i| {
+            let (a, b) = (i / 250, i % 250 + 1);
+            serde_json::json!({ "ip": format!("10.{}.{}.{b}", 100 + a / 256, a % 256) })
+        })
+        .collect();
+    let list = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": [
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": { "name": "wide" },
+                "spec": { "clusterIP": "10.11.0.7", "ports": [{ "port": 80 }] }
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "Endpoints",
+                "metadata": { "name": "wide" },
+                "subsets": [{ "addresses": addresses, "ports": [{ "port": 8080 }] }]
+            }
+        ]
+    });
+    std::fs::write(dir.0.join("wide.json"), list.to_string()).expect("wide.json written");
+    dir
+}
+
+#[test]
+fn plan_text_stays_readable_with_3_500_and_100_000_endpoints_and_the_json_keeps_them_all() {
+    for count in [3_500, 100_000] {
+        let dir = many_endpoints(count);
+        let out = portald(&["plan", &dir.arg(), "--no-live"]);
+        assert_eq!(code(&out), 0, "{count}: {}", text(&out.stderr));
+        let stdout = text(&out.stdout);
+        let widest = stdout.lines().map(|l| l.chars().count()).max().unwrap_or(0);
+        assert!(widest <= 2048, "{count}: a line of {widest} characters");
+        let more = format!("... and {} more", count - 8);
+        // The table row and the listener line each shorten the list.
+        assert_eq!(stdout.matches(&more).count(), 2, "{count}: {stdout}");
+
+        let json = portald(&["plan", &dir.arg(), "--no-live", "--json"]);
+        assert_eq!(code(&json), 0);
+        let plan: serde_json::Value = serde_json::from_slice(&json.stdout).expect("plan --json");
+        let endpoints = plan["services"][0]["ports"][0]["endpoints"]
+            .as_array()
+            .expect("endpoints");
+        assert_eq!(endpoints.len(), count);
     }
 }

@@ -1,5 +1,6 @@
 //! Problems found in the input, each naming the file, line, object and field it is about.
 
+use crate::escape;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -41,24 +42,40 @@ impl Diagnostic {
     }
 }
 
+/// One line, whatever the input: the file, object, field and message are escaped and clipped
+/// by [`crate::escape`], so a newline or an escape sequence in a file name shows as `\n` or
+/// `\x1b` and a record can never be split or colour the terminal.
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file)?;
+        f.write_str(&escape::clipped(&self.file, escape::MAX_PATH))?;
         if let Some(line) = self.line {
             write!(f, ":{line}")?;
         }
         write!(f, ": {}: ", self.severity)?;
-        if let Some(object) = &self.object {
-            write!(f, "{object}: ")?;
-        }
-        if let Some(field) = &self.field {
-            write!(f, "`{field}`: ")?;
-        }
-        f.write_str(&self.message)
+        f.write_str(&self.subject(escape::clipped))
     }
 }
 
-/// Formats diagnostics for `check --format`.
+impl Diagnostic {
+    /// `OBJECT: `FIELD`: MESSAGE`, each part passed through `show` with its bound.
+    fn subject(&self, show: fn(&str, usize) -> String) -> String {
+        let mut out = String::new();
+        if let Some(object) = &self.object {
+            out.push_str(&show(object, escape::MAX_NAME));
+            out.push_str(": ");
+        }
+        if let Some(field) = &self.field {
+            out.push('`');
+            out.push_str(&show(field, escape::MAX_NAME));
+            out.push_str("`: ");
+        }
+        out.push_str(&show(&self.message, escape::MAX_TEXT));
+        out
+    }
+}
+
+/// Formats diagnostics for `check --format`: one line per diagnostic in text and GitHub
+/// form, whatever the input (see [`crate::escape`]); the JSON keeps every string whole.
 pub fn render(diagnostics: &[Diagnostic], format: ReportFormat) -> String {
     match format {
         ReportFormat::Text => diagnostics.iter().map(|d| format!("{d}\n")).collect(),
@@ -83,18 +100,10 @@ pub fn render(diagnostics: &[Diagnostic], format: ReportFormat) -> String {
                     Severity::Note => "notice",
                 };
                 let line = d.line.map(|l| format!(",line={l}")).unwrap_or_default();
-                let mut message = String::new();
-                if let Some(object) = &d.object {
-                    message.push_str(&format!("{object}: "));
-                }
-                if let Some(field) = &d.field {
-                    message.push_str(&format!("`{field}`: "));
-                }
-                message.push_str(&d.message);
                 format!(
                     "::{level} file={}{line}::{}\n",
-                    d.file,
-                    message.replace('%', "%25").replace('\n', "%0A")
+                    escape::github_property(&d.file, escape::MAX_PATH),
+                    d.subject(escape::github_data)
                 )
             })
             .collect(),

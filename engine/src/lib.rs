@@ -10,6 +10,7 @@ pub mod dataplane;
 pub mod diagnostics;
 pub mod diff;
 pub mod endpoints;
+pub mod escape;
 pub mod exec;
 pub mod load;
 pub mod model;

@@ -8,6 +8,8 @@ mod demo;
 mod docs;
 mod lock;
 mod plan;
+#[cfg(test)]
+mod render_props;
 mod run;
 mod snapshot;
 mod status;

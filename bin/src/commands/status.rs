@@ -2,8 +2,10 @@
 
 use crate::args::StatusArgs;
 use anyhow::{Context, Result};
-use engine::daemon::control::{request, Request};
+use engine::daemon::control::{request, Request, Status};
+use engine::escape;
 use engine::plan::render::services_table;
+use std::fmt::Write;
 use std::time::Duration;
 
 pub fn run(args: StatusArgs) -> Result<u8> {
@@ -21,54 +23,66 @@ pub fn run(args: StatusArgs) -> Result<u8> {
         );
         return Ok(0);
     }
-    println!(
+    print!("{}", render(&status));
+    Ok(0)
+}
+
+/// The status as text: one line per record, whatever the daemon reports. Paths, names and
+/// errors are escaped and clipped by [`engine::escape`], lists shortened, so a line stays
+/// under [`escape::MAX_LINE`] characters.
+pub fn render(status: &Status) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
         "portald daemon pid {}, {} (backend {}, mode {}), {} reconciles",
-        status.pid, status.dir, status.backend, status.mode, status.reconciles
+        status.pid,
+        escape::clipped(&status.dir, escape::MAX_PATH),
+        escape::clipped(&status.backend, escape::MAX_NAME),
+        escape::clipped(&status.mode, escape::MAX_NAME),
+        status.reconciles
     );
     if let Some(last) = &status.last_reconcile {
-        println!(
+        let _ = writeln!(
+            out,
             "last reconcile ({}): {}; {} added, {} changed, {} removed{}",
-            last.trigger,
+            escape::clipped(&last.trigger, escape::MAX_NAME),
             if last.ok { "ok" } else { "FAILED" },
             last.summary.add,
             last.summary.change,
             last.summary.remove,
             last.error
                 .as_ref()
-                .map(|e| format!("\n  error: {e}"))
+                .map(|e| format!("\n  error: {}", escape::clipped(e, escape::MAX_TEXT)))
                 .unwrap_or_default()
         );
     }
-    println!();
-    print!("{}", services_table(&status.services));
-    println!("\nLISTENERS");
+    out.push('\n');
+    out.push_str(&services_table(&status.services));
+    out.push_str("\nLISTENERS\n");
     for l in &status.listeners {
-        let spread: Vec<String> = l
-            .per_endpoint
-            .iter()
-            .map(|(e, n)| format!("{e}={n}"))
-            .collect();
-        println!(
+        let spread = l.per_endpoint.iter().map(|(e, n)| format!("{e}={n}"));
+        let _ = writeln!(
+            out,
             "  {}/{} {}: {} active, {} accepted, {} failed dials, {} rejected; spread {}",
             l.protocol,
             l.port,
-            l.name,
+            escape::clipped(&l.name, escape::MAX_NAME),
             l.active,
             l.accepted,
             l.failures,
             l.rejected,
-            if spread.is_empty() {
+            if l.per_endpoint.is_empty() {
                 "-".into()
             } else {
-                spread.join(" ")
+                escape::list_joined(spread, l.per_endpoint.len(), " ")
             }
         );
     }
     if !status.diagnostics.is_empty() {
-        println!("\nPROBLEMS");
+        out.push_str("\nPROBLEMS\n");
         for d in &status.diagnostics {
-            println!("  {d}");
+            let _ = writeln!(out, "  {d}");
         }
     }
-    Ok(0)
+    out
 }

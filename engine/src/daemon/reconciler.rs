@@ -7,6 +7,7 @@ use crate::apply::{apply, verify, ListenerControl};
 use crate::compile::{Intent, Listener, ListenerKey};
 use crate::config::Config;
 use crate::dataplane::{Backends, DataPlane, ListenerSpec};
+use crate::escape::Text;
 use crate::exec::Exec;
 use crate::load::{load_dir, ParsedFile};
 use crate::observe::{observe, observe_other, Observed};
@@ -156,7 +157,7 @@ impl Reconciler {
                 }
             }
             Err(message) => {
-                tracing::error!(trigger, "reconcile failed: {message}");
+                tracing::error!(trigger, "reconcile failed: {}", Text(&message));
                 ReconcileResult {
                     at: now(),
                     ok: false,
@@ -216,7 +217,7 @@ impl Reconciler {
             if file.has_errors() {
                 match self.last_good.get(&file.path) {
                     Some(good) => {
-                        tracing::warn!(file = %file.path, "file has errors; its last good version stays in force");
+                        tracing::warn!(file = %Text(&file.path), "file has errors; its last good version stays in force");
                         merged.push(ParsedFile {
                             diagnostics: Vec::new(),
                             ..good.clone()

@@ -1,5 +1,6 @@
 //! Watches the services directory; every event is only a hint to reconcile.
 
+use crate::escape::Text;
 use notify::{EventKind, RecursiveMode};
 use notify_debouncer_full::{new_debouncer, DebounceEventResult, Debouncer, RecommendedCache};
 use std::path::{Path, PathBuf};
@@ -25,7 +26,7 @@ pub fn watch(
             Ok(_) => on_change(),
             Err(errors) => {
                 for e in errors {
-                    tracing::warn!(error = %e, "watching the services directory");
+                    tracing::warn!(error = %Text(&e.to_string()), "watching the services directory");
                 }
                 // The resync will catch what the watcher missed; still, look now.
                 on_change();

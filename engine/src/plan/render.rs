@@ -2,11 +2,15 @@
 
 use super::{Plan, Step};
 use crate::compile::{Listener, ServiceView};
+use crate::escape;
 use crate::model::Endpoint;
 use planners::{Action, Change, PortalRule};
 use std::fmt::Write;
 
-/// `NAME VIP PORT PROXY ENDPOINTS`, one line per service port.
+/// `NAME VIP PORT PROXY ENDPOINTS`, one line per service port. Readable at any size: names
+/// are escaped and clipped, a column is at most [`escape::MAX_NAME`] wide and the endpoints
+/// show the first [`escape::MAX_ITEMS`] and `... and N more` (the JSON lists them all), so a
+/// line stays under [`escape::MAX_LINE`] characters.
 pub fn services_table(services: &[ServiceView]) -> String {
     let mut rows = vec![[
         "NAME".to_string(),
@@ -23,10 +27,13 @@ pub fn services_table(services: &[ServiceView]) -> String {
         };
         for port in &service.ports {
             rows.push([
-                match &port.name {
-                    Some(name) => format!("{}:{name}", service.name),
-                    None => service.name.clone(),
-                },
+                escape::clipped(
+                    &match &port.name {
+                        Some(name) => format!("{}:{name}", service.name),
+                        None => service.name.clone(),
+                    },
+                    escape::MAX_NAME,
+                ),
                 vip.clone(),
                 format!("{}/{}", port.port, port.protocol),
                 port.proxy_port
@@ -37,7 +44,7 @@ pub fn services_table(services: &[ServiceView]) -> String {
         }
         if service.ports.is_empty() {
             rows.push([
-                service.name.clone(),
+                escape::clipped(&service.name, escape::MAX_NAME),
                 vip,
                 "-".into(),
                 "-".into(),
@@ -45,29 +52,37 @@ pub fn services_table(services: &[ServiceView]) -> String {
             ]);
         }
     }
-    let widths: Vec<usize> = (0..5)
-        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+    // Padded by hand, not with `{:<w$}`: a width over 65,535 panics in `format!`.
+    let widths: Vec<usize> = (0..4)
+        .map(|c| {
+            rows.iter()
+                .map(|r| r[c].chars().count())
+                .max()
+                .unwrap_or(0)
+                .min(escape::MAX_NAME)
+        })
         .collect();
     let mut out = String::new();
     for row in rows {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        let _ = writeln!(out, "{}", line.join("  ").trim_end());
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            line.push_str(cell);
+            if let Some(width) = widths.get(c) {
+                let pad = width.saturating_sub(cell.chars().count()) + 2;
+                line.push_str(&" ".repeat(pad));
+            }
+        }
+        let _ = writeln!(out, "{}", line.trim_end());
     }
     out
 }
 
+/// The endpoints of a port or listener for one line: the first few and how many more.
 fn endpoints(list: &[Endpoint]) -> String {
     if list.is_empty() {
         return "(none ready)".into();
     }
-    list.iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
+    escape::list(list, list.len())
 }
 
 fn action(action: &Action) -> String {
@@ -78,10 +93,10 @@ fn action(action: &Action) -> String {
             endpoints,
             affinity_seconds,
         } => {
-            let list: Vec<String> = endpoints.iter().map(ToString::to_string).collect();
+            let list = escape::list(endpoints, endpoints.len());
             match affinity_seconds {
-                Some(s) => format!("dnat {} (client-ip affinity {s}s)", list.join(", ")),
-                None => format!("dnat {}", list.join(", ")),
+                Some(s) => format!("dnat {list} (client-ip affinity {s}s)"),
+                None => format!("dnat {list}"),
             }
         }
         Action::Reject => "reject (no endpoints)".to_string(),
@@ -91,9 +106,9 @@ fn action(action: &Action) -> String {
 fn rule(rule: &PortalRule) -> String {
     format!(
         "rule {} -> {}  # {}",
-        rule.key,
+        escape::clipped(&rule.key.to_string(), escape::MAX_NAME),
         action(&rule.action),
-        rule.comment
+        escape::clipped(&rule.comment.to_string(), escape::MAX_NAME)
     )
 }
 
@@ -104,14 +119,16 @@ fn listener(key: &crate::compile::ListenerKey, l: &Listener) -> String {
         .unwrap_or_default();
     format!(
         "listener {key}  {} ({}:{}) -> {}{affinity}",
-        l.name,
+        escape::clipped(&l.name, escape::MAX_NAME),
         l.vip,
         l.service_port,
         endpoints(&l.endpoints)
     )
 }
 
-/// One line per step, then the summary line.
+/// One line per step, then the summary line. Every name and foreign rule is escaped and
+/// clipped, and endpoint lists shortened, as in [`services_table`]: a line stays under
+/// [`escape::MAX_LINE`] characters.
 pub fn plan_text(plan: &Plan) -> String {
     let mut out = String::new();
     for step in &plan.steps {
@@ -138,27 +155,48 @@ pub fn plan_text(plan: &Plan) -> String {
                 {
                     what.push(format!(
                         "serves {} ({}:{}) => {} ({}:{})",
-                        old.name, old.vip, old.service_port, new.name, new.vip, new.service_port
+                        escape::clipped(&old.name, escape::MAX_NAME),
+                        old.vip,
+                        old.service_port,
+                        escape::clipped(&new.name, escape::MAX_NAME),
+                        new.vip,
+                        new.service_port
                     ));
                 }
-                format!("~ listener {key}  {}: {}", new.name, what.join("; "))
+                format!(
+                    "~ listener {key}  {}: {}",
+                    escape::clipped(&new.name, escape::MAX_NAME),
+                    what.join("; ")
+                )
             }
             Step::CloseListener { key, listener: l } => format!("- {}", listener(key, l)),
             Step::Kernel(change) => match change {
-                Change::AddScaffold { scaffold } => format!("+ {scaffold}"),
-                Change::RemoveScaffold { scaffold } => format!("- {scaffold}"),
+                Change::AddScaffold { scaffold } => {
+                    format!(
+                        "+ {}",
+                        escape::clipped(&scaffold.to_string(), escape::MAX_TEXT)
+                    )
+                }
+                Change::RemoveScaffold { scaffold } => {
+                    format!(
+                        "- {}",
+                        escape::clipped(&scaffold.to_string(), escape::MAX_TEXT)
+                    )
+                }
                 Change::AddRule { rule: r } => format!("+ {}", rule(r)),
                 Change::RemoveRule { rule: r } => format!("- {}", rule(r)),
                 Change::ReplaceRule { old, new } => format!(
                     "~ rule {}: {} => {}  # {}",
-                    new.key,
+                    escape::clipped(&new.key.to_string(), escape::MAX_NAME),
                     action(&old.action),
                     action(&new.action),
-                    new.comment
+                    escape::clipped(&new.comment.to_string(), escape::MAX_NAME)
                 ),
-                Change::RemoveStray { stray } => {
-                    format!("- stray rule in {}: {}", stray.chain, stray.text)
-                }
+                Change::RemoveStray { stray } => format!(
+                    "- stray rule in {}: {}",
+                    escape::clipped(&stray.chain, escape::MAX_NAME),
+                    escape::clipped(&stray.text, escape::MAX_TEXT)
+                ),
             },
         };
         let _ = writeln!(out, "  {line}");
