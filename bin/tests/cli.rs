@@ -233,80 +233,6 @@ fn plan_in_kernel_mode_spreads_over_the_endpoints_in_both_dialects() {
     }
 }
 
-/// Runs `portald args` with its standard output read for one line only, then closed (as
-/// `portald ... | head -1`), and returns its status and standard error.
-fn with_stdout_closed_early(args: &[&str]) -> (std::process::ExitStatus, String) {
-    use std::io::{BufRead, Read};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_portald"))
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("the portald binary runs");
-    let mut first = String::new();
-    let mut reader = std::io::BufReader::new(child.stdout.take().expect("stdout piped"));
-    reader.read_line(&mut first).expect("one line");
-    assert!(
-        !first.is_empty(),
-        "`portald {}` printed nothing",
-        args.join(" ")
-    );
-    drop(reader);
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .expect("stderr piped")
-        .read_to_string(&mut stderr)
-        .expect("stderr readable");
-    (child.wait().expect("portald exits"), stderr)
-}
-
-#[test]
-fn a_reader_that_goes_away_ends_every_printing_command_quietly() {
-    use std::os::unix::process::ExitStatusExt;
-    // Large outputs, so that the writes go on after the reader has gone.
-    let dir = tempfile_dir("closed-stdout");
-    for i in 0..300 {
-        std::fs::write(
-            dir.join(format!("svc{i}.yaml")),
-            format!("{{kind: Service, apiVersion: v1, metadata: {{name: svc{i}}}, spec: {{ports: [{{port: 80}}]}}}}\n"),
-        )
-        .expect("writes a service");
-    }
-    let dir = dir.display().to_string();
-    for args in [
-        vec!["plan", dir.as_str(), "--no-live"],
-        vec!["plan", dir.as_str(), "--no-live", "--json"],
-        vec!["plan", dir.as_str(), "--no-live", "--show-batch"],
-        vec!["check", dir.as_str(), "--format", "json"],
-        vec!["--help"],
-    ] {
-        let (status, stderr) = with_stdout_closed_early(&args);
-        assert!(
-            !stderr.contains("panicked"),
-            "`portald {}` panicked: {stderr}",
-            args.join(" ")
-        );
-        assert!(
-            status.success() || status.signal() == Some(libc_sigpipe()),
-            "`portald {}` ended with {status}: {stderr}",
-            args.join(" ")
-        );
-    }
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// SIGPIPE's number on Linux.
-fn libc_sigpipe() -> i32 {
-    13
-}
-
-/// A fresh, empty temporary directory for one test.
-fn tempfile_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("portald-cli-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("creates a temporary directory");
 /// A services directory of the test's own, removed when dropped (also when the test fails).
 struct Scratch(PathBuf);
 
@@ -361,40 +287,6 @@ fn hostile_dir() -> Scratch {
 }
 
 #[test]
-fn the_manual_page_and_the_completions_cover_every_subcommand() {
-    let commands = subcommands();
-    let man = portald(&["man"]);
-    assert_eq!(code(&man), 0, "{}", text(&man.stderr));
-    let page = text(&man.stdout);
-    assert!(page.contains(".TH portald 1"), "not a roff page: {page}");
-    let bash = portald(&["completions", "bash"]);
-    assert_eq!(code(&bash), 0, "{}", text(&bash.stderr));
-    let script = text(&bash.stdout);
-    for command in &commands {
-        assert!(
-            page.contains(command.as_str()),
-            "the man page lacks `{command}`"
-        );
-        assert!(
-            script.contains(command.as_str()),
-            "bash completion lacks `{command}`"
-        );
-    }
-    // The script is valid bash.
-    let dir = tempfile_dir("completions");
-    let path = dir.join("portald.bash");
-    std::fs::write(&path, &script).expect("writes the script");
-    let checked = Command::new("bash")
-        .arg("-n")
-        .arg(&path)
-        .output()
-        .expect("bash runs");
-    let _ = std::fs::remove_dir_all(&dir);
-    assert!(checked.status.success(), "{}", text(&checked.stderr));
-    for shell in ["zsh", "fish", "elvish", "powershell"] {
-        let out = portald(&["completions", shell]);
-        assert_eq!(code(&out), 0, "{shell}: {}", text(&out.stderr));
-        assert!(out.stdout.len() > 1000, "{shell}: a short script");
 fn a_file_name_with_a_newline_an_escape_and_a_bidi_override_stays_one_escaped_record_in_every_check_format(
 ) {
     let dir = hostile_dir();
@@ -512,5 +404,120 @@ fn plan_text_stays_readable_with_3_500_and_100_000_endpoints_and_the_json_keeps_
             .as_array()
             .expect("endpoints");
         assert_eq!(endpoints.len(), count);
+    }
+}
+
+/// Runs `portald args` with its standard output read for one line only, then closed (as
+/// `portald ... | head -1`), and returns its status and standard error.
+fn with_stdout_closed_early(args: &[&str]) -> (std::process::ExitStatus, String) {
+    use std::io::{BufRead, Read};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portald"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the portald binary runs");
+    let mut first = String::new();
+    let mut reader = std::io::BufReader::new(child.stdout.take().expect("stdout piped"));
+    reader.read_line(&mut first).expect("one line");
+    assert!(
+        !first.is_empty(),
+        "`portald {}` printed nothing",
+        args.join(" ")
+    );
+    drop(reader);
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr piped")
+        .read_to_string(&mut stderr)
+        .expect("stderr readable");
+    (child.wait().expect("portald exits"), stderr)
+}
+
+#[test]
+fn a_reader_that_goes_away_ends_every_printing_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    // Large outputs, so that the writes go on after the reader has gone.
+    let dir = tempfile_dir("closed-stdout");
+    for i in 0..300 {
+        std::fs::write(
+            dir.join(format!("svc{i}.yaml")),
+            format!("{{kind: Service, apiVersion: v1, metadata: {{name: svc{i}}}, spec: {{ports: [{{port: 80}}]}}}}\n"),
+        )
+        .expect("writes a service");
+    }
+    let dir = dir.display().to_string();
+    for args in [
+        vec!["plan", dir.as_str(), "--no-live"],
+        vec!["plan", dir.as_str(), "--no-live", "--json"],
+        vec!["plan", dir.as_str(), "--no-live", "--show-batch"],
+        vec!["check", dir.as_str(), "--format", "json"],
+        vec!["--help"],
+    ] {
+        let (status, stderr) = with_stdout_closed_early(&args);
+        assert!(
+            !stderr.contains("panicked"),
+            "`portald {}` panicked: {stderr}",
+            args.join(" ")
+        );
+        assert!(
+            status.success() || status.signal() == Some(libc_sigpipe()),
+            "`portald {}` ended with {status}: {stderr}",
+            args.join(" ")
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// SIGPIPE's number on Linux.
+fn libc_sigpipe() -> i32 {
+    13
+}
+
+/// A fresh, empty temporary directory for one test.
+fn tempfile_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("portald-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("creates a temporary directory");
+    dir
+}
+
+#[test]
+fn the_manual_page_and_the_completions_cover_every_subcommand() {
+    let commands = subcommands();
+    let man = portald(&["man"]);
+    assert_eq!(code(&man), 0, "{}", text(&man.stderr));
+    let page = text(&man.stdout);
+    assert!(page.contains(".TH portald 1"), "not a roff page: {page}");
+    let bash = portald(&["completions", "bash"]);
+    assert_eq!(code(&bash), 0, "{}", text(&bash.stderr));
+    let script = text(&bash.stdout);
+    for command in &commands {
+        assert!(
+            page.contains(command.as_str()),
+            "the man page lacks `{command}`"
+        );
+        assert!(
+            script.contains(command.as_str()),
+            "bash completion lacks `{command}`"
+        );
+    }
+    // The script is valid bash.
+    let dir = tempfile_dir("completions");
+    let path = dir.join("portald.bash");
+    std::fs::write(&path, &script).expect("writes the script");
+    let checked = Command::new("bash")
+        .arg("-n")
+        .arg(&path)
+        .output()
+        .expect("bash runs");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(checked.status.success(), "{}", text(&checked.stderr));
+    for shell in ["zsh", "fish", "elvish", "powershell"] {
+        let out = portald(&["completions", shell]);
+        assert_eq!(code(&out), 0, "{shell}: {}", text(&out.stderr));
+        assert!(out.stdout.len() > 1000, "{shell}: a short script");
     }
 }
