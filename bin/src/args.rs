@@ -14,8 +14,31 @@ pub struct Cli {
     /// Log format on standard error (filter with RUST_LOG).
     #[arg(long, value_enum, default_value = "text", global = true)]
     pub log_format: LogFormat,
+    /// Settings file (YAML, JSON or TOML; `.toml` by its name): every flag of the command
+    /// by its name with `_` (`resync_seconds: 10`). Flags win over `PORTALD_*` variables,
+    /// which win over the file. Also `PORTALD_CONFIG`.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print every setting of the command, its value and where it came from, then exit.
+    #[arg(long, global = true)]
+    pub print_config: bool,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// The parser: the derived definition, where a flag given twice (by a settings layer, then
+/// by the user) takes the later value.
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    let mut command = Cli::command().args_override_self(true);
+    let names: Vec<String> = command
+        .get_subcommands()
+        .map(|c| c.get_name().to_string())
+        .collect();
+    for name in names {
+        command = command.mut_subcommand(name, |c| c.args_override_self(true));
+    }
+    command
 }
 
 #[derive(Debug, Clone, ValueEnum)]

@@ -2,12 +2,22 @@
 
 mod args;
 mod commands;
+mod settings;
 
-use clap::Parser;
+use clap::FromArgMatches;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = args::Cli::parse();
+    let cli = match parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            eprintln!("portald: error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let Some(cli) = cli else {
+        return ExitCode::SUCCESS;
+    };
     if !serves_sockets(&cli.command) {
         quiet_on_closed_stdout();
     }
@@ -30,6 +40,51 @@ fn main() -> ExitCode {
             );
             ExitCode::from(1)
         }
+    }
+}
+
+/// The command line with settings from `--config` and `PORTALD_*` put in; `None` when
+/// `--print-config` printed them instead. Usage errors, `--help` and `--version` end the
+/// process here, as clap does.
+fn parse() -> anyhow::Result<Option<args::Cli>> {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // A first look, errors ignored: which command, which config file (a setting such as the
+    // directory may still be missing from the flags alone).
+    let first = args::command()
+        .ignore_errors(true)
+        .try_get_matches_from(&argv)
+        .ok();
+    let subcommand = first
+        .as_ref()
+        .and_then(|m| m.subcommand_name().map(str::to_string));
+    let config = first
+        .as_ref()
+        .and_then(|m| m.get_one::<std::path::PathBuf>("config").cloned())
+        .or_else(|| std::env::var_os("PORTALD_CONFIG").map(Into::into));
+    let env: std::collections::BTreeMap<String, String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("PORTALD_"))
+        .collect();
+    let layered = match &subcommand {
+        Some(name) => settings::layer(&args::command(), &argv, name, config.as_deref(), &env)?,
+        None => settings::Layered {
+            argv,
+            injected: Default::default(),
+        },
+    };
+    let matches = args::command().get_matches_from(&layered.argv);
+    if matches.get_flag("print_config") {
+        if let Some((name, sub)) = matches.subcommand() {
+            let root = args::command();
+            let command = root
+                .find_subcommand(name)
+                .ok_or_else(|| anyhow::anyhow!("no command `{name}`"))?;
+            print!("{}", settings::render(command, sub, &layered.injected));
+        }
+        return Ok(None);
+    }
+    match args::Cli::from_arg_matches(&matches) {
+        Ok(cli) => Ok(Some(cli)),
+        Err(e) => e.exit(),
     }
 }
 

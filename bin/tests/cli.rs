@@ -521,3 +521,72 @@ fn the_manual_page_and_the_completions_cover_every_subcommand() {
         assert!(out.stdout.len() > 1000, "{shell}: a short script");
     }
 }
+
+#[test]
+fn settings_come_from_flags_then_environment_then_the_config_file() {
+    let dir = tempfile_dir("settings");
+    let config = dir.join("portald.yaml");
+    std::fs::write(&config, "portal_cidr: 10.66.0.0/16\nresync_seconds: 9\n").expect("config");
+    let seed = root().join("examples/seed").display().to_string();
+    let vip_of = |out: &Output| {
+        assert_eq!(code(out), 0, "{}", text(&out.stderr));
+        text(&out.stdout)
+            .lines()
+            .find(|l| l.starts_with("default/apache-service"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .map(str::to_string)
+            .expect("the service's row")
+    };
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        Command::new(env!("CARGO_BIN_EXE_portald"))
+            .args(args)
+            .envs(env.iter().copied())
+            .output()
+            .expect("portald runs")
+    };
+    let config_arg = config.display().to_string();
+    let file_only = run(&["plan", &seed, "--no-live", "--config", &config_arg], &[]);
+    assert_eq!(vip_of(&file_only), "10.66.0.1");
+    let env_over_file = run(
+        &["plan", &seed, "--no-live"],
+        &[
+            ("PORTALD_CONFIG", config_arg.as_str()),
+            ("PORTALD_PORTAL_CIDR", "10.77.0.0/16"),
+        ],
+    );
+    assert_eq!(vip_of(&env_over_file), "10.77.0.1");
+    let flag_over_env = run(
+        &["plan", &seed, "--no-live", "--portal-cidr", "10.88.0.0/16"],
+        &[
+            ("PORTALD_CONFIG", config_arg.as_str()),
+            ("PORTALD_PORTAL_CIDR", "10.77.0.0/16"),
+        ],
+    );
+    assert_eq!(vip_of(&flag_over_env), "10.88.0.1");
+
+    let shown = run(
+        &["run", &seed, "--config", &config_arg, "--print-config"],
+        &[("PORTALD_DEBOUNCE_MS", "50")],
+    );
+    assert_eq!(code(&shown), 0, "{}", text(&shown.stderr));
+    let shown = text(&shown.stdout);
+    for line in [
+        "portal_cidr: \"10.66.0.0/16\"  # config file",
+        "resync_seconds: \"9\"  # config file",
+        "debounce_ms: \"50\"  # environment",
+        "dir: ",
+        "mode: \"userspace\"  # default",
+    ] {
+        assert!(shown.contains(line), "`{line}` missing from:\n{shown}");
+    }
+
+    std::fs::write(&config, "portal_cdir: 10.66.0.0/16\n").expect("config");
+    let typo = run(&["plan", &seed, "--no-live", "--config", &config_arg], &[]);
+    assert_eq!(code(&typo), 2);
+    assert!(
+        text(&typo.stderr).contains("unknown setting `portal_cdir` (did you mean `portal_cidr`?)"),
+        "{}",
+        text(&typo.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
