@@ -27,6 +27,11 @@ fn config() -> DataPlaneConfig {
         half_close_timeout: Duration::from_secs(10),
         udp_idle_timeout: Duration::from_secs(10),
         tcp_workers: 2,
+        fd_reserve: DEFAULT_FD_RESERVE,
+        max_connections: None,
+        udp_max_flows: DEFAULT_UDP_MAX_FLOWS,
+        udp_max_flows_per_client: DEFAULT_UDP_MAX_FLOWS_PER_CLIENT,
+        keepalive: Some(Keepalive::default()),
     }
 }
 
