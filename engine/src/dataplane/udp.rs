@@ -8,7 +8,7 @@
 //! plane's file descriptor budget (this listener's least recently used flow goes, or the
 //! datagram is dropped when the listener has none).
 
-use super::limits::{Budget, Episode, EpisodeLog};
+use super::limits::{is_resource_shortage, Budget, Episode, EpisodeLog};
 use super::{lock, ActiveGuard, DataPlaneConfig, Shared, TaskCtx};
 use hashlink::{LinkedHashMap, LinkedHashSet};
 use std::collections::HashMap;
@@ -307,7 +307,10 @@ impl Listener<'_> {
                 }
                 Err(e) => {
                     shared.failed();
-                    tracing::warn!(listener = %shared.id, %endpoint, error = %e, "cannot open upstream socket");
+                    // Out of descriptors, every new flow fails alike: one line per run.
+                    if !is_resource_shortage(&e) || lock(self.shortage).failed().is_some() {
+                        tracing::warn!(listener = %shared.id, %endpoint, error = %e, "cannot open upstream socket");
+                    }
                 }
             }
         }
@@ -316,6 +319,9 @@ impl Listener<'_> {
             shared.rejected();
             return None;
         };
+        if let Some((failures, lasted)) = lock(self.shortage).ended() {
+            tracing::warn!(listener = %shared.id, failures, lasted = ?lasted, "new flows served again");
+        }
         shared
             .balancer()
             .established(client.ip(), endpoint, Instant::now());
@@ -373,9 +379,6 @@ impl Listener<'_> {
             }
             // The evicted flow's socket closes as soon as its reply task sees it retired.
             self.budget.force_fds(1);
-        }
-        if let Some((failures, lasted)) = lock(self.shortage).ended() {
-            tracing::warn!(listener = %self.shared.id, failures, lasted = ?lasted, "new flows served again");
         }
         Some(FdSlot(self.budget.clone()))
     }
