@@ -8,7 +8,7 @@
 //! [`Budget`]: the soft `RLIMIT_NOFILE` less a reserve for the control path.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -61,6 +61,11 @@ pub fn open_fds() -> Option<usize> {
 const CONNECTION: u64 = (1 << 32) + 2;
 const FDS_MASK: u64 = (1 << 32) - 1;
 
+/// Connections accepted past the budget by accept loops that were already waiting in
+/// `accept` when the last slot went, each kept until a slot frees. Their descriptors come
+/// out of the reserve, so they are few: past this many, such a connection is reset.
+const IN_HAND: usize = 32;
+
 /// What the data plane holds and may hold: descriptors (listeners, connections, UDP flows)
 /// and proxied TCP connections. One atomic word, so that taking or giving back a connection
 /// is one atomic add, with no lock.
@@ -72,6 +77,8 @@ pub(super) struct Budget {
     connections: u64,
     /// Connections in the high 32 bits, descriptors in the low 32.
     state: AtomicU64,
+    /// Connections accepted and waiting for a slot (see [`IN_HAND`]).
+    in_hand: AtomicUsize,
     /// Whether an accept loop found the budget full and said so: one log line for all the
     /// listeners and workers that wait, not one each.
     full: AtomicBool,
@@ -89,6 +96,7 @@ impl Budget {
             fds: cap(fds),
             connections: cap(connections),
             state: AtomicU64::new(0),
+            in_hand: AtomicUsize::new(0),
             full: AtomicBool::new(false),
             shortage: Mutex::new(Episode::default()),
         }
@@ -157,6 +165,20 @@ impl Budget {
     pub(super) fn fds(&self) -> (usize, usize) {
         let held = self.state.load(Ordering::Relaxed) & FDS_MASK;
         (held as usize, self.fds as usize)
+    }
+
+    /// Counts one more connection accepted past the budget; `false` (nothing counted) when
+    /// [`IN_HAND`] already wait.
+    pub(super) fn hold_in_hand(&self) -> bool {
+        if self.in_hand.fetch_add(1, Ordering::Relaxed) < IN_HAND {
+            return true;
+        }
+        self.in_hand.fetch_sub(1, Ordering::Relaxed);
+        false
+    }
+
+    pub(super) fn release_in_hand(&self) {
+        self.in_hand.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Marks the budget full; `true` for the caller that should log it.

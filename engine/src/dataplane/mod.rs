@@ -102,8 +102,9 @@ impl Default for DataPlaneConfig {
 }
 
 /// Room for the control path's peak (a spawned tool: 8; the control socket and a few
-/// clients; the watcher; a file; 32 pooled splice pipe ends) several times over; an eighth
-/// of systemd's default soft limit of 1,024.
+/// clients; the watcher; a file), the 32 pooled splice pipe ends and up to 32 connections
+/// accepted in a race for the last slot, with room to spare; an eighth of systemd's default
+/// soft limit of 1,024.
 pub const DEFAULT_FD_RESERVE: usize = 128;
 /// A UDP flow holds a socket and a 64 KiB reply buffer: 1,024 flows are 64 MiB at most per
 /// listener, far above what request/response clients keep open within the idle timeout.
@@ -237,6 +238,9 @@ struct Shared {
     /// endpoint side, when the copying began.
     #[cfg(test)]
     nodelay: Mutex<Vec<(bool, bool)>>,
+    /// Keepalive settings read back the same way.
+    #[cfg(test)]
+    keepalive: Mutex<Vec<(Option<Keepalive>, Option<Keepalive>)>>,
 }
 
 impl Shared {
@@ -252,6 +256,8 @@ impl Shared {
             buffers: AtomicUsize::new(0),
             #[cfg(test)]
             nodelay: Mutex::new(Vec::new()),
+            #[cfg(test)]
+            keepalive: Mutex::new(Vec::new()),
         }
     }
 
@@ -284,6 +290,10 @@ impl Shared {
     fn record_sockets(&self, client: &tokio::net::TcpStream, upstream: &tokio::net::TcpStream) {
         let read = |s: &tokio::net::TcpStream| s.nodelay().expect("getsockopt TCP_NODELAY");
         lock(&self.nodelay).push((read(client), read(upstream)));
+        let keepalive = |s: &tokio::net::TcpStream| {
+            sockopt::keepalive_of(socket2::SockRef::from(s)).expect("getsockopt keepalive")
+        };
+        lock(&self.keepalive).push((keepalive(client), keepalive(upstream)));
     }
 
     fn status(&self) -> ListenerStatus {
@@ -402,13 +412,20 @@ pub struct DataPlane {
 
 impl DataPlane {
     pub fn new(config: DataPlaneConfig) -> Self {
+        Self::with_budget(config, |config| {
+            Budget::for_process(config.fd_reserve, config.max_connections)
+        })
+    }
+
+    /// `budget` is made once the workers' runtimes hold their descriptors, so that the
+    /// count of what the process holds at start includes them.
+    fn with_budget(
+        config: DataPlaneConfig,
+        budget: impl FnOnce(&DataPlaneConfig) -> Budget,
+    ) -> Self {
         let (drain, drained) = mpsc::channel(1);
         let workers = Workers::start(config.tcp_workers, &drain);
-        // Measured once the workers' runtimes hold their descriptors.
-        let budget = Arc::new(Budget::for_process(
-            config.fd_reserve,
-            config.max_connections,
-        ));
+        let budget = Arc::new(budget(&config));
         DataPlane {
             inner: Arc::new(Inner {
                 workers,

@@ -121,11 +121,29 @@ pub(super) async fn serve(
                         tracing::warn!(listener = %shared.id, failures, lasted = ?lasted, "accept recovered");
                     }
                 }
-                // Another worker may have taken the last slot since `has_room`.
+                // This loop may have been waiting in accept since before the last slot went:
+                // then the connection waits in hand for a slot, out of the reserve, unless
+                // too many already do.
                 if !budget.try_connection() {
-                    shared.rejected();
-                    reset(stream);
-                    continue;
+                    if !budget.hold_in_hand() {
+                        shared.rejected();
+                        reset(stream);
+                        continue;
+                    }
+                    let mut slot = false;
+                    while !slot {
+                        let wait = backoff.next_wait().min(FULL_WAIT);
+                        tokio::select! {
+                            _ = &mut stop => break,
+                            _ = &mut stopped => break,
+                            _ = sleep(wait) => slot = budget.try_connection(),
+                        }
+                    }
+                    budget.release_in_hand();
+                    if !slot {
+                        break;
+                    }
+                    backoff.reset();
                 }
                 tokio::spawn(connection(stream, peer, shared.clone(), worker.clone()));
             }
