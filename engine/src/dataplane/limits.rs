@@ -79,6 +79,8 @@ pub(super) struct Budget {
     state: AtomicU64,
     /// Connections accepted and waiting for a slot (see [`IN_HAND`]).
     in_hand: AtomicUsize,
+    /// Descriptors of listening sockets, also counted in `state`; at most half of `fds`.
+    listeners: AtomicUsize,
     /// Whether an accept loop found the budget full and said so: one log line for all the
     /// listeners and workers that wait, not one each.
     full: AtomicBool,
@@ -97,6 +99,7 @@ impl Budget {
             connections: cap(connections),
             state: AtomicU64::new(0),
             in_hand: AtomicUsize::new(0),
+            listeners: AtomicUsize::new(0),
             full: AtomicBool::new(false),
             shortage: Mutex::new(Episode::default()),
         }
@@ -149,6 +152,35 @@ impl Budget {
         }
         self.state.fetch_sub(n, Ordering::Relaxed);
         false
+    }
+
+    /// Takes `n` descriptors for a listener: listeners may hold at most half of the budget,
+    /// so that the ports already served keep room for their connections however many
+    /// ports a file asks for. `false` (nothing taken) when they do not fit.
+    pub(super) fn try_listener(&self, n: usize) -> bool {
+        let before = self.listeners.fetch_add(n, Ordering::Relaxed);
+        if before + n <= self.listener_share() && self.try_fds(n) {
+            return true;
+        }
+        self.listeners.fetch_sub(n, Ordering::Relaxed);
+        false
+    }
+
+    pub(super) fn release_listener(&self, n: usize) {
+        self.listeners.fetch_sub(n, Ordering::Relaxed);
+        self.release_fds(n);
+    }
+
+    /// Descriptors listeners hold, and the most they may.
+    pub(super) fn listener_fds(&self) -> (usize, usize) {
+        (
+            self.listeners.load(Ordering::Relaxed),
+            self.listener_share(),
+        )
+    }
+
+    fn listener_share(&self) -> usize {
+        (self.fds / 2) as usize
     }
 
     /// Takes `n` descriptors whether they fit or not: for a UDP flow that replaces one just
@@ -340,6 +372,20 @@ mod tests {
         budget.release_fds(2);
         assert!(budget.try_fds(2));
         assert_eq!(budget.fds(), (3, 3));
+    }
+
+    #[test]
+    fn listeners_may_hold_half_of_the_budget_leaving_the_rest_for_connections() {
+        let budget = Budget::new(8, 10);
+        assert!(budget.try_listener(2));
+        assert!(budget.try_listener(2));
+        assert!(!budget.try_listener(1));
+        assert_eq!(budget.listener_fds(), (4, 4));
+        assert!(budget.try_connection() && budget.try_connection());
+        assert_eq!(budget.fds(), (8, 8));
+        budget.release_listener(2);
+        assert_eq!(budget.listener_fds(), (2, 4));
+        assert_eq!(budget.fds(), (6, 8));
     }
 
     #[test]

@@ -186,10 +186,10 @@ pub enum DataPlaneError {
     #[error("listener `{0}` cannot open: the data plane is shut down")]
     ShutDown(ListenerId),
     #[error(
-        "listener `{id}` cannot open: it needs {needs} file descriptor(s) and the data plane \
-         holds {held} of the {budget} it may (the soft RLIMIT_NOFILE of {limit} less \
-         {reserve} kept for the control path); raise the limit (systemd: LimitNOFILE=) or \
-         serve fewer ports"
+        "listener `{id}` cannot open: it needs {needs} file descriptor(s) and listeners \
+         hold {held} of the {budget} they may (half of the soft RLIMIT_NOFILE of {limit} less \
+         {reserve} kept for the control path; the other half is for connections); raise the \
+         limit (systemd: LimitNOFILE=) or serve fewer ports"
     )]
     NoFileDescriptors {
         id: ListenerId,
@@ -465,8 +465,8 @@ impl DataPlane {
             Protocol::Udp => udp::socket_count(addr),
         };
         let budget = &self.inner.budget;
-        if !budget.try_fds(fds) {
-            let (held, may) = budget.fds();
+        if !budget.try_listener(fds) {
+            let (held, may) = budget.listener_fds();
             return Err(DataPlaneError::NoFileDescriptors {
                 id,
                 needs: fds,
@@ -560,7 +560,7 @@ impl DataPlane {
             .ok_or_else(|| DataPlaneError::NotOpen(unnamed(protocol, port)))?;
         let fds = listener.fds;
         stop_listener(listener).await;
-        self.inner.budget.release_fds(fds);
+        self.inner.budget.release_listener(fds);
         Ok(())
     }
 
@@ -584,7 +584,7 @@ impl DataPlane {
         for listener in listeners.into_values() {
             let fds = listener.fds;
             stop_listener(listener).await;
-            self.inner.budget.release_fds(fds);
+            self.inner.budget.release_listener(fds);
         }
         self.inner.stop_all.send_replace(true);
         self.inner.workers.stop();
@@ -604,7 +604,7 @@ struct FdGuard<'a>(&'a Budget, usize);
 
 impl Drop for FdGuard<'_> {
     fn drop(&mut self) {
-        self.0.release_fds(self.1);
+        self.0.release_listener(self.1);
     }
 }
 
