@@ -5,7 +5,9 @@
 //! UDP flow one, every TCP listener one per worker. Left unbounded, traffic alone could take
 //! the last descriptor, and then the reconciler could not even spawn `iptables-save`. The
 //! data plane therefore keeps a count of what it holds and stops taking more at its
-//! [`Budget`]: the soft `RLIMIT_NOFILE` less a reserve for the control path.
+//! [`Budget`]: the soft `RLIMIT_NOFILE` less a reserve for the control path. Listeners may
+//! take half of it, so that a file asking for thousands of ports cannot starve the
+//! connections of the ports already served.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
