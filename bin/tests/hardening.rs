@@ -153,6 +153,7 @@ fn exhausted_descriptors_back_off_accept_loops_quietly_and_everything_answers_on
     let used_before = cpu_time(pid);
     std::thread::sleep(window);
     let used = cpu_time(pid) - used_before;
+    println!("daemon CPU while out of descriptors: {used:?} in {window:?}");
     assert!(
         used < window / 10,
         "the daemon used {used:?} of CPU in {window:?} while out of descriptors\n{}",
@@ -249,4 +250,17 @@ fn a_backend_that_vanishes_mid_stream_ends_the_client_connection_within_the_keep
     );
     // Idle 1 s + 2 probes 1 s apart, or the 3 s user timeout; well under the 20 s wait.
     assert!(elapsed < Duration::from_secs(8), "ended after {elapsed:?}");
+}
+
+#[test]
+fn the_daemon_raises_its_soft_descriptor_limit_to_the_hard_one() {
+    let mut c = Cluster::new("rlimit");
+    let pid = c.start_daemon_under(&["prlimit", "--nofile=512:4096"], &[]);
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a descriptor limit");
+    let numbers: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(numbers, ["4096", "4096"], "{line}");
 }
