@@ -148,15 +148,6 @@ impl Flow {
 
 /// Receives until `stop` fires or the data plane shuts down; then ends every flow, since
 /// their replies need the listener socket that is going away.
-/// How many sockets [`bind`] opens on `addr`.
-pub(super) fn socket_count(addr: SocketAddr) -> usize {
-    if addr.ip() == IpAddr::V4(Ipv4Addr::UNSPECIFIED) {
-        2
-    } else {
-        1
-    }
-}
-
 /// Binds a listener's UDP sockets. On the unspecified address a second socket on 127.0.0.1
 /// with the same port takes host traffic DNAT'd to loopback: a reply must leave from the
 /// address the datagram was sent to, or conntrack cannot undo the DNAT for the client.
@@ -171,6 +162,15 @@ pub(super) fn bind(addr: SocketAddr) -> io::Result<Vec<UdpSocket>> {
         ))?);
     }
     Ok(sockets)
+}
+
+/// How many sockets [`bind`] opens on `addr`.
+pub(super) fn socket_count(addr: SocketAddr) -> usize {
+    if addr.ip() == IpAddr::V4(Ipv4Addr::UNSPECIFIED) {
+        2
+    } else {
+        1
+    }
 }
 
 /// SO_REUSEADDR lets the wildcard and the loopback socket share the port; the kernel hands
