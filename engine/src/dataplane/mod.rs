@@ -187,9 +187,10 @@ pub enum DataPlaneError {
     ShutDown(ListenerId),
     #[error(
         "listener `{id}` cannot open: it needs {needs} file descriptor(s) and listeners \
-         hold {held} of the {budget} they may (half of the soft RLIMIT_NOFILE of {limit} less \
-         {reserve} kept for the control path; the other half is for connections); raise the \
-         limit (systemd: LimitNOFILE=) or serve fewer ports"
+         hold {held} of the {budget} they may (half of the data plane's share of the soft \
+         RLIMIT_NOFILE of {limit}, after {reserve} kept for the control path and those held \
+         at start; the other half is for connections); raise the limit (systemd: \
+         LimitNOFILE=) or serve fewer ports"
     )]
     NoFileDescriptors {
         id: ListenerId,
