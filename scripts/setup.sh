@@ -13,6 +13,7 @@ have curl || need+=(curl)
 have socat || need+=(socat)
 have pkill || need+=(procps)
 have systemd-analyze || need+=(systemd)
+have prlimit || need+=(util-linux)
 
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then

@@ -3,7 +3,7 @@
 use crate::args::RunArgs;
 use anyhow::{Context, Result};
 use engine::daemon::{run as run_daemon, DaemonConfig};
-use engine::dataplane::DataPlaneConfig;
+use engine::dataplane::{raise_nofile_limit, DataPlaneConfig, Keepalive};
 use engine::exec::SystemExec;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,9 +29,24 @@ pub fn run(args: RunArgs) -> Result<u8> {
             max_attempts: args.max_attempts.max(1),
             half_close_timeout: Duration::from_secs(args.half_close_timeout_seconds),
             udp_idle_timeout: Duration::from_secs(args.udp_idle_timeout_seconds),
+            udp_max_flows: args.udp_max_flows.max(1),
+            udp_max_flows_per_client: args.udp_max_flows_per_client.max(1),
+            max_connections: args.max_connections,
+            fd_reserve: args.fd_reserve,
+            keepalive: keepalive(&args),
             ..DataPlaneConfig::default()
         },
     };
+    // Before the runtime starts: its threads and every later socket count against it.
+    match raise_nofile_limit() {
+        Ok(limit) => tracing::info!(
+            soft_before = limit.soft_before,
+            soft = limit.soft,
+            hard = limit.hard,
+            "file descriptor limit (RLIMIT_NOFILE)"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the file descriptor limit"),
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -40,4 +55,22 @@ pub fn run(args: RunArgs) -> Result<u8> {
         .block_on(run_daemon(daemon, Arc::new(SystemExec)))
         .context("running the daemon")?;
     Ok(0)
+}
+
+/// Keepalive from the flags; an idle time of 0 turns it off.
+fn keepalive(args: &RunArgs) -> Option<Keepalive> {
+    if args.tcp_keepalive_idle_seconds == 0 {
+        return None;
+    }
+    let idle = Duration::from_secs(args.tcp_keepalive_idle_seconds);
+    let interval = Duration::from_secs(args.tcp_keepalive_interval_seconds.max(1));
+    let count = args.tcp_keepalive_count.max(1);
+    Some(Keepalive {
+        idle,
+        interval,
+        count,
+        user_timeout: args
+            .tcp_user_timeout_seconds
+            .map_or(idle + interval * count, Duration::from_secs),
+    })
 }

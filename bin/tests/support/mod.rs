@@ -318,6 +318,40 @@ impl Cluster {
         pid
     }
 
+    /// Like `start_daemon`, but `portald` runs through `wrapper` (say `prlimit --nofile=N`),
+    /// which must exec it so that the pid stays the daemon's.
+    pub fn start_daemon_under(&mut self, wrapper: &[&str], extra: &[&str]) -> u32 {
+        let socket = self.socket.display().to_string();
+        let dir = self.dir.display().to_string();
+        let base: Vec<String> = [
+            "run",
+            &dir,
+            "--control-socket",
+            &socket,
+            "--resync-seconds",
+            "2",
+            "--debounce-ms",
+            "100",
+        ]
+        .map(String::from)
+        .to_vec();
+        let mut args: Vec<String> = wrapper[1..].iter().map(|a| a.to_string()).collect();
+        args.push(PORTALD.to_string());
+        args.extend(merge_flags(base, extra));
+        let node = self.node();
+        let pid = self.spawn(&node, wrapper[0], &args);
+        self.daemon = Some(pid);
+        self.daemons.push(pid);
+        self.wait_status("the daemon's first successful reconcile", |s| {
+            match &s.last_reconcile {
+                Some(r) if r.ok && s.pid == pid => Ok(()),
+                other => Err(format!("pid {} last reconcile {other:?}", s.pid)),
+            }
+        });
+        self.settle();
+        pid
+    }
+
     /// Waits until no reconcile has run for 600 ms (at most 10 s): any follow-up passes are
     /// over, so a test that then changes something sees only its own change being handled.
     pub fn settle(&self) {

@@ -375,10 +375,32 @@ async fn serve_control(
     dataplane: DataPlane,
     control: Arc<DataPlaneControl>,
 ) {
+    // Out of descriptors, a failed accept leaves the connection queued and the socket
+    // ready: retrying at once would spin a core and log without end. Back off instead, and
+    // log once per run of failures.
+    let mut backoff = crate::dataplane::Backoff::new();
+    let mut failing = crate::dataplane::Episode::default();
     loop {
-        let Ok((stream, _)) = socket.accept().await else {
-            continue;
+        let stream = match socket.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                match failing.failed() {
+                    Some(crate::dataplane::EpisodeLog::Started) => {
+                        tracing::warn!(error = %e, "control socket: accept failed; backing off");
+                    }
+                    Some(crate::dataplane::EpisodeLog::Continues { failures, elapsed }) => {
+                        tracing::warn!(error = %e, failures, elapsed = ?elapsed, "control socket: accepts still failing");
+                    }
+                    None => {}
+                }
+                tokio::time::sleep(backoff.next_wait()).await;
+                continue;
+            }
         };
+        if let Some((failures, lasted)) = failing.ended() {
+            backoff.reset();
+            tracing::warn!(failures, lasted = ?lasted, "control socket: accept recovered");
+        }
         let tx = tx.clone();
         let status = status.clone();
         let dataplane = dataplane.clone();

@@ -128,9 +128,11 @@ pub(super) async fn forward(
         match burst(from, to, activity, held).await? {
             Burst::Drained => {}
             Burst::Eof => break,
+            // Without a pipe to be had, the copy goes on; the next bulk burst tries again.
             Burst::Bulk => {
-                splice::forward(from, to, activity, held).await?;
-                break;
+                if splice::forward(from, to, activity, held).await? {
+                    break;
+                }
             }
         }
         // Waiting takes no buffer. Unlike `readable()`, `poll_read_ready` spends cooperative

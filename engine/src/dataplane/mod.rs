@@ -13,6 +13,7 @@
 
 mod balancer;
 mod copy;
+mod limits;
 mod sockopt;
 mod splice;
 mod tcp;
@@ -21,9 +22,14 @@ mod udp;
 #[cfg(test)]
 mod tests;
 
-pub use sockopt::original_dst;
+pub use limits::{
+    is_resource_shortage, nofile_soft_limit, open_fds, raise_nofile_limit, Backoff, Episode,
+    EpisodeLog, NofileLimit,
+};
+pub use sockopt::{original_dst, Keepalive};
 
 use balancer::Balancer;
+use limits::Budget;
 use planners::Protocol;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -53,6 +59,25 @@ pub struct DataPlaneConfig {
     /// default as many as the async runtime's workers (`TOKIO_WORKER_THREADS`, else one per
     /// CPU).
     pub tcp_workers: usize,
+    /// File descriptors the data plane leaves free for the control path: spawning
+    /// `iptables-restore` (three pipes and an exec-status pipe), the control socket and its
+    /// clients, the watcher, the files read, the pool of splice pipes (up to 32). New
+    /// connections, UDP flows and listeners wait or fail once the process would be left with
+    /// fewer than this many under its soft `RLIMIT_NOFILE`.
+    pub fd_reserve: usize,
+    /// Most proxied TCP connections open at once over all listeners (HAProxy's `maxconn`);
+    /// past it new connections wait in the listen backlog. `None`: as many as the file
+    /// descriptors allow.
+    pub max_connections: Option<usize>,
+    /// Most UDP flows of one listener; a new flow past it evicts the least recently used
+    /// (by client datagrams). Each flow holds a socket and a reply task.
+    pub udp_max_flows: usize,
+    /// Most UDP flows of one client IP address on one listener; a new flow past it evicts
+    /// that client's oldest, so one client spraying source ports cannot crowd out others.
+    pub udp_max_flows_per_client: usize,
+    /// TCP keepalive and user timeout on the client and endpoint sockets of proxied
+    /// connections; `None` leaves the kernel's defaults (no keepalive).
+    pub keepalive: Option<Keepalive>,
 }
 
 impl Default for DataPlaneConfig {
@@ -67,9 +92,27 @@ impl Default for DataPlaneConfig {
             half_close_timeout: Duration::from_secs(60),
             udp_idle_timeout: Duration::from_secs(30),
             tcp_workers: default_workers(),
+            fd_reserve: DEFAULT_FD_RESERVE,
+            max_connections: None,
+            udp_max_flows: DEFAULT_UDP_MAX_FLOWS,
+            udp_max_flows_per_client: DEFAULT_UDP_MAX_FLOWS_PER_CLIENT,
+            keepalive: Some(Keepalive::default()),
         }
     }
 }
+
+/// Room for the control path's peak (a spawned tool: 8; the control socket and a few
+/// clients; the watcher; a file), the 32 pooled splice pipe ends and up to 32 connections
+/// accepted in a race for the last slot, with room to spare; an eighth of systemd's default
+/// soft limit of 1,024.
+pub const DEFAULT_FD_RESERVE: usize = 128;
+/// A UDP flow holds a socket and a 64 KiB reply buffer: 1,024 flows are 64 MiB at most per
+/// listener, far above what request/response clients keep open within the idle timeout.
+pub const DEFAULT_UDP_MAX_FLOWS: usize = 1024;
+/// A resolver that sends each query from a fresh source port (as DNS clients do) opens a
+/// flow per query; its oldest flows are the answered ones, so evicting them costs nothing,
+/// while one client can take at most a quarter of a listener's flows.
+pub const DEFAULT_UDP_MAX_FLOWS_PER_CLIENT: usize = 256;
 
 fn default_workers() -> usize {
     std::env::var("TOKIO_WORKER_THREADS")
@@ -142,6 +185,21 @@ pub enum DataPlaneError {
     NotOpen(ListenerId),
     #[error("listener `{0}` cannot open: the data plane is shut down")]
     ShutDown(ListenerId),
+    #[error(
+        "listener `{id}` cannot open: it needs {needs} file descriptor(s) and listeners \
+         hold {held} of the {budget} they may (half of the data plane's share of the soft \
+         RLIMIT_NOFILE of {limit}, after {reserve} kept for the control path and those held \
+         at start; the other half is for connections); raise the limit (systemd: \
+         LimitNOFILE=) or serve fewer ports"
+    )]
+    NoFileDescriptors {
+        id: ListenerId,
+        needs: usize,
+        held: usize,
+        budget: usize,
+        limit: usize,
+        reserve: usize,
+    },
 }
 
 /// A snapshot of one listener, for `portald status`.
@@ -181,6 +239,9 @@ struct Shared {
     /// endpoint side, when the copying began.
     #[cfg(test)]
     nodelay: Mutex<Vec<(bool, bool)>>,
+    /// Keepalive settings read back the same way.
+    #[cfg(test)]
+    keepalive: Mutex<Vec<(Option<Keepalive>, Option<Keepalive>)>>,
 }
 
 impl Shared {
@@ -196,6 +257,8 @@ impl Shared {
             buffers: AtomicUsize::new(0),
             #[cfg(test)]
             nodelay: Mutex::new(Vec::new()),
+            #[cfg(test)]
+            keepalive: Mutex::new(Vec::new()),
         }
     }
 
@@ -228,6 +291,10 @@ impl Shared {
     fn record_sockets(&self, client: &tokio::net::TcpStream, upstream: &tokio::net::TcpStream) {
         let read = |s: &tokio::net::TcpStream| s.nodelay().expect("getsockopt TCP_NODELAY");
         lock(&self.nodelay).push((read(client), read(upstream)));
+        let keepalive = |s: &tokio::net::TcpStream| {
+            sockopt::keepalive_of(socket2::SockRef::from(s)).expect("getsockopt keepalive")
+        };
+        lock(&self.keepalive).push((keepalive(client), keepalive(upstream)));
     }
 
     fn status(&self) -> ListenerStatus {
@@ -261,6 +328,7 @@ impl Drop for ActiveGuard {
 #[derive(Clone)]
 struct TaskCtx {
     config: Arc<DataPlaneConfig>,
+    budget: Arc<Budget>,
     stop_all: watch::Receiver<bool>,
     _drain: mpsc::Sender<()>,
 }
@@ -275,6 +343,8 @@ impl TaskCtx {
 
 struct Listener {
     shared: Arc<Shared>,
+    /// Its sockets, counted in the budget until it closes.
+    fds: usize,
     /// One accept task per socket: one per TCP worker, one for UDP.
     tasks: Vec<(oneshot::Sender<()>, JoinHandle<()>)>,
 }
@@ -325,6 +395,7 @@ impl Workers {
 
 struct Inner {
     config: Arc<DataPlaneConfig>,
+    budget: Arc<Budget>,
     workers: Workers,
     listeners: Mutex<BTreeMap<(Protocol, u16), Listener>>,
     stop_all: watch::Sender<bool>,
@@ -342,10 +413,24 @@ pub struct DataPlane {
 
 impl DataPlane {
     pub fn new(config: DataPlaneConfig) -> Self {
+        Self::with_budget(config, |config| {
+            Budget::for_process(config.fd_reserve, config.max_connections)
+        })
+    }
+
+    /// `budget` is made once the workers' runtimes hold their descriptors, so that the
+    /// count of what the process holds at start includes them.
+    fn with_budget(
+        config: DataPlaneConfig,
+        budget: impl FnOnce(&DataPlaneConfig) -> Budget,
+    ) -> Self {
         let (drain, drained) = mpsc::channel(1);
+        let workers = Workers::start(config.tcp_workers, &drain);
+        let budget = Arc::new(budget(&config));
         DataPlane {
             inner: Arc::new(Inner {
-                workers: Workers::start(config.tcp_workers, &drain),
+                workers,
+                budget,
                 config: Arc::new(config),
                 listeners: Mutex::new(BTreeMap::new()),
                 stop_all: watch::channel(false).0,
@@ -376,8 +461,32 @@ impl DataPlane {
                 DataPlaneError::Bind(id.clone(), e)
             }
         };
+        let fds = match spec.protocol {
+            Protocol::Tcp => self.inner.workers.handles.len(),
+            Protocol::Udp => udp::socket_count(addr),
+        };
+        let budget = &self.inner.budget;
+        if !budget.try_listener(fds) {
+            let (held, may) = budget.listener_fds();
+            return Err(DataPlaneError::NoFileDescriptors {
+                id,
+                needs: fds,
+                held,
+                budget: may,
+                limit: nofile_soft_limit(),
+                reserve: self.inner.config.fd_reserve,
+            });
+        }
+        // Given back on every early return below; a listener in the map gives it back when
+        // it closes.
+        let taken = FdGuard(budget, fds);
         let bound = match spec.protocol {
-            Protocol::Tcp => tcp::bind(addr, self.inner.workers.handles.len()).map(Bound::Tcp),
+            Protocol::Tcp => tcp::bind(
+                addr,
+                self.inner.workers.handles.len(),
+                self.inner.config.keepalive.as_ref(),
+            )
+            .map(Bound::Tcp),
             Protocol::Udp => udp::bind(addr).map(Bound::Udp),
         }
         .map_err(|e| bind_error(&id, e))?;
@@ -385,6 +494,7 @@ impl DataPlane {
 
         let ctx = TaskCtx {
             config: self.inner.config.clone(),
+            budget: self.inner.budget.clone(),
             stop_all: self.inner.stop_all.subscribe(),
             _drain: drain,
         };
@@ -416,7 +526,8 @@ impl DataPlane {
             affinity = ?spec.backends.affinity,
             "listener open"
         );
-        listeners.insert((id.protocol, id.port), Listener { shared, tasks });
+        std::mem::forget(taken);
+        listeners.insert((id.protocol, id.port), Listener { shared, fds, tasks });
         Ok(id.port)
     }
 
@@ -448,7 +559,9 @@ impl DataPlane {
             .listeners()
             .remove(&(protocol, port))
             .ok_or_else(|| DataPlaneError::NotOpen(unnamed(protocol, port)))?;
+        let fds = listener.fds;
         stop_listener(listener).await;
+        self.inner.budget.release_listener(fds);
         Ok(())
     }
 
@@ -460,11 +573,19 @@ impl DataPlane {
             .collect()
     }
 
+    /// File descriptors the data plane holds now (listeners, connections, UDP flows), and
+    /// the most it may hold (see [`DataPlaneConfig::fd_reserve`]).
+    pub fn fds(&self) -> (usize, usize) {
+        self.inner.budget.fds()
+    }
+
     /// Closes every listener and every connection, and waits until all are gone.
     pub async fn shutdown(&self) {
         let listeners = std::mem::take(&mut *self.listeners());
         for listener in listeners.into_values() {
+            let fds = listener.fds;
             stop_listener(listener).await;
+            self.inner.budget.release_listener(fds);
         }
         self.inner.stop_all.send_replace(true);
         self.inner.workers.stop();
@@ -476,6 +597,15 @@ impl DataPlane {
 
     fn listeners(&self) -> MutexGuard<'_, BTreeMap<(Protocol, u16), Listener>> {
         lock(&self.inner.listeners)
+    }
+}
+
+/// Descriptors taken from the budget for a listener being opened, given back if it fails.
+struct FdGuard<'a>(&'a Budget, usize);
+
+impl Drop for FdGuard<'_> {
+    fn drop(&mut self) {
+        self.0.release_listener(self.1);
     }
 }
 

@@ -88,20 +88,26 @@ fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Result<us
     Ok(nix::fcntl::splice(from, None, to, None, len, flags)?)
 }
 
-/// Forwards `from` to `to` until EOF of `from` (`Ok(())`), through a pipe taken for each
-/// burst of readable data and given back once `from` would block.
+/// Forwards `from` to `to` until EOF of `from` (`Ok(true)`), through a pipe taken for each
+/// burst of readable data and given back once `from` would block. `Ok(false)` when no pipe
+/// can be had for want of descriptors or memory, with nothing in flight: the caller goes on
+/// with the plain copy, which needs none.
 pub(super) async fn forward(
     from: &mut ReadHalf<'_>,
     to: &mut WriteHalf<'_>,
     activity: &Activity,
     held: &AtomicUsize,
-) -> io::Result<()> {
+) -> io::Result<bool> {
     let source = from.as_ref();
     let sink = to.as_ref();
     loop {
         // Spends cooperative budget, so a busy connection yields to the others in time.
         poll_fn(|cx| source.poll_read_ready(cx)).await?;
-        let pipe = Held::take(held)?;
+        let pipe = match Held::take(held) {
+            Ok(pipe) => pipe,
+            Err(e) if super::limits::is_resource_shortage(&e) => return Ok(false),
+            Err(e) => return Err(e),
+        };
         let (pipe_read, pipe_write) = (pipe.pipe().0.as_fd(), pipe.pipe().1.as_fd());
         loop {
             // The pipe is empty here, so EAGAIN can only mean the socket has nothing.
@@ -109,7 +115,7 @@ pub(super) async fn forward(
                 splice(source.as_fd(), pipe_write, PIPE_SIZE as usize)
             });
             let n = match read {
-                Ok(0) => return Ok(()),
+                Ok(0) => return Ok(true),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e),

@@ -1,7 +1,8 @@
 //! TCP listeners: accept, dial an endpoint with retries, and copy both ways with half-close.
 
 use super::copy::{forward, Activity, Link};
-use super::sockopt::{original_dst, reset};
+use super::limits::{is_resource_shortage, Backoff, Budget, EpisodeLog};
+use super::sockopt::{original_dst, reset, set_keepalive, Keepalive};
 use super::{DataPlaneConfig, Shared, TaskCtx};
 use socket2::{Domain, Protocol as SockProtocol, Socket, Type};
 use std::io;
@@ -13,13 +14,20 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 
-/// Pause after a failed accept, so running out of file descriptors does not spin a core.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
+/// Longest wait for a connection slot, once the data plane holds as many connections or
+/// descriptors as it may: short, since a slot frees as soon as any connection ends.
+const FULL_WAIT: Duration = Duration::from_millis(50);
 
 /// Binds the listening socket on `addr` and returns it once per data-plane worker (the
 /// same socket, duplicated descriptors): every worker waits on it in its own epoll set and
 /// whichever is free accepts, so a busy worker never holds new connections back.
-pub(super) fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
+/// With `keepalive`, accepted sockets inherit it from the listener: no setsockopt per
+/// connection on the client side.
+pub(super) fn bind(
+    addr: SocketAddr,
+    count: usize,
+    keepalive: Option<&Keepalive>,
+) -> io::Result<Vec<std::net::TcpListener>> {
     let socket = Socket::new(
         Domain::for_address(addr),
         Type::STREAM,
@@ -30,6 +38,9 @@ pub(super) fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::T
     // Accepted sockets inherit TCP_NODELAY from the listener on Linux: one setsockopt per
     // listener instead of one per connection.
     socket.set_tcp_nodelay(true)?;
+    if let Some(keepalive) = keepalive {
+        set_keepalive(socket2::SockRef::from(&socket), keepalive)?;
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
@@ -65,8 +76,38 @@ pub(super) async fn serve(
     tokio::pin!(stopped);
     // This worker's own copy: every connection clones it, and a count shared with the
     // other workers would bounce between their cores on each clone and drop.
-    let config = Arc::new(DataPlaneConfig::clone(&ctx.config));
+    let worker = Arc::new(Worker {
+        config: DataPlaneConfig::clone(&ctx.config),
+        budget: ctx.budget.clone(),
+    });
+    let budget = &ctx.budget;
+    let mut backoff = Backoff::new();
+    // Whether this loop is waiting for a slot, or backing off after failed accepts; the log
+    // lines are the budget's, one for all listeners and workers (see `Budget::note_full`).
+    let mut waiting = false;
+    let mut failing = false;
     loop {
+        // At the bound, new connections wait in the kernel's backlog (HAProxy's `maxconn`
+        // does the same) rather than being accepted and dropped.
+        if !budget.has_room() {
+            if !waiting && budget.note_full() {
+                let (held, may) = budget.fds();
+                tracing::warn!(listener = %shared.id, fds_held = held, fds_budget = may, "connection limit reached; new connections wait in the backlog");
+            }
+            waiting = true;
+            let wait = backoff.next_wait().min(FULL_WAIT);
+            tokio::select! {
+                _ = &mut stop => break,
+                _ = &mut stopped => break,
+                _ = sleep(wait) => continue,
+            }
+        }
+        if std::mem::take(&mut waiting) {
+            backoff.reset();
+            if budget.note_room() {
+                tracing::warn!(listener = %shared.id, "below the connection limit again; accepting");
+            }
+        }
         let accepted = tokio::select! {
             _ = &mut stop => break,
             _ = &mut stopped => break,
@@ -74,26 +115,89 @@ pub(super) async fn serve(
         };
         match accepted {
             Ok((stream, peer)) => {
-                tokio::spawn(connection(stream, peer, shared.clone(), config.clone()));
+                if std::mem::take(&mut failing) {
+                    backoff.reset();
+                    if let Some((failures, lasted)) = budget.note_recovered() {
+                        tracing::warn!(listener = %shared.id, failures, lasted = ?lasted, "accept recovered");
+                    }
+                }
+                // This loop may have been waiting in accept since before the last slot went:
+                // then the connection waits in hand for a slot, out of the reserve, unless
+                // too many already do.
+                if !budget.try_connection() {
+                    if !budget.hold_in_hand() {
+                        shared.rejected();
+                        reset(stream);
+                        continue;
+                    }
+                    let mut slot = false;
+                    while !slot {
+                        let wait = backoff.next_wait().min(FULL_WAIT);
+                        tokio::select! {
+                            _ = &mut stop => break,
+                            _ = &mut stopped => break,
+                            _ = sleep(wait) => slot = budget.try_connection(),
+                        }
+                    }
+                    budget.release_in_hand();
+                    if !slot {
+                        break;
+                    }
+                    backoff.reset();
+                }
+                tokio::spawn(connection(stream, peer, shared.clone(), worker.clone()));
             }
             Err(e) => {
-                tracing::warn!(listener = %shared.id, error = %e, "accept failed");
-                sleep(ACCEPT_BACKOFF).await;
+                failing = true;
+                let shortage = is_resource_shortage(&e);
+                match shortage.then(|| budget.note_shortage()).flatten() {
+                    Some(EpisodeLog::Started) => {
+                        tracing::warn!(listener = %shared.id, error = %e, "accept failed; backing off");
+                    }
+                    Some(EpisodeLog::Continues { failures, elapsed }) => {
+                        tracing::warn!(listener = %shared.id, error = %e, failures, elapsed = ?elapsed, "accepts still failing");
+                    }
+                    // A connection reset or aborted while queued is that client's trouble
+                    // only; still backed off, so that an unforeseen lasting error cannot spin.
+                    None if !shortage => {
+                        tracing::debug!(listener = %shared.id, error = %e, "accept failed");
+                    }
+                    None => {}
+                }
+                let wait = backoff.next_wait();
+                tokio::select! {
+                    _ = &mut stop => break,
+                    _ = &mut stopped => break,
+                    _ = sleep(wait) => {}
+                }
             }
         }
     }
 }
 
+/// What every connection of one worker reads: its own copy of the config, so that cloning
+/// the `Arc` per connection touches no cache line shared with the other workers, and the
+/// data plane's budget, given back to when a connection ends.
+struct Worker {
+    config: DataPlaneConfig,
+    budget: Arc<Budget>,
+}
+
+/// One connection's slot in the budget, given back when the connection task ends.
+struct Slot<'a>(&'a Budget);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.release_connection();
+    }
+}
+
 /// One proxied connection. Shutdown needs no signal here: it drops this worker's runtime,
 /// which drops the task and closes both sockets.
-async fn connection(
-    client: TcpStream,
-    peer: SocketAddr,
-    shared: Arc<Shared>,
-    config: Arc<DataPlaneConfig>,
-) {
+async fn connection(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>, worker: Arc<Worker>) {
+    let _slot = Slot(&worker.budget);
     let _active = shared.activate();
-    proxy(client, peer, &shared, &config).await;
+    proxy(client, peer, &shared, &worker.config).await;
 }
 
 async fn proxy(client: TcpStream, peer: SocketAddr, shared: &Shared, config: &DataPlaneConfig) {
@@ -139,7 +243,7 @@ async fn dial(
 ) -> Option<(SocketAddr, TcpStream)> {
     for (attempt, &endpoint) in plan.iter().enumerate() {
         let limit = config.dial_timeout(attempt);
-        let error = match timeout(limit, connect(endpoint)).await {
+        let error = match timeout(limit, connect(endpoint, config.keepalive.as_ref())).await {
             Ok(Ok(stream)) => return Some((endpoint, stream)),
             Ok(Err(e)) => e.to_string(),
             Err(_) => format!("no answer within {limit:?}"),
@@ -157,14 +261,18 @@ async fn dial(
 }
 
 /// Dials `endpoint` with TCP_NODELAY set before the SYN: the proxy forwards what it reads at
-/// once, so Nagle's algorithm would only add latency to small writes.
-async fn connect(endpoint: SocketAddr) -> io::Result<TcpStream> {
+/// once, so Nagle's algorithm would only add latency to small writes. With `keepalive`, an
+/// endpoint that vanishes mid-stream (no FIN, no RST) ends the connection in bounded time.
+async fn connect(endpoint: SocketAddr, keepalive: Option<&Keepalive>) -> io::Result<TcpStream> {
     let socket = Socket::new(
         Domain::for_address(endpoint),
         Type::STREAM.nonblocking(),
         Some(SockProtocol::TCP),
     )?;
     socket.set_tcp_nodelay(true)?;
+    if let Some(keepalive) = keepalive {
+        set_keepalive(socket2::SockRef::from(&socket), keepalive)?;
+    }
     match socket.connect(&endpoint.into()) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}

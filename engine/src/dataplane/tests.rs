@@ -27,6 +27,11 @@ fn config() -> DataPlaneConfig {
         half_close_timeout: Duration::from_secs(10),
         udp_idle_timeout: Duration::from_secs(10),
         tcp_workers: 2,
+        fd_reserve: DEFAULT_FD_RESERVE,
+        max_connections: None,
+        udp_max_flows: DEFAULT_UDP_MAX_FLOWS,
+        udp_max_flows_per_client: DEFAULT_UDP_MAX_FLOWS_PER_CLIENT,
+        keepalive: Some(Keepalive::default()),
     }
 }
 
@@ -1050,4 +1055,207 @@ fn balancer_drops_expired_pins() {
 fn data_plane_is_cheap_to_share_across_tasks() {
     fn shareable<T: Clone + Send + Sync + 'static>() {}
     shareable::<DataPlane>();
+}
+
+#[tokio::test]
+async fn proxied_connection_sets_keepalive_and_user_timeout_on_client_and_endpoint_sockets() {
+    let keepalive = Keepalive {
+        idle: Duration::from_secs(7),
+        interval: Duration::from_secs(3),
+        count: 4,
+        user_timeout: Duration::from_millis(19_500),
+    };
+    let plane = DataPlane::new(DataPlaneConfig {
+        keepalive: Some(keepalive),
+        ..config()
+    });
+    let (a, _) = backend("a").await;
+    let port = open(&plane, Protocol::Tcp, &[a], None).await;
+
+    assert_eq!(ask(port).await, "a");
+
+    let listeners = plane.listeners();
+    let shared = &listeners[&(Protocol::Tcp, port)].shared;
+    // (client side, endpoint side), read back with getsockopt: the client side inherits
+    // them from the listening socket.
+    assert_eq!(
+        *lock(&shared.keepalive),
+        [(Some(keepalive), Some(keepalive))]
+    );
+}
+
+#[tokio::test]
+async fn connections_past_max_connections_wait_in_the_backlog_until_one_ends() {
+    let plane = DataPlane::new(DataPlaneConfig {
+        max_connections: Some(2),
+        ..config()
+    });
+    let (a, _) = backend("a").await;
+    let port = open(&plane, Protocol::Tcp, &[a], None).await;
+    let first = Session::open(port).await;
+    let _second = Session::open(port).await;
+
+    // The kernel completes the handshake from the backlog, but the proxy does not take it.
+    let mut third = TcpStream::connect((LOCAL, port)).await.unwrap();
+    let mut greeting = [0u8; 1];
+    let early = timeout(ms(300), third.read_exact(&mut greeting)).await;
+    assert!(early.is_err(), "a third connection was served: {early:?}");
+    assert_eq!(status_of(&plane, Protocol::Tcp, port).active, 2);
+
+    drop(first);
+    bounded(
+        "the waiting connection is served",
+        third.read_exact(&mut greeting),
+    )
+    .await
+    .unwrap();
+    assert_eq!(&greeting, b"a");
+    let status = status_of(&plane, Protocol::Tcp, port);
+    assert_eq!((status.accepted, status.rejected), (3, 0));
+}
+
+#[tokio::test]
+async fn a_listener_past_the_descriptor_budget_is_refused_by_name_and_opens_once_fds_free() {
+    // Listeners may hold half of it: room for one TCP listener of two workers, not two.
+    let plane = DataPlane::with_budget(config(), |_| limits::Budget::new(6, usize::MAX));
+    let (a, _) = backend("a").await;
+    let first = open(&plane, Protocol::Tcp, &[a], None).await;
+    assert_eq!(plane.fds(), (2, 6));
+
+    let refused = plane
+        .open(spec(Protocol::Tcp, &[a], None))
+        .await
+        .expect_err("no descriptors are left for a second listener");
+    let message = refused.to_string();
+    assert!(
+        matches!(
+            refused,
+            DataPlaneError::NoFileDescriptors {
+                needs: 2,
+                held: 2,
+                budget: 3,
+                ..
+            }
+        ),
+        "{message}"
+    );
+    assert!(
+        message.contains(NAME) && message.contains("RLIMIT_NOFILE"),
+        "{message}"
+    );
+    assert_eq!(plane.fds(), (2, 6), "a refused open holds nothing");
+
+    plane.close(Protocol::Tcp, first).await.unwrap();
+    assert_eq!(plane.fds(), (0, 6));
+    let second = open(&plane, Protocol::Tcp, &[a], None).await;
+    assert_eq!(ask(second).await, "a");
+}
+
+#[tokio::test]
+async fn connections_past_the_descriptor_budget_wait_until_one_ends() {
+    // The listener's two descriptors and one connection's two.
+    let plane = DataPlane::with_budget(config(), |_| limits::Budget::new(4, usize::MAX));
+    let (a, _) = backend("a").await;
+    let port = open(&plane, Protocol::Tcp, &[a], None).await;
+    let first = Session::open(port).await;
+    assert_eq!(plane.fds(), (4, 4));
+
+    let mut second = TcpStream::connect((LOCAL, port)).await.unwrap();
+    let mut greeting = [0u8; 1];
+    let early = timeout(ms(300), second.read_exact(&mut greeting)).await;
+    assert!(
+        early.is_err(),
+        "a connection past the budget was served: {early:?}"
+    );
+
+    drop(first);
+    bounded(
+        "the waiting connection is served",
+        second.read_exact(&mut greeting),
+    )
+    .await
+    .unwrap();
+    assert_eq!(&greeting, b"a");
+}
+
+#[tokio::test]
+async fn a_client_spraying_source_ports_keeps_only_its_newest_flows_and_others_are_still_served() {
+    let plane = DataPlane::new(DataPlaneConfig {
+        udp_max_flows_per_client: 4,
+        udp_max_flows: 16,
+        ..config()
+    });
+    let (a, _) = udp_backend("a").await;
+    let port = open(&plane, Protocol::Udp, &[a], None).await;
+    let (listener_fds, _) = plane.fds();
+    let mut sprayer = Vec::new();
+    for n in 0..40 {
+        let socket = udp_client().await;
+        assert_eq!(
+            udp_ask(&socket, port, &n.to_string()).await.0,
+            format!("a:{n}")
+        );
+        sprayer.push(socket);
+    }
+    assert_eq!(status_of(&plane, Protocol::Udp, port).active, 4);
+    eventually("evicted flows close their sockets", || {
+        plane.fds().0 == listener_fds + 4
+    })
+    .await;
+
+    // Another client is served, and the sprayer's newest flow is still there while its
+    // oldest was evicted.
+    let other = UdpSocket::bind((OTHER, 0)).await.unwrap();
+    assert_eq!(udp_ask(&other, port, "x").await.0, "a:x");
+    assert_eq!(status_of(&plane, Protocol::Udp, port).accepted, 41);
+    udp_ask(&sprayer[39], port, "newest").await;
+    assert_eq!(status_of(&plane, Protocol::Udp, port).accepted, 41);
+    udp_ask(&sprayer[0], port, "oldest").await;
+    assert_eq!(status_of(&plane, Protocol::Udp, port).accepted, 42);
+    assert_eq!(status_of(&plane, Protocol::Udp, port).active, 5);
+}
+
+#[tokio::test]
+async fn a_full_udp_listener_evicts_its_least_recently_used_flow() {
+    let plane = DataPlane::new(DataPlaneConfig {
+        udp_max_flows: 3,
+        ..config()
+    });
+    let (a, _) = udp_backend("a").await;
+    let port = open(&plane, Protocol::Udp, &[a], None).await;
+    let clients = [
+        udp_client().await,
+        udp_client().await,
+        udp_client().await,
+        udp_client().await,
+    ];
+    for client in &clients[..3] {
+        udp_ask(client, port, "1").await;
+    }
+    // The first client is used again: the second becomes the least recently used.
+    udp_ask(&clients[0], port, "2").await;
+    udp_ask(&clients[3], port, "1").await;
+    let status = status_of(&plane, Protocol::Udp, port);
+    assert_eq!((status.active, status.accepted), (3, 4));
+
+    for kept in [&clients[0], &clients[2], &clients[3]] {
+        udp_ask(kept, port, "3").await;
+    }
+    assert_eq!(status_of(&plane, Protocol::Udp, port).accepted, 4);
+    udp_ask(&clients[1], port, "3").await;
+    assert_eq!(status_of(&plane, Protocol::Udp, port).accepted, 5);
+}
+
+#[tokio::test]
+async fn udp_flows_past_the_descriptor_budget_evict_the_oldest_and_new_clients_are_served() {
+    // The listener's one socket and two flows.
+    let plane = DataPlane::with_budget(config(), |_| limits::Budget::new(3, usize::MAX));
+    let (a, _) = udp_backend("a").await;
+    let port = open(&plane, Protocol::Udp, &[a], None).await;
+    for n in 0..5 {
+        let client = udp_client().await;
+        assert_eq!(udp_ask(&client, port, "q").await.0, "a:q", "client {n}");
+    }
+    assert_eq!(status_of(&plane, Protocol::Udp, port).active, 2);
+    eventually("evicted flows close their sockets", || plane.fds().0 == 3).await;
 }

@@ -2,8 +2,15 @@
 //!
 //! Replies leave from the listener's socket, so the client sees them come from the address
 //! it sent to (after the kernel un-NATs them: the portal IP and service port).
+//!
+//! The table is bounded three ways, since each flow holds a socket: per client IP address
+//! (its oldest flow goes), per listener (the least recently used flow goes), and by the data
+//! plane's file descriptor budget (this listener's least recently used flow goes, or the
+//! datagram is dropped when the listener has none).
 
+use super::limits::{is_resource_shortage, Budget, Episode, EpisodeLog};
 use super::{lock, ActiveGuard, DataPlaneConfig, Shared, TaskCtx};
+use hashlink::{LinkedHashMap, LinkedHashSet};
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -20,7 +27,101 @@ const MAX_DATAGRAM: usize = 65_535;
 /// Pause after a failed receive, so a persistent socket error does not spin a core.
 const RECV_BACKOFF: Duration = Duration::from_millis(20);
 
-type FlowTable = Arc<Mutex<HashMap<SocketAddr, Arc<Flow>>>>;
+type FlowTable = Arc<Mutex<Table>>;
+
+/// A listener's flows by client address.
+#[derive(Default)]
+struct Table {
+    /// Least recently used first: a client's datagram moves its flow to the back.
+    flows: LinkedHashMap<SocketAddr, Arc<Flow>>,
+    /// Each client IP address's flows, oldest first.
+    clients: HashMap<IpAddr, LinkedHashSet<SocketAddr>>,
+}
+
+impl Table {
+    /// The client's flow, marked as the most recently used.
+    fn used(&mut self, client: &SocketAddr) -> Option<&Arc<Flow>> {
+        self.flows.to_back(client).map(|flow| &*flow)
+    }
+
+    fn insert(&mut self, flow: Arc<Flow>) {
+        self.clients
+            .entry(flow.client.ip())
+            .or_default()
+            .insert(flow.client);
+        if let Some(old) = self.flows.insert(flow.client, flow) {
+            old.retired.notify_one();
+        }
+    }
+
+    /// Takes the client's flow out of the table and tells its reply task to end.
+    fn remove(&mut self, client: &SocketAddr) -> Option<Arc<Flow>> {
+        let flow = self.flows.remove(client)?;
+        if let Some(ports) = self.clients.get_mut(&client.ip()) {
+            ports.remove(client);
+            if ports.is_empty() {
+                self.clients.remove(&client.ip());
+            }
+        }
+        flow.retired.notify_one();
+        Some(flow)
+    }
+
+    /// Removes `flow` unless a newer flow of the same client has replaced it.
+    fn remove_flow(&mut self, flow: &Arc<Flow>) {
+        if self
+            .flows
+            .get(&flow.client)
+            .is_some_and(|f| Arc::ptr_eq(f, flow))
+        {
+            self.remove(&flow.client);
+        }
+    }
+
+    /// Makes room for one more flow of `client`: evicts its oldest flows past
+    /// `per_client - 1`, then the least recently used past `max - 1`. Returns how many
+    /// went.
+    fn make_room(&mut self, client: SocketAddr, max: usize, per_client: usize) -> usize {
+        let mut evicted = 0;
+        while let Some(ports) = self.clients.get(&client.ip()) {
+            if ports.len() < per_client.max(1) {
+                break;
+            }
+            let Some(&oldest) = ports.front() else { break };
+            self.remove(&oldest);
+            evicted += 1;
+        }
+        while self.flows.len() >= max.max(1) && self.evict_lru() {
+            evicted += 1;
+        }
+        evicted
+    }
+
+    /// Evicts the least recently used flow; `false` when there is none.
+    fn evict_lru(&mut self) -> bool {
+        let Some((&client, _)) = self.flows.front() else {
+            return false;
+        };
+        self.remove(&client);
+        true
+    }
+
+    fn clear(&mut self) {
+        for (_, flow) in self.flows.drain() {
+            flow.retired.notify_one();
+        }
+        self.clients.clear();
+    }
+}
+
+/// The descriptor of a flow's upstream socket, counted in the budget while the flow lives.
+struct FdSlot(Arc<Budget>);
+
+impl Drop for FdSlot {
+    fn drop(&mut self) {
+        self.0.release_fds(1);
+    }
+}
 
 struct Flow {
     client: SocketAddr,
@@ -32,6 +133,7 @@ struct Flow {
     /// so the signal is not lost if the task is busy sending.
     retired: Notify,
     _active: ActiveGuard,
+    _fd: FdSlot,
 }
 
 impl Flow {
@@ -62,6 +164,15 @@ pub(super) fn bind(addr: SocketAddr) -> io::Result<Vec<UdpSocket>> {
     Ok(sockets)
 }
 
+/// How many sockets [`bind`] opens on `addr`.
+pub(super) fn socket_count(addr: SocketAddr) -> usize {
+    if addr.ip() == IpAddr::V4(Ipv4Addr::UNSPECIFIED) {
+        2
+    } else {
+        1
+    }
+}
+
 /// SO_REUSEADDR lets the wildcard and the loopback socket share the port; the kernel hands
 /// each datagram to the most specific one.
 fn bind_one(addr: SocketAddr) -> io::Result<UdpSocket> {
@@ -88,6 +199,7 @@ pub(super) async fn serve(
     let primary = sockets.remove(0);
     let loopback = sockets.pop();
     let flows: FlowTable = Arc::default();
+    let shortage = Mutex::new(Episode::default());
     let mut tasks = JoinSet::new();
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut loop_buf = vec![0u8; MAX_DATAGRAM];
@@ -107,8 +219,10 @@ pub(super) async fn serve(
                 let listener = Listener {
                     shared: &shared,
                     config: &ctx.config,
+                    budget: &ctx.budget,
                     socket,
                     flows: &flows,
+                    shortage: &shortage,
                 };
                 listener.forward(&data[..len], client, &mut tasks).await;
             }
@@ -125,8 +239,11 @@ pub(super) async fn serve(
 struct Listener<'a> {
     shared: &'a Arc<Shared>,
     config: &'a DataPlaneConfig,
+    budget: &'a Arc<Budget>,
     socket: &'a Arc<UdpSocket>,
     flows: &'a FlowTable,
+    /// Flows refused for want of descriptors: one log line per run of them.
+    shortage: &'a Mutex<Episode>,
 }
 
 impl Listener<'_> {
@@ -134,7 +251,7 @@ impl Listener<'_> {
     async fn forward(&self, datagram: &[u8], client: SocketAddr, tasks: &mut JoinSet<()>) {
         let existing = {
             let mut table = lock(self.flows);
-            match table.get(&client) {
+            match table.used(&client) {
                 Some(flow) if self.shared.balancer().contains(flow.endpoint) => {
                     // Touched under the table lock, so the flow cannot expire between here
                     // and the send below.
@@ -145,9 +262,7 @@ impl Listener<'_> {
                     // Its endpoint was removed: re-balance rather than black-hole the client
                     // (the stale-flow trouble of the old userspace proxy).
                     tracing::debug!(listener = %self.shared.id, %client, endpoint = %flow.endpoint, "endpoint removed; flow re-balanced");
-                    if let Some(flow) = table.remove(&client) {
-                        flow.retired.notify_one();
-                    }
+                    table.remove(&client);
                     None
                 }
                 None => None,
@@ -178,6 +293,10 @@ impl Listener<'_> {
             shared.rejected();
             return None;
         }
+        let Some(fd) = self.take_fd(client) else {
+            shared.rejected();
+            return None;
+        };
         // Only local errors (no route, no ports) fail here: UDP has no handshake to refuse.
         let mut upstream = None;
         for &endpoint in &plan {
@@ -188,7 +307,10 @@ impl Listener<'_> {
                 }
                 Err(e) => {
                     shared.failed();
-                    tracing::warn!(listener = %shared.id, %endpoint, error = %e, "cannot open upstream socket");
+                    // Out of descriptors, every new flow fails alike: one line per run.
+                    if !is_resource_shortage(&e) || lock(self.shortage).failed().is_some() {
+                        tracing::warn!(listener = %shared.id, %endpoint, error = %e, "cannot open upstream socket");
+                    }
                 }
             }
         }
@@ -197,6 +319,9 @@ impl Listener<'_> {
             shared.rejected();
             return None;
         };
+        if let Some((failures, lasted)) = lock(self.shortage).ended() {
+            tracing::warn!(listener = %shared.id, failures, lasted = ?lasted, "new flows served again");
+        }
         shared
             .balancer()
             .established(client.ip(), endpoint, Instant::now());
@@ -209,8 +334,9 @@ impl Listener<'_> {
             last: Mutex::new(Instant::now()),
             retired: Notify::new(),
             _active: shared.activate(),
+            _fd: fd,
         });
-        lock(self.flows).insert(client, flow.clone());
+        lock(self.flows).insert(flow.clone());
         tasks.spawn(replies(
             flow.clone(),
             self.socket.clone(),
@@ -219,6 +345,42 @@ impl Listener<'_> {
             self.config.udp_idle_timeout,
         ));
         Some(flow)
+    }
+}
+
+impl Listener<'_> {
+    /// Makes room in the table for a new flow of `client` and takes its descriptor from
+    /// the budget; `None` when the data plane holds all it may and this listener has no
+    /// flow to give up.
+    fn take_fd(&self, client: SocketAddr) -> Option<FdSlot> {
+        let mut table = lock(self.flows);
+        let evicted = table.make_room(
+            client,
+            self.config.udp_max_flows,
+            self.config.udp_max_flows_per_client,
+        );
+        if evicted > 0 {
+            tracing::debug!(listener = %self.shared.id, %client, evicted, "flow table full; oldest flows evicted");
+        }
+        if !self.budget.try_fds(1) {
+            if !table.evict_lru() {
+                drop(table);
+                let (held, may) = self.budget.fds();
+                match lock(self.shortage).failed() {
+                    Some(EpisodeLog::Started) => {
+                        tracing::warn!(listener = %self.shared.id, %client, fds_held = held, fds_budget = may, "no file descriptor for a new flow; datagrams dropped");
+                    }
+                    Some(EpisodeLog::Continues { failures, elapsed }) => {
+                        tracing::warn!(listener = %self.shared.id, failures, elapsed = ?elapsed, "still no file descriptor for new flows");
+                    }
+                    None => {}
+                }
+                return None;
+            }
+            // The evicted flow's socket closes as soon as its reply task sees it retired.
+            self.budget.force_fds(1);
+        }
+        Some(FdSlot(self.budget.clone()))
     }
 }
 
@@ -278,24 +440,13 @@ fn expire(flows: &FlowTable, flow: &Arc<Flow>, idle: Duration) -> bool {
     if Instant::now() < flow.last() + idle {
         return false;
     }
-    if table
-        .get(&flow.client)
-        .is_some_and(|f| Arc::ptr_eq(f, flow))
-    {
-        table.remove(&flow.client);
-    }
+    table.remove_flow(flow);
     true
 }
 
 /// Takes `flow` out of the table (unless a newer flow of the same client replaced it) and
 /// ends its reply task.
 fn remove(flows: &FlowTable, flow: &Arc<Flow>) {
-    let mut table = lock(flows);
-    if table
-        .get(&flow.client)
-        .is_some_and(|f| Arc::ptr_eq(f, flow))
-    {
-        table.remove(&flow.client);
-    }
+    lock(flows).remove_flow(flow);
     flow.retired.notify_one();
 }
