@@ -6,12 +6,12 @@
 //! with a rule portald can read. Unknown matches, targets and options outside portald's
 //! space are never an error: they are carried as text.
 
-use super::render::{hook_spec, masquerade_spec, rule_spec, service_specs};
+use super::render::{entry_spec, hook_spec, masquerade_spec, rule_spec, service_specs};
 use super::tokenize::split_words;
 use super::{hook_chain, service_chain, slot_of_chain, stray_location, table, CHAIN_PREFIX, TABLE};
 use crate::{
-    Action, Comment, ForeignRule, Live, Masquerade, ParseError, PortalKey, PortalRule, Protocol,
-    Scaffold, Slot, StrayRule,
+    Action, Comment, ForeignRule, GuardedPort, Live, Masquerade, ParseError, PortalKey, PortalRule,
+    Protocol, Scaffold, Slot, StrayRule,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -229,6 +229,33 @@ fn masquerade_rule(words: &[String]) -> Option<Masquerade> {
     (rendered == words).then_some(m)
 }
 
+/// An entry of a slot whose chain holds scaffold entries (masquerade, hairpin, proxy
+/// guard, forward accept), if the words are exactly what [`entry_spec`] renders for it.
+fn entry_rule(slot: Slot, words: &[String]) -> Option<Scaffold> {
+    let w: Vec<&str> = words.iter().map(String::as_str).collect();
+    let scaffold = match (slot, w.as_slice()) {
+        (
+            Slot::Masquerade,
+            ["-s", _, "-m", "conntrack", "--ctstate", "DNAT", "--ctorigdst", ..],
+        ) => Scaffold::Masquerade(masquerade_rule(words)?),
+        (Slot::Masquerade, ["-s", source, "-d", ..]) => {
+            Scaffold::Hairpin(source.strip_suffix("/32")?.parse().ok()?)
+        }
+        (Slot::ProxyGuard, ["-p", protocol, "-m", _, "--dport", port, ..]) => {
+            Scaffold::ProxyGuard(GuardedPort {
+                protocol: protocol_name(protocol)?,
+                port: port.parse().ok()?,
+            })
+        }
+        (Slot::Forward, ["-m", "conntrack", "--ctstate", "DNAT", "--ctorigdst", portals, ..]) => {
+            Scaffold::Forward(portals.parse().ok()?)
+        }
+        _ => return None,
+    };
+    let rendered = split_words(&entry_spec(&scaffold)?).ok()?;
+    (rendered == words).then_some(scaffold)
+}
+
 fn protocol_name(name: &str) -> Option<Protocol> {
     match name {
         "tcp" => Some(Protocol::Tcp),
@@ -366,9 +393,10 @@ fn classify(declared: &[(String, String)], lines: &[Line]) -> Live {
                 // A rule of a portal's own chain, or of an orphan: judged with its chain.
                 continue;
             };
-            if slot == Slot::Masquerade {
-                match masquerade_rule(&line.spec) {
-                    Some(m) if live.owned.scaffold.insert(Scaffold::Masquerade(m)) => {}
+            if matches!(slot, Slot::Masquerade | Slot::ProxyGuard | Slot::Forward) {
+                // A duplicate entry is a stray: the kernel would never reach it.
+                match entry_rule(slot, &line.spec) {
+                    Some(entry) if live.owned.scaffold.insert(entry) => {}
                     _ => stray(&mut live),
                 }
                 continue;
