@@ -59,13 +59,7 @@ pub fn build(steps: &[Step]) -> DiGraph<usize, ()> {
         match change {
             // A chain exists before anything jumps to it or is put in it.
             Change::AddScaffold { scaffold } if !matches!(scaffold, Scaffold::Chain(_)) => {
-                needs(chain_add.get(&scaffold.slot()));
-                // A proxy port is guarded before its listener opens.
-                if let Scaffold::ProxyGuard(p) = scaffold {
-                    if let Some(open) = opens.get(&(p.protocol, p.port)) {
-                        graph.add_edge(me, *open, ());
-                    }
-                }
+                needs(chain_add.get(&scaffold.slot()))
             }
             Change::AddRule { rule } => {
                 needs(chain_add.get(&rule.slot()));
@@ -97,12 +91,9 @@ pub fn build(steps: &[Step]) -> DiGraph<usize, ()> {
                 // No jump into a chain that is about to go.
                 needs(hook_remove.get(s));
             }
-            // An entry goes before its chain does; a proxy port stays guarded while its
-            // listener is open.
+            // An entry goes before its chain does. (A proxy port's guard comes and goes in
+            // the kernel batch, between the listener phases.)
             Change::RemoveScaffold { scaffold } if scaffold.is_entry() => {
-                if let Scaffold::ProxyGuard(p) = scaffold {
-                    needs(closes.get(&(p.protocol, p.port)));
-                }
                 if let Some(chain) = chain_remove.get(&scaffold.slot()) {
                     graph.add_edge(me, *chain, ());
                 }
