@@ -1,7 +1,8 @@
-//! Tier 3: what a node exposes beyond its VIPs. Proxy ports refuse what portald's NAT did
-//! not send them, and kernel mode lets its translated traffic through a Docker-like
-//! FORWARD policy of DROP without changing a foreign rule. Needs root, iproute2, iptables,
-//! nft and curl.
+//! Tier 3: a node's traffic beyond the plain VIP path. Proxy ports refuse what portald's
+//! NAT did not send them; kernel mode lets its translated traffic through a Docker-like
+//! FORWARD policy of DROP without changing a foreign rule; a pod reaches its own service
+//! (hairpin) where the bridge lets it, and is told why not where it does not. Needs root,
+//! iproute2, iptables, nft, sysctl and curl.
 
 mod support;
 
@@ -173,4 +174,100 @@ fn iptables_kernel_mode_crosses_a_docker_forward_drop_policy_and_leaves_it_as_it
         baseline,
         "a foreign rule or policy changed"
     );
+}
+
+/// A service on a VIP and an external IP (outside the portal CIDR, so the masquerade of
+/// the bridge's network towards the portals does not cover it: only the hairpin entry does).
+const SELF_SERVICE: &str = "apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  clusterIP: 10.11.0.40
+  externalIPs: [192.0.2.10]
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 80}]
+";
+
+fn hairpin_warned(c: &Cluster) -> bool {
+    c.status()
+        .diagnostics
+        .iter()
+        .any(|d| d.message.contains("hairpin mode off") && d.message.contains("`br0`"))
+}
+
+/// pod1 is the only endpoint of its own service, so every connection it makes to the
+/// service comes back to itself.
+fn hairpin(backend: &str) {
+    let mut c = Cluster::new(&format!("hairpin{}", &backend[..1]));
+    let pod = c.pod("pod1", POD1, &[("pod1", &[80], &[])]);
+    let node = c.node();
+    // The testbed's first host port on the bridge.
+    let port = "vh0";
+    c.write("web.yaml", SELF_SERVICE);
+    c.write("pods.yaml", &pods_yaml(&[("pod1", POD1, "web")]));
+    let sysctl = |c: &Cluster, value: &str| {
+        c.run_ok(
+            &node,
+            "sysctl",
+            &["-w", &format!("net.bridge.bridge-nf-call-iptables={value}")],
+        );
+    };
+    let hairpin_mode = |c: &Cluster, on: &str| {
+        c.run_ok(
+            &node,
+            "ip",
+            &["link", "set", port, "type", "bridge_slave", "hairpin", on],
+        );
+    };
+    sysctl(&c, "1");
+    c.start_daemon(&[
+        "--backend",
+        backend,
+        "--mode",
+        "kernel",
+        "--allow-external-ips",
+    ]);
+
+    // br_netfilter on, hairpin off: the bridge drops the frame before any rule of
+    // portald's could help, and portald says so.
+    let reply = c.curl(&pod.ns, WEB_URL, 2);
+    assert!(
+        !reply.ok(),
+        "answered with hairpin mode off; the report would be wrong: {reply:?}"
+    );
+    assert!(
+        hairpin_warned(&c),
+        "no hairpin report: {:?}",
+        c.status().diagnostics
+    );
+
+    // The admin turns hairpin mode on: answered through the VIP and the external IP, and
+    // the report goes at the next pass.
+    hairpin_mode(&c, "on");
+    for url in [WEB_URL, "http://192.0.2.10/"] {
+        assert_eq!(c.get(&pod.ns, url), "pod1", "{url} with hairpin mode on");
+    }
+    c.wait_status("the hairpin report to go", |s| {
+        match s.diagnostics.iter().find(|d| d.message.contains("hairpin")) {
+            None => Ok(()),
+            Some(d) => Err(d.message.clone()),
+        }
+    });
+
+    // br_netfilter off, hairpin off: routed by the node, answered thanks to masquerade.
+    hairpin_mode(&c, "off");
+    sysctl(&c, "0");
+    for url in [WEB_URL, "http://192.0.2.10/"] {
+        assert_eq!(c.get(&pod.ns, url), "pod1", "{url} with br_netfilter off");
+    }
+}
+
+#[test]
+fn iptables_kernel_mode_pod_reaches_its_own_service_or_is_told_why_not() {
+    hairpin("iptables");
+}
+
+#[test]
+fn nftables_kernel_mode_pod_reaches_its_own_service_or_is_told_why_not() {
+    hairpin("nftables");
 }

@@ -267,6 +267,22 @@ impl Reconciler {
                     status.diagnostics.push(d.clone());
                 }
             }
+            if self.config.mode == crate::config::Mode::Kernel {
+                // Bridges and their ports change under the daemon: looked at every pass.
+                use crate::observe::bridges;
+                let bridges = bridges::read_bridges();
+                let warnings = bridges::hairpin_warnings(
+                    bridges::call_iptables(),
+                    &bridges,
+                    &outcome.intent.services,
+                );
+                for d in warnings {
+                    if !status.diagnostics.contains(&d) {
+                        tracing::warn!("{d}");
+                        status.diagnostics.push(d);
+                    }
+                }
+            }
         }
         self.last_intent = outcome.intent.clone();
         let report = apply(&outcome.plan, self.exec.as_ref(), self.control.as_ref())
