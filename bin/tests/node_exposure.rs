@@ -143,9 +143,17 @@ const DOCKER_FILTER: &[&[&str]] = &[
     ],
 ];
 
-#[test]
-fn iptables_kernel_mode_crosses_a_docker_forward_drop_policy_and_leaves_it_as_it_was() {
-    let mut c = Cluster::new("dockfwd");
+fn forward_drop_reported(c: &Cluster) -> bool {
+    c.status().diagnostics.iter().any(|d| {
+        d.message
+            .contains("`ip filter/FORWARD` drops forwarded packets")
+    })
+}
+
+/// Kernel mode on a Docker-like host: the foreign rules and policy are the same bytes
+/// afterwards, whatever the backend.
+fn docker_forward(backend: &str) {
+    let mut c = Cluster::new(&format!("dock{}", &backend[..1]));
     c.pod("pod1", POD1, &[("pod1", &[80], &[53])]);
     let client = c.client("client", CLIENT);
     for rule in FOREIGN.iter().chain(DOCKER_FILTER) {
@@ -157,12 +165,27 @@ fn iptables_kernel_mode_crosses_a_docker_forward_drop_policy_and_leaves_it_as_it
         "{baseline:#?}"
     );
     services(&c);
-    c.start_daemon(&["--backend", "iptables", "--mode", "kernel"]);
+    c.start_daemon(&["--backend", backend, "--mode", "kernel"]);
 
-    // From another namespace: DNAT in PREROUTING, then FORWARD, where Docker's policy drops.
-    assert_eq!(c.get(&client, WEB_URL), "pod1");
-    let (all, lines) = c.udp_probe(&client, "10.11.0.53:53", 3);
-    assert!(all, "UDP through the VIP past FORWARD DROP: {lines:?}");
+    if backend == "iptables" {
+        // DNAT in PREROUTING, then FORWARD, where Docker's policy drops: let through.
+        assert_eq!(c.get(&client, WEB_URL), "pod1");
+        let (all, lines) = c.udp_probe(&client, "10.11.0.53:53", 3);
+        assert!(all, "UDP through the VIP past FORWARD DROP: {lines:?}");
+        assert!(!forward_drop_reported(&c), "{:?}", c.status().diagnostics);
+    } else {
+        // portald's own table cannot overrule another base chain's drop: it says so.
+        let reply = c.curl(&client, WEB_URL, 2);
+        assert!(
+            !reply.ok(),
+            "answered past FORWARD DROP; the report would be wrong: {reply:?}"
+        );
+        assert!(
+            forward_drop_reported(&c),
+            "no report of the dropping chain: {:?}",
+            c.status().diagnostics
+        );
+    }
     // Nothing else is let through: the pod directly, not through a VIP, is still dropped.
     let direct = c.curl(&client, &format!("http://{POD1}/"), 2);
     assert!(
@@ -174,6 +197,16 @@ fn iptables_kernel_mode_crosses_a_docker_forward_drop_policy_and_leaves_it_as_it
         baseline,
         "a foreign rule or policy changed"
     );
+}
+
+#[test]
+fn iptables_kernel_mode_crosses_a_docker_forward_drop_policy_and_leaves_it_as_it_was() {
+    docker_forward("iptables");
+}
+
+#[test]
+fn nftables_kernel_mode_reports_a_docker_forward_drop_policy_and_leaves_it_as_it_was() {
+    docker_forward("nftables");
 }
 
 /// A service on a VIP and an external IP (outside the portal CIDR, so the masquerade of

@@ -271,11 +271,16 @@ impl Reconciler {
                 // Bridges and their ports change under the daemon: looked at every pass.
                 use crate::observe::bridges;
                 let bridges = bridges::read_bridges();
-                let warnings = bridges::hairpin_warnings(
+                let mut warnings = bridges::hairpin_warnings(
                     bridges::call_iptables(),
                     &bridges,
                     &outcome.intent.services,
                 );
+                if self.config.backend == crate::config::Backend::Nftables {
+                    use crate::observe::forward_policy;
+                    let chains = forward_policy::dropping_forward_chains(&observed.dump);
+                    warnings.extend(forward_policy::forward_drop_warnings(&chains));
+                }
                 for d in warnings {
                     if !status.diagnostics.contains(&d) {
                         tracing::warn!("{d}");

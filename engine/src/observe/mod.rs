@@ -2,6 +2,7 @@
 //! listeners it runs, and which ports other processes hold.
 
 pub mod bridges;
+pub mod forward_policy;
 pub mod routes;
 pub mod sockets;
 
