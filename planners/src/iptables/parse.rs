@@ -558,6 +558,40 @@ mod tests {
         );
     }
 
+    #[test]
+    fn guard_forward_and_hairpin_entries_read_back_only_in_portalds_spelling() {
+        let dump = "*filter\n:PORTAL-PROXY-GUARD - [0:0]\n:PORTAL-FORWARD - [0:0]\n\
+            -A PORTAL-PROXY-GUARD -p tcp -m tcp --dport 20000 -m conntrack ! --ctstate DNAT -j REJECT --reject-with tcp-reset\n\
+            -A PORTAL-PROXY-GUARD -p tcp -m tcp --dport 20001 -m conntrack ! --ctstate DNAT -j DROP\n\
+            -A PORTAL-FORWARD -m conntrack --ctstate DNAT --ctorigdst 10.11.0.0/16 -j ACCEPT\n\
+            -A PORTAL-FORWARD -m conntrack --ctstate DNAT,SNAT --ctorigdst 10.11.0.0/16 -j ACCEPT\n\
+            COMMIT\n*nat\n:PORTAL-MASQUERADE - [0:0]\n\
+            -A PORTAL-MASQUERADE -s 10.244.1.2/32 -d 10.244.1.2/32 -m conntrack --ctstate DNAT -j MASQUERADE\n\
+            -A PORTAL-MASQUERADE -s 10.244.1.2/32 -d 10.244.1.3/32 -m conntrack --ctstate DNAT -j MASQUERADE\n\
+            COMMIT\n";
+        let live = live(dump).unwrap();
+        let entries: Vec<Scaffold> = live
+            .owned
+            .scaffold
+            .iter()
+            .filter(|s| s.is_entry())
+            .copied()
+            .collect();
+        assert_eq!(
+            entries,
+            [
+                Scaffold::ProxyGuard(GuardedPort {
+                    protocol: Protocol::Tcp,
+                    port: 20000
+                }),
+                Scaffold::Forward("10.11.0.0/16".parse().unwrap()),
+                Scaffold::Hairpin(Ipv4Addr::new(10, 244, 1, 2)),
+            ]
+        );
+        // A DROP instead of the reject, another conntrack state, a pair that is not a hairpin.
+        assert_eq!(live.stray.len(), 3, "{:?}", live.stray);
+    }
+
     proptest::proptest! {
         #[test]
         fn any_printable_rule_text_parses_without_error(spec in "[ -~]{0,80}") {
