@@ -12,6 +12,7 @@ have conntrack || need+=(conntrack)
 have curl || need+=(curl)
 have socat || need+=(socat)
 have pkill || need+=(procps)
+have sysctl || need+=(procps)
 
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
