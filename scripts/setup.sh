@@ -14,6 +14,7 @@ have socat || need+=(socat)
 have pkill || need+=(procps)
 have systemd-analyze || need+=(systemd)
 have prlimit || need+=(util-linux)
+have sysctl || need+=(procps)
 
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then

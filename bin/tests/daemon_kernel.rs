@@ -535,7 +535,7 @@ fn drift_is_repaired_at_the_next_resync() {
 
     // 1. Flush all of portald's chains.
     for chain in &chains {
-        c.iptables(&["-t", "nat", "-F", chain]);
+        c.iptables(&["-t", table_of(chain), "-F", chain]);
     }
     assert_ne!(portal_lines(&c.iptables_save()), good);
     let took = wait_repaired(&c, "flushed chains to be refilled");
@@ -565,7 +565,7 @@ fn drift_is_repaired_at_the_next_resync() {
     let chain = &chains[0];
     c.iptables(&[
         "-t",
-        "nat",
+        table_of(chain),
         "-I",
         chain,
         "1",
@@ -698,6 +698,14 @@ fn kill_9_restart_keeps_ports_and_rules() {
     );
 }
 
+/// The table of one of portald's iptables chains: its slot's, or `nat` for a portal's own.
+fn table_of(chain: &str) -> &'static str {
+    planners::Slot::ALL
+        .into_iter()
+        .find(|s| planners::iptables::chain(*s) == chain)
+        .map_or("nat", planners::iptables::table)
+}
+
 #[test]
 fn second_apply_sends_no_batch() {
     let mut c = Cluster::new("apply2");
@@ -721,7 +729,7 @@ fn second_apply_sends_no_batch() {
         .find(|name| good.iter().any(|l| l.starts_with(&format!("-A {name} "))))
         .expect("a portald chain with rules")
         .to_string();
-    c.iptables(&["-t", "nat", "-F", &chain]);
+    c.iptables(&["-t", table_of(&chain), "-F", &chain]);
 
     let dir = c.dir.display().to_string();
     let apply = |c: &Cluster| {

@@ -2,13 +2,13 @@
 //! set of proxy listeners.
 
 use crate::allocate::{port_id, Allocation};
-use crate::config::{Config, Mode};
+use crate::config::{Backend, Config, Mode};
 use crate::diagnostics::{Diagnostic, Severity};
 use crate::endpoints::EndpointIndex;
 use crate::model::*;
 use planners::{
-    Action, Comment, Masquerade, NatState, Net, Path, PortalKey, PortalRule, Protocol, Scaffold,
-    Slot,
+    Action, Comment, GuardedPort, Masquerade, NatState, Net, Path, PortalKey, PortalRule, Protocol,
+    Scaffold, Slot,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -101,9 +101,25 @@ pub fn compile(
     let mut intent = Intent::default();
     let mut diagnostics = Vec::new();
     // portald's scaffold stays while portald manages the host; `cleanup` removes it.
-    let slots: &[Slot] = match config.mode {
-        Mode::Userspace => &[Slot::Container, Slot::Host],
-        Mode::Kernel => &Slot::ALL,
+    // The forward accept only where it can work: an accept in portald's own nft table does
+    // not stop another base chain (Docker's iptables FORWARD policy) from dropping.
+    let slots: &[Slot] = match (config.mode, config.backend) {
+        (Mode::Userspace, _) => &[Slot::Container, Slot::Host, Slot::ProxyGuard],
+        (Mode::Kernel, Backend::Iptables) => &[
+            Slot::Container,
+            Slot::Host,
+            Slot::ContainerReject,
+            Slot::HostReject,
+            Slot::Masquerade,
+            Slot::Forward,
+        ],
+        (Mode::Kernel, Backend::Nftables) => &[
+            Slot::Container,
+            Slot::Host,
+            Slot::ContainerReject,
+            Slot::HostReject,
+            Slot::Masquerade,
+        ],
     };
     for slot in slots {
         intent.nat.scaffold.insert(Scaffold::Chain(*slot));
@@ -112,6 +128,12 @@ pub fn compile(
     if config.mode == Mode::Kernel {
         for m in masquerades(config) {
             intent.nat.scaffold.insert(Scaffold::Masquerade(m));
+        }
+        if config.backend == Backend::Iptables {
+            intent
+                .nat
+                .scaffold
+                .insert(Scaffold::Forward(portal_net(config)));
         }
     }
     let index = EndpointIndex::new(catalog);
@@ -143,6 +165,16 @@ pub fn compile(
                         .into(),
                 });
                 view.external_ips.clear();
+            }
+        }
+        if config.mode == Mode::Kernel && config.backend == Backend::Iptables {
+            // External IPs are portals too: their translated traffic is let through.
+            for address in addresses
+                .iter()
+                .filter(|a| !config.portal_cidr.contains(**a))
+            {
+                let net = Net::new(*address, 32).expect("a /32 has no host bits");
+                intent.nat.scaffold.insert(Scaffold::Forward(net));
             }
         }
         for port in &service.ports {
@@ -177,6 +209,17 @@ pub fn compile(
                         });
                     }
                 }
+                if let Action::Balance { endpoints, .. } = &kernel {
+                    if config.mode == Mode::Kernel {
+                        // Any endpoint may be its own client.
+                        for endpoint in endpoints {
+                            intent
+                                .nat
+                                .scaffold
+                                .insert(Scaffold::Hairpin(*endpoint.ip()));
+                        }
+                    }
+                }
                 if config.mode == Mode::Kernel {
                     // No userspace hop: the kernel sends traffic straight to the endpoints.
                     view.ports.push(PortView {
@@ -190,6 +233,13 @@ pub fn compile(
                     });
                     continue;
                 }
+                intent
+                    .nat
+                    .scaffold
+                    .insert(Scaffold::ProxyGuard(GuardedPort {
+                        protocol: port.protocol,
+                        port: proxy_port.0,
+                    }));
                 intent.listeners.insert(
                     ListenerKey {
                         protocol: port.protocol,
@@ -234,10 +284,7 @@ fn kernel_action(endpoints: &[Endpoint], affinity_seconds: Option<u32>) -> Actio
 /// that overlaps the portal range itself (its route exists only to reach the VIPs) is left
 /// out.
 fn masquerades(config: &Config) -> Vec<Masquerade> {
-    let portals = Net {
-        addr: config.portal_cidr.network(),
-        len: config.portal_cidr.prefix(),
-    };
+    let portals = portal_net(config);
     config
         .local_networks
         .iter()
@@ -247,6 +294,14 @@ fn masquerades(config: &Config) -> Vec<Masquerade> {
             portals,
         })
         .collect()
+}
+
+/// The portal CIDR as the planners spell a network.
+fn portal_net(config: &Config) -> Net {
+    Net {
+        addr: config.portal_cidr.network(),
+        len: config.portal_cidr.prefix(),
+    }
 }
 
 /// Listener maps as lists in JSON, whose maps need string keys.

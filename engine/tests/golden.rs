@@ -454,11 +454,13 @@ fn change_against_live_keeps_one_service_changes_one_removes_one_and_adds_one() 
         BTreeSet::from(["default/modified:8080".to_string()])
     );
     assert_eq!(removed, BTreeSet::from(["default/gone:80".to_string()]));
+    // Proxy guards are entries that follow the listeners; chains and hooks stay.
     assert!(
-        !changes.iter().any(|c| matches!(
-            c,
-            Change::AddScaffold { .. } | Change::RemoveScaffold { .. }
-        )),
+        !changes.iter().any(|c| match c {
+            Change::AddScaffold { scaffold } | Change::RemoveScaffold { scaffold } =>
+                !scaffold.is_entry(),
+            _ => false,
+        }),
         "the chains and hooks are already live"
     );
     let vip = |n: &str| service(&outcome, n).vip.map(|v| v.to_string());
@@ -485,18 +487,25 @@ fn change_against_live_keeps_one_service_changes_one_removes_one_and_adds_one() 
 fn touches_only_portald(line: &str) -> bool {
     let words: Vec<&str> = line.split_whitespace().collect();
     match words.as_slice() {
-        [] | ["*nat"] | ["COMMIT"] => true,
+        [] | ["*nat"] | ["*filter"] | ["COMMIT"] => true,
         [decl, ..] if decl.starts_with(':') => decl.starts_with(":PORTAL-"),
         [op, chain, ..] if matches!(*op, "-A" | "-D" | "-I" | "-R" | "-F" | "-X" | "-N") => {
             if chain.starts_with("PORTAL-") {
                 return true;
             }
             // A hook: inserted or deleted in a built-in chain, jumping into an owned chain.
-            matches!(*chain, "PREROUTING" | "OUTPUT")
+            matches!(*chain, "PREROUTING" | "OUTPUT" | "INPUT" | "FORWARD")
                 && matches!(*op, "-I" | "-D")
                 && matches!(
                     words.as_slice(),
-                    [.., "-j", "PORTAL-CONTAINER" | "PORTAL-HOST"]
+                    [
+                        ..,
+                        "-j",
+                        "PORTAL-CONTAINER"
+                            | "PORTAL-HOST"
+                            | "PORTAL-PROXY-GUARD"
+                            | "PORTAL-FORWARD"
+                    ]
                 )
         }
         _ => false,

@@ -132,15 +132,23 @@ pub enum Slot {
     /// Kernel mode: source NAT for replies that would otherwise bypass the host (nat
     /// POSTROUTING).
     Masquerade,
+    /// Userspace mode: proxy ports refused to traffic that portald's NAT did not send there
+    /// (filter INPUT), so a neighbour cannot reach a service at node-address:proxy-port.
+    ProxyGuard,
+    /// Kernel mode: forwarded packets of connections portald translated are accepted (filter
+    /// FORWARD), so a FORWARD policy of DROP (Docker sets one) does not black-hole them.
+    Forward,
 }
 
 impl Slot {
-    pub const ALL: [Slot; 5] = [
+    pub const ALL: [Slot; 7] = [
         Slot::Container,
         Slot::Host,
         Slot::ContainerReject,
         Slot::HostReject,
         Slot::Masquerade,
+        Slot::ProxyGuard,
+        Slot::Forward,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -150,6 +158,8 @@ impl Slot {
             Slot::ContainerReject => "container-reject",
             Slot::HostReject => "host-reject",
             Slot::Masquerade => "masquerade",
+            Slot::ProxyGuard => "proxy-guard",
+            Slot::Forward => "forward",
         }
     }
 
@@ -174,7 +184,7 @@ impl Slot {
         match self {
             Slot::Container | Slot::ContainerReject => Some(Path::Container),
             Slot::Host | Slot::HostReject => Some(Path::Host),
-            Slot::Masquerade => None,
+            Slot::Masquerade | Slot::ProxyGuard | Slot::Forward => None,
         }
     }
 }
@@ -255,6 +265,14 @@ impl fmt::Display for Net {
 pub struct Masquerade {
     pub source: Net,
     pub portals: Net,
+}
+
+/// A local port a userspace-mode proxy listens on: only connections portald's NAT sent
+/// there (REDIRECT or DNAT, conntrack status DNAT) may reach it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct GuardedPort {
+    pub protocol: Protocol,
+    pub port: u16,
 }
 
 /// A comment that is safe to place inside any kernel tool's argument: it can never end the
@@ -348,6 +366,17 @@ pub enum Scaffold {
     Hook(Slot),
     /// One source-NAT rule, in the masquerade chain.
     Masquerade(Masquerade),
+    /// One refusal in the proxy-guard chain: new connections to this port whose conntrack
+    /// entry has no DNAT status (they did not come through a portal) are refused.
+    ProxyGuard(GuardedPort),
+    /// One accept in the forward chain: forwarded packets of connections DNATed from an
+    /// original destination in this range (the portal CIDR, a served external IP).
+    Forward(Net),
+    /// One hairpin masquerade in the masquerade chain: a connection from this endpoint that
+    /// a portal sent back to the endpoint itself is source-NATed to the host, or the
+    /// endpoint would see a packet from its own address and drop it (kube-proxy does the
+    /// same with `KUBE-MARK-MASQ` when the source is the chosen endpoint).
+    Hairpin(Ipv4Addr),
 }
 
 impl Scaffold {
@@ -355,8 +384,16 @@ impl Scaffold {
     pub fn slot(&self) -> Slot {
         match self {
             Scaffold::Chain(s) | Scaffold::Hook(s) => *s,
-            Scaffold::Masquerade(_) => Slot::Masquerade,
+            Scaffold::Masquerade(_) | Scaffold::Hairpin(_) => Slot::Masquerade,
+            Scaffold::ProxyGuard(_) => Slot::ProxyGuard,
+            Scaffold::Forward(_) => Slot::Forward,
         }
+    }
+
+    /// Whether this is one rule (or set element) inside its slot's chain, rather than the
+    /// chain or its hook.
+    pub fn is_entry(&self) -> bool {
+        !matches!(self, Scaffold::Chain(_) | Scaffold::Hook(_))
     }
 }
 
@@ -366,6 +403,9 @@ impl fmt::Display for Scaffold {
             Scaffold::Chain(s) => write!(f, "chain {s}"),
             Scaffold::Hook(s) => write!(f, "hook {s}"),
             Scaffold::Masquerade(m) => write!(f, "masquerade {} to {}", m.source, m.portals),
+            Scaffold::ProxyGuard(p) => write!(f, "proxy guard {}/{}", p.port, p.protocol),
+            Scaffold::Forward(n) => write!(f, "forward accept from {n}"),
+            Scaffold::Hairpin(a) => write!(f, "hairpin masquerade {a}"),
         }
     }
 }
@@ -467,21 +507,14 @@ impl Change {
             Change::RemoveScaffold {
                 scaffold: Scaffold::Hook(_),
             } => 2,
-            Change::RemoveRule { .. }
-            | Change::RemoveScaffold {
-                scaffold: Scaffold::Masquerade(_),
-            } => 3,
+            Change::RemoveRule { .. } => 3,
+            Change::RemoveScaffold { scaffold } if scaffold.is_entry() => 3,
             Change::ReplaceRule { .. } => 4,
-            Change::AddRule { .. }
-            | Change::AddScaffold {
-                scaffold: Scaffold::Masquerade(_),
-            } => 5,
-            Change::AddScaffold {
-                scaffold: Scaffold::Hook(_),
-            } => 6,
-            Change::RemoveScaffold {
-                scaffold: Scaffold::Chain(_),
-            } => 7,
+            Change::AddRule { .. } => 5,
+            Change::AddScaffold { scaffold } if scaffold.is_entry() => 5,
+            // Hooks (the chains and entries were matched above).
+            Change::AddScaffold { .. } => 6,
+            Change::RemoveScaffold { .. } => 7,
         }
     }
 }

@@ -1,5 +1,5 @@
 //! Tier 3: kernel-mode states (DNAT to endpoints with and without affinity, refusals,
-//! masquerade) through both dialects and the real kernel: each step's batch is applied in a
+//! masquerade, hairpin masquerade, forward accepts, proxy guards) through both dialects and the real kernel: each step's batch is applied in a
 //! private namespace, the dump read back, and what portald reads must be exactly the state
 //! it meant, with no stray; then back to userspace mode and to nothing.
 
@@ -7,8 +7,8 @@ mod netns_support;
 
 use netns_support::Netns;
 use planners::{
-    diff_states, Action, Comment, Dialect, Iptables, Live, Masquerade, NatState, Nftables, Path,
-    PortalKey, PortalRule, Protocol, Scaffold, Slot,
+    diff_states, Action, Comment, Dialect, GuardedPort, Iptables, Live, Masquerade, NatState,
+    Nftables, Path, PortalKey, PortalRule, Protocol, Scaffold, Slot,
 };
 use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -76,6 +76,16 @@ fn balance(endpoints: Vec<SocketAddrV4>, affinity_seconds: Option<u32>) -> Actio
 /// mode → nothing.
 fn states() -> Vec<(&'static str, NatState)> {
     let mut first = scaffold(&Slot::ALL, true);
+    first.scaffold.extend([
+        Scaffold::Hairpin(Ipv4Addr::new(10, 244, 1, 2)),
+        Scaffold::Hairpin(Ipv4Addr::new(10, 244, 1, 3)),
+        Scaffold::Forward("10.11.0.0/16".parse().unwrap()),
+        Scaffold::Forward("192.0.2.7/32".parse().unwrap()),
+        Scaffold::ProxyGuard(GuardedPort {
+            protocol: Protocol::Tcp,
+            port: 20000,
+        }),
+    ]);
     portal(
         &mut first,
         1,
@@ -102,6 +112,15 @@ fn states() -> Vec<(&'static str, NatState)> {
     );
 
     let mut second = scaffold(&Slot::ALL, true);
+    second.scaffold.extend([
+        Scaffold::Hairpin(Ipv4Addr::new(10, 244, 1, 3)),
+        Scaffold::Hairpin(Ipv4Addr::new(10, 244, 1, 4)),
+        Scaffold::Forward("10.11.0.0/16".parse().unwrap()),
+        Scaffold::ProxyGuard(GuardedPort {
+            protocol: Protocol::Udp,
+            port: 20001,
+        }),
+    ]);
     second.scaffold.insert(Scaffold::Masquerade(Masquerade {
         source: "10.245.0.0/16".parse().unwrap(),
         portals: "10.11.0.0/16".parse().unwrap(),
@@ -165,7 +184,12 @@ fn states() -> Vec<(&'static str, NatState)> {
         "default/empty:443",
     );
 
-    let mut userspace = scaffold(&[Slot::Container, Slot::Host], false);
+    let mut userspace = scaffold(&[Slot::Container, Slot::Host, Slot::ProxyGuard], false);
+    for (protocol, port) in [(Protocol::Tcp, 20000), (Protocol::Udp, 20001)] {
+        userspace
+            .scaffold
+            .insert(Scaffold::ProxyGuard(GuardedPort { protocol, port }));
+    }
     for (vip, protocol, port, proxy, comment) in [
         (1, Protocol::Tcp, 80, 20000, "default/web:80"),
         (2, Protocol::Udp, 53, 20001, "default/dns2:53"),

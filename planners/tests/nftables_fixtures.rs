@@ -50,7 +50,7 @@ fn every_fixture_parses_with_the_expected_counts() {
         ("portald", 4, 6, 0, 0),
         ("busy", 4, 6, 1, 34),
         ("portald-damaged", 3, 6, 4, 0),
-        ("portald-kernel", 9, 9, 1, 0),
+        ("portald-kernel", 10, 9, 1, 0),
     ];
     let mut failures = Vec::new();
     for (name, scaffold, rules, stray, foreign) in expected {
@@ -298,6 +298,10 @@ fn kernel_mode_table_reads_back_balance_affinity_reject_and_masquerade() {
             source: "10.244.1.0/24".parse().unwrap(),
             portals: "10.11.0.0/16".parse().unwrap(),
         })));
+    assert!(live
+        .owned
+        .scaffold
+        .contains(&Scaffold::Hairpin("10.244.1.2".parse().unwrap())));
     for slot in [Slot::ContainerReject, Slot::Masquerade] {
         assert!(
             live.owned.scaffold.contains(&Scaffold::Chain(slot)),

@@ -268,6 +268,27 @@ impl Reconciler {
                     status.diagnostics.push(d.clone());
                 }
             }
+            if self.config.mode == crate::config::Mode::Kernel {
+                // Bridges and their ports change under the daemon: looked at every pass.
+                use crate::observe::bridges;
+                let bridges = bridges::read_bridges();
+                let mut warnings = bridges::hairpin_warnings(
+                    bridges::call_iptables(),
+                    &bridges,
+                    &outcome.intent.services,
+                );
+                if self.config.backend == crate::config::Backend::Nftables {
+                    use crate::observe::forward_policy;
+                    let chains = forward_policy::dropping_forward_chains(&observed.dump);
+                    warnings.extend(forward_policy::forward_drop_warnings(&chains));
+                }
+                for d in warnings {
+                    if !status.diagnostics.contains(&d) {
+                        tracing::warn!("{d}");
+                        status.diagnostics.push(d);
+                    }
+                }
+            }
         }
         self.last_intent = outcome.intent.clone();
         let report = apply(&outcome.plan, self.exec.as_ref(), self.control.as_ref())

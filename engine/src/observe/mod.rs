@@ -1,6 +1,8 @@
 //! Observing the live state: portald's kernel rules (through the process seam), the
 //! listeners it runs, and which ports other processes hold.
 
+pub mod bridges;
+pub mod forward_policy;
 pub mod routes;
 pub mod sockets;
 

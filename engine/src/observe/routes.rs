@@ -11,9 +11,16 @@ const RTF_GATEWAY: u32 = 0x2;
 /// Parses `/proc/net/route`: networks of up, gateway-less routes, except the default route
 /// and loopback. Fields are little-endian hex, as the kernel prints them.
 pub fn parse_routes(text: &str) -> Vec<Net> {
+    let mut nets: Vec<Net> = parse_attached(text).into_iter().map(|(_, n)| n).collect();
+    nets.sort();
+    nets.dedup();
+    nets
+}
+
+/// The same networks, each with the interface its route goes out of, in table order.
+pub fn parse_attached(text: &str) -> Vec<(String, Net)> {
     let hex = |field: &str| u32::from_str_radix(field, 16).ok();
-    let mut nets: Vec<Net> = text
-        .lines()
+    text.lines()
         .skip(1)
         .filter_map(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
@@ -30,12 +37,9 @@ pub fn parse_routes(text: &str) -> Vec<Net> {
             if len == 0 || addr.is_loopback() {
                 return None;
             }
-            Net::new(addr, len).ok()
+            Some((iface.to_string(), Net::new(addr, len).ok()?))
         })
-        .collect();
-    nets.sort();
-    nets.dedup();
-    nets
+        .collect()
 }
 
 /// This host's directly attached networks (none if the table cannot be read).

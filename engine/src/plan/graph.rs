@@ -91,10 +91,10 @@ pub fn build(steps: &[Step]) -> DiGraph<usize, ()> {
                 // No jump into a chain that is about to go.
                 needs(hook_remove.get(s));
             }
-            Change::RemoveScaffold {
-                scaffold: Scaffold::Masquerade(_),
-            } => {
-                if let Some(chain) = chain_remove.get(&Slot::Masquerade) {
+            // An entry goes before its chain does. (A proxy port's guard comes and goes in
+            // the kernel batch, between the listener phases.)
+            Change::RemoveScaffold { scaffold } if scaffold.is_entry() => {
+                if let Some(chain) = chain_remove.get(&scaffold.slot()) {
                     graph.add_edge(me, *chain, ());
                 }
             }

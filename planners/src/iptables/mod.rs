@@ -11,6 +11,8 @@
 //! | container-reject | filter | `PORTAL-CONTAINER-REJECT` | `FORWARD` |
 //! | host-reject | filter | `PORTAL-HOST-REJECT` | `OUTPUT` |
 //! | masquerade | nat | `PORTAL-MASQUERADE` | `POSTROUTING` |
+//! | proxy-guard | filter | `PORTAL-PROXY-GUARD` | `INPUT` (new connections) |
+//! | forward | filter | `PORTAL-FORWARD` | `FORWARD` |
 //!
 //! One rule per portal, spelled exactly as `iptables-save` prints it, so a rendered state
 //! and a dump of the applied state are the same text:
@@ -58,14 +60,16 @@ pub fn chain(slot: Slot) -> &'static str {
         Slot::ContainerReject => "PORTAL-CONTAINER-REJECT",
         Slot::HostReject => "PORTAL-HOST-REJECT",
         Slot::Masquerade => "PORTAL-MASQUERADE",
+        Slot::ProxyGuard => "PORTAL-PROXY-GUARD",
+        Slot::Forward => "PORTAL-FORWARD",
     }
 }
 
 /// The table a slot's chain lives in.
 pub fn table(slot: Slot) -> &'static str {
     match slot {
-        Slot::ContainerReject | Slot::HostReject => FILTER,
-        _ => TABLE,
+        Slot::ContainerReject | Slot::HostReject | Slot::ProxyGuard | Slot::Forward => FILTER,
+        Slot::Container | Slot::Host | Slot::Masquerade => TABLE,
     }
 }
 
@@ -74,8 +78,9 @@ pub fn hook_chain(slot: Slot) -> &'static str {
     match slot {
         Slot::Container => "PREROUTING",
         Slot::Host | Slot::HostReject => "OUTPUT",
-        Slot::ContainerReject => "FORWARD",
+        Slot::ContainerReject | Slot::Forward => "FORWARD",
         Slot::Masquerade => "POSTROUTING",
+        Slot::ProxyGuard => "INPUT",
     }
 }
 
@@ -87,6 +92,8 @@ pub fn hook_comment(slot: Slot) -> &'static str {
         Slot::ContainerReject => "portald:container-rejects",
         Slot::HostReject => "portald:host-rejects",
         Slot::Masquerade => "portald:masquerade",
+        Slot::ProxyGuard => "portald:proxy-guard",
+        Slot::Forward => "portald:forward",
     }
 }
 

@@ -6,12 +6,12 @@
 //! with a rule portald can read. Unknown matches, targets and options outside portald's
 //! space are never an error: they are carried as text.
 
-use super::render::{hook_spec, masquerade_spec, rule_spec, service_specs};
+use super::render::{entry_spec, hook_spec, masquerade_spec, rule_spec, service_specs};
 use super::tokenize::split_words;
 use super::{hook_chain, service_chain, slot_of_chain, stray_location, table, CHAIN_PREFIX, TABLE};
 use crate::{
-    Action, Comment, ForeignRule, Live, Masquerade, ParseError, PortalKey, PortalRule, Protocol,
-    Scaffold, Slot, StrayRule,
+    Action, Comment, ForeignRule, GuardedPort, Live, Masquerade, ParseError, PortalKey, PortalRule,
+    Protocol, Scaffold, Slot, StrayRule,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -229,6 +229,33 @@ fn masquerade_rule(words: &[String]) -> Option<Masquerade> {
     (rendered == words).then_some(m)
 }
 
+/// An entry of a slot whose chain holds scaffold entries (masquerade, hairpin, proxy
+/// guard, forward accept), if the words are exactly what [`entry_spec`] renders for it.
+fn entry_rule(slot: Slot, words: &[String]) -> Option<Scaffold> {
+    let w: Vec<&str> = words.iter().map(String::as_str).collect();
+    let scaffold = match (slot, w.as_slice()) {
+        (
+            Slot::Masquerade,
+            ["-s", _, "-m", "conntrack", "--ctstate", "DNAT", "--ctorigdst", ..],
+        ) => Scaffold::Masquerade(masquerade_rule(words)?),
+        (Slot::Masquerade, ["-s", source, "-d", ..]) => {
+            Scaffold::Hairpin(source.strip_suffix("/32")?.parse().ok()?)
+        }
+        (Slot::ProxyGuard, ["-p", protocol, "-m", _, "--dport", port, ..]) => {
+            Scaffold::ProxyGuard(GuardedPort {
+                protocol: protocol_name(protocol)?,
+                port: port.parse().ok()?,
+            })
+        }
+        (Slot::Forward, ["-m", "conntrack", "--ctstate", "DNAT", "--ctorigdst", portals, ..]) => {
+            Scaffold::Forward(portals.parse().ok()?)
+        }
+        _ => return None,
+    };
+    let rendered = split_words(&entry_spec(&scaffold)?).ok()?;
+    (rendered == words).then_some(scaffold)
+}
+
 fn protocol_name(name: &str) -> Option<Protocol> {
     match name {
         "tcp" => Some(Protocol::Tcp),
@@ -366,9 +393,10 @@ fn classify(declared: &[(String, String)], lines: &[Line]) -> Live {
                 // A rule of a portal's own chain, or of an orphan: judged with its chain.
                 continue;
             };
-            if slot == Slot::Masquerade {
-                match masquerade_rule(&line.spec) {
-                    Some(m) if live.owned.scaffold.insert(Scaffold::Masquerade(m)) => {}
+            if matches!(slot, Slot::Masquerade | Slot::ProxyGuard | Slot::Forward) {
+                // A duplicate entry is a stray: the kernel would never reach it.
+                match entry_rule(slot, &line.spec) {
+                    Some(entry) if live.owned.scaffold.insert(entry) => {}
                     _ => stray(&mut live),
                 }
                 continue;
@@ -528,6 +556,40 @@ mod tests {
                 ("PORTAL-EXTRA", "chain PORTAL-EXTRA")
             ]
         );
+    }
+
+    #[test]
+    fn guard_forward_and_hairpin_entries_read_back_only_in_portalds_spelling() {
+        let dump = "*filter\n:PORTAL-PROXY-GUARD - [0:0]\n:PORTAL-FORWARD - [0:0]\n\
+            -A PORTAL-PROXY-GUARD -p tcp -m tcp --dport 20000 -m conntrack ! --ctstate DNAT -j REJECT --reject-with tcp-reset\n\
+            -A PORTAL-PROXY-GUARD -p tcp -m tcp --dport 20001 -m conntrack ! --ctstate DNAT -j DROP\n\
+            -A PORTAL-FORWARD -m conntrack --ctstate DNAT --ctorigdst 10.11.0.0/16 -j ACCEPT\n\
+            -A PORTAL-FORWARD -m conntrack --ctstate DNAT,SNAT --ctorigdst 10.11.0.0/16 -j ACCEPT\n\
+            COMMIT\n*nat\n:PORTAL-MASQUERADE - [0:0]\n\
+            -A PORTAL-MASQUERADE -s 10.244.1.2/32 -d 10.244.1.2/32 -m conntrack --ctstate DNAT -j MASQUERADE\n\
+            -A PORTAL-MASQUERADE -s 10.244.1.2/32 -d 10.244.1.3/32 -m conntrack --ctstate DNAT -j MASQUERADE\n\
+            COMMIT\n";
+        let live = live(dump).unwrap();
+        let entries: Vec<Scaffold> = live
+            .owned
+            .scaffold
+            .iter()
+            .filter(|s| s.is_entry())
+            .copied()
+            .collect();
+        assert_eq!(
+            entries,
+            [
+                Scaffold::ProxyGuard(GuardedPort {
+                    protocol: Protocol::Tcp,
+                    port: 20000
+                }),
+                Scaffold::Forward("10.11.0.0/16".parse().unwrap()),
+                Scaffold::Hairpin(Ipv4Addr::new(10, 244, 1, 2)),
+            ]
+        );
+        // A DROP instead of the reject, another conntrack state, a pair that is not a hairpin.
+        assert_eq!(live.stray.len(), 3, "{:?}", live.stray);
     }
 
     proptest::proptest! {

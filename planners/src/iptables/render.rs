@@ -6,11 +6,12 @@ use super::{
     TABLE,
 };
 use crate::{
-    Action, Change, Masquerade, NatState, PortalKey, PortalRule, Scaffold, Slot, StrayRule,
+    Action, Change, GuardedPort, Masquerade, NatState, Net, PortalKey, PortalRule, Protocol,
+    Scaffold, Slot, StrayRule,
 };
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 /// A portal rule's match and target, without the `-A CHAIN` in front, in `iptables-save`'s
 /// own spelling and option order.
@@ -36,8 +37,8 @@ pub fn rule_spec(rule: &PortalRule) -> String {
         // A reset for TCP: ICMP errors are rate limited per destination host, and a router
         // forwarding back out the same link has just spent that on an ICMP redirect.
         Action::Reject => match key.protocol {
-            crate::Protocol::Tcp => spec.push_str(" -j REJECT --reject-with tcp-reset"),
-            crate::Protocol::Udp => spec.push_str(" -j REJECT --reject-with icmp-port-unreachable"),
+            Protocol::Tcp => spec.push_str(" -j REJECT --reject-with tcp-reset"),
+            Protocol::Udp => spec.push_str(" -j REJECT --reject-with icmp-port-unreachable"),
         },
     }
     spec
@@ -49,6 +50,54 @@ pub fn masquerade_spec(m: &Masquerade) -> String {
         "-s {} -m conntrack --ctstate DNAT --ctorigdst {} -j MASQUERADE",
         m.source, m.portals
     )
+}
+
+/// A proxy guard's spec: new connections to the port that no portal translated are refused
+/// as a closed port would refuse them.
+pub fn guard_spec(p: &GuardedPort) -> String {
+    let proto = p.protocol.as_str();
+    let reject = match p.protocol {
+        Protocol::Tcp => "tcp-reset",
+        Protocol::Udp => "icmp-port-unreachable",
+    };
+    format!(
+        "-p {proto} -m {proto} --dport {} -m conntrack ! --ctstate DNAT -j REJECT --reject-with {reject}",
+        p.port
+    )
+}
+
+/// A forward accept's spec: both directions of a connection DNATed from that range. The
+/// conntrack entry, not the packet, carries the original destination, so replies match too.
+pub fn forward_spec(portals: &Net) -> String {
+    format!(
+        "-m conntrack --ctstate DNAT --ctorigdst {} -j ACCEPT",
+        conntrack_net(portals)
+    )
+}
+
+/// A conntrack match's address as `iptables-save` prints it: a single address bare.
+fn conntrack_net(net: &Net) -> String {
+    if net.len == 32 {
+        net.addr.to_string()
+    } else {
+        net.to_string()
+    }
+}
+
+/// A hairpin masquerade's spec: after DNAT, source and destination are both the endpoint.
+pub fn hairpin_spec(endpoint: &Ipv4Addr) -> String {
+    format!("-s {endpoint}/32 -d {endpoint}/32 -m conntrack --ctstate DNAT -j MASQUERADE")
+}
+
+/// The spec of a scaffold entry (a rule inside a slot's chain); `None` for a chain or hook.
+pub fn entry_spec(scaffold: &Scaffold) -> Option<String> {
+    match scaffold {
+        Scaffold::Chain(_) | Scaffold::Hook(_) => None,
+        Scaffold::Masquerade(m) => Some(masquerade_spec(m)),
+        Scaffold::ProxyGuard(p) => Some(guard_spec(p)),
+        Scaffold::Forward(n) => Some(forward_spec(n)),
+        Scaffold::Hairpin(a) => Some(hairpin_spec(a)),
+    }
 }
 
 /// `statistic`'s probability as `iptables-save` prints it: the kernel keeps it as a 31-bit
@@ -107,7 +156,9 @@ pub fn service_specs(
 /// connections only, so established traffic pays one conntrack check and no rule walk.
 pub fn hook_spec(slot: Slot) -> String {
     let new_only = match slot {
-        Slot::ContainerReject | Slot::HostReject => "-m conntrack --ctstate NEW ",
+        Slot::ContainerReject | Slot::HostReject | Slot::ProxyGuard => {
+            "-m conntrack --ctstate NEW "
+        }
         _ => "",
     };
     format!(
@@ -174,6 +225,8 @@ pub fn state(state: &NatState) -> String {
     }
     // iptables-save lists built-in chains' rules first, in kernel order.
     let hook_order = [
+        Slot::ProxyGuard,
+        Slot::Forward,
         Slot::ContainerReject,
         Slot::HostReject,
         Slot::Container,
@@ -195,11 +248,9 @@ pub fn state(state: &NatState) -> String {
                 format!("-A {} {}", chain(slot), rule_spec(rule)),
             );
         }
-        if slot == Slot::Masquerade {
-            for scaffold in &state.scaffold {
-                if let Scaffold::Masquerade(m) = scaffold {
-                    rules.push(TABLE, format!("-A {} {}", chain(slot), masquerade_spec(m)));
-                }
+        for scaffold in state.scaffold.iter().filter(|s| s.slot() == slot) {
+            if let Some(spec) = entry_spec(scaffold) {
+                rules.push(table(slot), format!("-A {} {spec}", chain(slot)));
             }
         }
     }
@@ -295,12 +346,6 @@ fn change_lines(change: &Change, out: &mut Sections) {
             table(*slot),
             format!("-I {} 1 {}", hook_chain(*slot), hook_spec(*slot)),
         ),
-        Change::AddScaffold {
-            scaffold: Scaffold::Masquerade(m),
-        } => out.push(
-            TABLE,
-            format!("-A {} {}", chain(Slot::Masquerade), masquerade_spec(m)),
-        ),
         Change::RemoveScaffold {
             scaffold: Scaffold::Chain(slot),
         } => out.push(table(*slot), format!("-X {}", chain(*slot))),
@@ -310,12 +355,16 @@ fn change_lines(change: &Change, out: &mut Sections) {
             table(*slot),
             format!("-D {} {}", hook_chain(*slot), hook_spec(*slot)),
         ),
-        Change::RemoveScaffold {
-            scaffold: Scaffold::Masquerade(m),
-        } => out.push(
-            TABLE,
-            format!("-D {} {}", chain(Slot::Masquerade), masquerade_spec(m)),
-        ),
+        Change::AddScaffold { scaffold } | Change::RemoveScaffold { scaffold } => {
+            let verb = match change {
+                Change::AddScaffold { .. } => "-A",
+                _ => "-D",
+            };
+            let slot = scaffold.slot();
+            if let Some(spec) = entry_spec(scaffold) {
+                out.push(table(slot), format!("{verb} {} {spec}", chain(slot)));
+            }
+        }
         Change::AddRule { rule } => add_rule(out, rule),
         Change::RemoveRule { rule } => remove_rule(out, rule),
         // Portal rules never overlap (each catches its own VIP, protocol and port), so their

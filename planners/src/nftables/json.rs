@@ -2,9 +2,9 @@
 //! applied: what a fake kernel or a captured snapshot hands to the parse.
 
 use super::{
-    affinity_set, chain_name, hook_chain, hook_facts, jump_exprs, masquerades, rules_in,
-    service_chain, service_exprs, slot_exprs, slot_maps, AFFINITY_SET_SIZE, FAMILY, MASQUERADE_SET,
-    TABLE,
+    affinity_set, chain_name, entries_in, entry_json, hook_chain, hook_facts, is_interval,
+    jump_exprs, rules_in, service_chain, service_exprs, slot_exprs, slot_maps, AFFINITY_SET_SIZE,
+    ENTRY_SETS, FAMILY, TABLE,
 };
 use crate::{Action, NatState, PortalRule, Scaffold, Slot};
 use serde_json::{json, Value};
@@ -38,12 +38,9 @@ pub fn render_json(state: &NatState) -> String {
         items.push(json!({"table": {"family": FAMILY, "name": TABLE, "handle": next()}}));
         for slot in Slot::ALL {
             for (name, key, data) in slot_maps(slot) {
-                let elems: Vec<Value> = if name == MASQUERADE_SET {
-                    masquerades(state)
-                        .map(|m| json!({"concat": [
-                            {"prefix": {"addr": m.source.addr.to_string(), "len": m.source.len}},
-                            {"prefix": {"addr": m.portals.addr.to_string(), "len": m.portals.len}},
-                        ]}))
+                let elems: Vec<Value> = if ENTRY_SETS.iter().any(|(set, _)| *set == name) {
+                    entries_in(state, &name)
+                        .filter_map(|e| entry_json(e).map(|(_, v)| v))
                         .collect()
                 } else {
                     rules_in(state, &name).map(element).collect()
@@ -62,7 +59,7 @@ pub fn render_json(state: &NatState) -> String {
                 if let Some(data) = data {
                     map["map"] = json!(data);
                 }
-                if name == MASQUERADE_SET {
+                if is_interval(&name) {
                     map["flags"] = json!(["interval"]);
                 }
                 if !elems.is_empty() {

@@ -29,6 +29,9 @@
 //!     }
 //!     set container_no_endpoints { ... }  # Action::Reject: keys refused in filter FORWARD
 //!     set masquerade_pairs { ... }        # Scaffold::Masquerade: source . portal range
+//!     set hairpin_endpoints { ... }       # Scaffold::Hairpin: endpoint . endpoint
+//!     set proxy_ports { ... }             # Scaffold::ProxyGuard: protocol . port (filter input)
+//!     set forward_portals { ... }         # Scaffold::Forward: original destination range
 //! }
 //! ```
 //!
@@ -48,7 +51,8 @@ mod parse;
 mod render;
 
 use crate::{
-    Action, Change, Dialect, Invocation, Live, NatState, ParseError, Path, PortalKey, Slot,
+    Action, Change, Dialect, Invocation, Live, NatState, ParseError, Path, PortalKey, Scaffold,
+    Slot,
 };
 use serde_json::{json, Value};
 use std::net::SocketAddrV4;
@@ -135,6 +139,60 @@ pub(crate) fn map_name(path: Path, kind: Kind) -> String {
 
 /// The set of the masquerade chain.
 pub(crate) const MASQUERADE_SET: &str = "masquerade_pairs";
+/// The set of hairpin endpoints, also in the masquerade chain: `EP . EP`, since a rule
+/// cannot compare two fields of a packet, but a concatenation can be looked up.
+pub(crate) const HAIRPIN_SET: &str = "hairpin_endpoints";
+/// The set of guarded proxy ports.
+pub(crate) const GUARD_SET: &str = "proxy_ports";
+/// The set of original destinations whose forwarded connections are accepted.
+pub(crate) const FORWARD_SET: &str = "forward_portals";
+
+/// The set a scaffold entry is an element of, and the element as `nft -f` text; `None` for
+/// a chain or hook.
+pub(crate) fn entry_element(scaffold: &Scaffold) -> Option<(&'static str, String)> {
+    match scaffold {
+        Scaffold::Chain(_) | Scaffold::Hook(_) => None,
+        Scaffold::Masquerade(m) => Some((MASQUERADE_SET, format!("{} . {}", m.source, m.portals))),
+        Scaffold::Hairpin(a) => Some((HAIRPIN_SET, format!("{a} . {a}"))),
+        Scaffold::ProxyGuard(p) => Some((GUARD_SET, format!("{} . {}", p.protocol, p.port))),
+        Scaffold::Forward(n) => Some((FORWARD_SET, n.to_string())),
+    }
+}
+
+/// The same element as `nft -j` lists it.
+pub(crate) fn entry_json(scaffold: &Scaffold) -> Option<(&'static str, Value)> {
+    let prefix = |n: &crate::Net| json!({"prefix": {"addr": n.addr.to_string(), "len": n.len}});
+    match scaffold {
+        Scaffold::Chain(_) | Scaffold::Hook(_) => None,
+        Scaffold::Masquerade(m) => Some((
+            MASQUERADE_SET,
+            json!({"concat": [prefix(&m.source), prefix(&m.portals)]}),
+        )),
+        Scaffold::Hairpin(a) => Some((
+            HAIRPIN_SET,
+            json!({"concat": [a.to_string(), a.to_string()]}),
+        )),
+        Scaffold::ProxyGuard(p) => {
+            Some((GUARD_SET, json!({"concat": [p.protocol.as_str(), p.port]})))
+        }
+        // An interval set lists a single address as itself, a wider range as a prefix.
+        Scaffold::Forward(n) if n.len == 32 => Some((FORWARD_SET, json!(n.addr.to_string()))),
+        Scaffold::Forward(n) => Some((FORWARD_SET, prefix(n))),
+    }
+}
+
+/// The sets of scaffold entries, each with the slot whose chain looks it up.
+pub(crate) const ENTRY_SETS: [(&str, Slot); 4] = [
+    (MASQUERADE_SET, Slot::Masquerade),
+    (HAIRPIN_SET, Slot::Masquerade),
+    (GUARD_SET, Slot::ProxyGuard),
+    (FORWARD_SET, Slot::Forward),
+];
+
+/// Whether a set holds ranges (`flags interval`).
+pub(crate) fn is_interval(set: &str) -> bool {
+    set == MASQUERADE_SET || set == FORWARD_SET
+}
 
 /// The regular chain holding a slot's rules.
 pub(crate) fn chain_name(slot: Slot) -> &'static str {
@@ -145,6 +203,8 @@ pub(crate) fn chain_name(slot: Slot) -> &'static str {
         Slot::HostReject => "host_reject",
         // `masquerade` is a keyword of nft's grammar.
         Slot::Masquerade => "masq",
+        Slot::ProxyGuard => "proxy_guard",
+        Slot::Forward => "forward_accept",
     }
 }
 
@@ -156,6 +216,8 @@ pub(crate) fn hook_chain(slot: Slot) -> &'static str {
         Slot::ContainerReject => "forward",
         Slot::HostReject => "filter_output",
         Slot::Masquerade => "postrouting",
+        Slot::ProxyGuard => "filter_input",
+        Slot::Forward => "filter_forward",
     }
 }
 
@@ -167,6 +229,8 @@ pub(crate) fn hook_facts(slot: Slot) -> (&'static str, &'static str, i64) {
         Slot::ContainerReject => ("filter", "forward", -10),
         Slot::HostReject => ("filter", "output", -10),
         Slot::Masquerade => ("nat", "postrouting", 90),
+        Slot::ProxyGuard => ("filter", "input", -10),
+        Slot::Forward => ("filter", "forward", -10),
     }
 }
 
@@ -182,6 +246,8 @@ pub(crate) fn hook_spec(slot: Slot) -> &'static str {
         Slot::ContainerReject => "type filter hook forward priority filter - 10; policy accept;",
         Slot::HostReject => "type filter hook output priority filter - 10; policy accept;",
         Slot::Masquerade => "type nat hook postrouting priority srcnat - 10; policy accept;",
+        Slot::ProxyGuard => "type filter hook input priority filter - 10; policy accept;",
+        Slot::Forward => "type filter hook forward priority filter - 10; policy accept;",
     }
 }
 
@@ -189,7 +255,10 @@ pub(crate) fn hook_spec(slot: Slot) -> &'static str {
 /// (the nat hooks): then its jump is for new connections only, so established traffic pays
 /// one conntrack check and no lookup.
 fn filters(slot: Slot) -> bool {
-    matches!(slot, Slot::ContainerReject | Slot::HostReject)
+    matches!(
+        slot,
+        Slot::ContainerReject | Slot::HostReject | Slot::ProxyGuard
+    )
 }
 
 /// The base chain's only rule.
@@ -235,9 +304,19 @@ pub(crate) fn slot_rules(slot: Slot) -> Vec<String> {
                 format!("meta l4proto udp {KEY_EXPR} @{set} reject"),
             ]
         }
-        None => vec![format!(
-            "ct status dnat ip saddr . ct original ip daddr @{MASQUERADE_SET} masquerade"
-        )],
+        None => match slot {
+            Slot::ProxyGuard => vec![
+                format!("meta l4proto tcp meta l4proto . th dport @{GUARD_SET} ct status ! dnat reject with tcp reset"),
+                format!("meta l4proto udp meta l4proto . th dport @{GUARD_SET} ct status ! dnat reject"),
+            ],
+            Slot::Forward => vec![format!(
+                "ct status dnat ct original ip daddr @{FORWARD_SET} accept"
+            )],
+            _ => vec![
+                format!("ct status dnat ip saddr . ct original ip daddr @{MASQUERADE_SET} masquerade"),
+                format!("ct status dnat ip saddr . ip daddr @{HAIRPIN_SET} masquerade"),
+            ],
+        },
     }
 }
 
@@ -289,14 +368,54 @@ pub(crate) fn slot_exprs(slot: Slot) -> Vec<Value> {
                 ]),
             ]
         }
-        None => vec![json!([
-            {"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}},
-            {"match": {"op": "==", "left": {"concat": [
-                {"payload": {"protocol": "ip", "field": "saddr"}},
-                {"ct": {"key": "ip daddr", "dir": "original"}},
-            ]}, "right": format!("@{MASQUERADE_SET}")}},
-            {"masquerade": null},
-        ])],
+        None => {
+            let dnat =
+                json!({"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}});
+            let saddr = json!({"payload": {"protocol": "ip", "field": "saddr"}});
+            match slot {
+                // nft lists `meta l4proto tcp meta l4proto . th dport` as
+                // `meta l4proto . tcp dport`, and `ct status & dnat == 0` as `ct status ! dnat`.
+                Slot::ProxyGuard => {
+                    let rule = |proto: &str, reject: Value| {
+                        json!([
+                            {"match": {"op": "==", "left": {"concat": [
+                                {"meta": {"key": "l4proto"}},
+                                {"payload": {"protocol": proto, "field": "dport"}},
+                            ]}, "right": format!("@{GUARD_SET}")}},
+                            {"match": {"op": "!", "left": {"ct": {"key": "status"}}, "right": "dnat"}},
+                            {"reject": reject},
+                        ])
+                    };
+                    vec![
+                        rule("tcp", json!({"type": "tcp reset"})),
+                        rule("udp", json!({"type": "icmp", "expr": "port-unreachable"})),
+                    ]
+                }
+                Slot::Forward => vec![json!([
+                    dnat,
+                    {"match": {"op": "==", "left": {"ct": {"key": "ip daddr", "dir": "original"}}, "right": format!("@{FORWARD_SET}")}},
+                    {"accept": null},
+                ])],
+                _ => vec![
+                    json!([
+                        dnat,
+                        {"match": {"op": "==", "left": {"concat": [
+                            saddr,
+                            {"ct": {"key": "ip daddr", "dir": "original"}},
+                        ]}, "right": format!("@{MASQUERADE_SET}")}},
+                        {"masquerade": null},
+                    ]),
+                    json!([
+                        dnat,
+                        {"match": {"op": "==", "left": {"concat": [
+                            saddr,
+                            {"payload": {"protocol": "ip", "field": "daddr"}},
+                        ]}, "right": format!("@{HAIRPIN_SET}")}},
+                        {"masquerade": null},
+                    ]),
+                ],
+            }
+        }
     }
 }
 
@@ -308,11 +427,26 @@ pub(crate) fn slot_maps(slot: Slot) -> Vec<(String, Vec<&'static str>, Option<&'
             .map(|k| (map_name(path, *k), KEY_TYPE.to_vec(), k.data_type()))
             .collect(),
         Some(path) => vec![(map_name(path, Kind::NoEndpoints), KEY_TYPE.to_vec(), None)],
-        None => vec![(
-            MASQUERADE_SET.to_string(),
-            vec!["ipv4_addr", "ipv4_addr"],
-            None,
-        )],
+        None => match slot {
+            Slot::ProxyGuard => vec![(
+                GUARD_SET.to_string(),
+                vec!["inet_proto", "inet_service"],
+                None,
+            )],
+            Slot::Forward => vec![(FORWARD_SET.to_string(), vec!["ipv4_addr"], None)],
+            _ => vec![
+                (
+                    MASQUERADE_SET.to_string(),
+                    vec!["ipv4_addr", "ipv4_addr"],
+                    None,
+                ),
+                (
+                    HAIRPIN_SET.to_string(),
+                    vec!["ipv4_addr", "ipv4_addr"],
+                    None,
+                ),
+            ],
+        },
     }
 }
 
@@ -327,12 +461,15 @@ pub(crate) fn rules_in<'a>(
         .filter(move |r| map_name(r.key.path, Kind::of(&r.action)) == map)
 }
 
-/// The masquerade pairs of a state, in order.
-pub(crate) fn masquerades(state: &NatState) -> impl Iterator<Item = &crate::Masquerade> {
-    state.scaffold.iter().filter_map(|s| match s {
-        crate::Scaffold::Masquerade(m) => Some(m),
-        _ => None,
-    })
+/// The entries of a state that are elements of the named set, in order.
+pub(crate) fn entries_in<'a>(
+    state: &'a NatState,
+    set: &'a str,
+) -> impl Iterator<Item = &'a Scaffold> {
+    state
+        .scaffold
+        .iter()
+        .filter(move |s| entry_element(s).is_some_and(|(name, _)| name == set))
 }
 
 /// `10.11.0.1 . tcp . 80`: an element's key.

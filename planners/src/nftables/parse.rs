@@ -7,11 +7,12 @@
 use super::expr::{facts, rule_text};
 use super::{
     affinity_set, chain_name, hook_chain, hook_facts, jump_exprs, map_name, service_chain,
-    service_exprs, slot_exprs, slot_maps, Kind, AFFINITY_SET_SIZE, FAMILY, MASQUERADE_SET, TABLE,
+    service_exprs, slot_exprs, slot_maps, Kind, AFFINITY_SET_SIZE, ENTRY_SETS, FAMILY, FORWARD_SET,
+    GUARD_SET, HAIRPIN_SET, MASQUERADE_SET, TABLE,
 };
 use crate::{
-    Action, Comment, ForeignRule, Live, Masquerade, Net, ParseError, Path, PortalKey, PortalRule,
-    Protocol, Scaffold, Slot, StrayRule,
+    Action, Comment, ForeignRule, GuardedPort, Live, Masquerade, Net, ParseError, Path, PortalKey,
+    PortalRule, Protocol, Scaffold, Slot, StrayRule,
 };
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -185,7 +186,7 @@ pub(crate) fn parse_live(dump: &str) -> Result<Live, ParseError> {
     let mut used_chains: BTreeSet<String> = BTreeSet::new();
     let mut used_sets: BTreeSet<String> = BTreeSet::new();
     read_elements(&table, &mut live, &mut used_chains, &mut used_sets);
-    read_masquerade(&table, &mut live);
+    read_entries(&table, &mut live);
 
     // A slot is present when its maps, its chain and every expected rule are; an incomplete
     // one is reported absent (re-adding it flushes its chain).
@@ -486,36 +487,62 @@ fn dnat_targets(dnat: &Value) -> Vec<SocketAddrV4> {
         .collect()
 }
 
-/// Elements of the masquerade set become masquerade scaffold; odd ones are strays.
-fn read_masquerade(table: &Table, live: &mut Live) {
-    let Some((_, set)) = table.maps.get(MASQUERADE_SET) else {
-        return;
-    };
-    for elem in set
-        .get("elem")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let pair = elem
-            .get("concat")
+/// Elements of the scaffold-entry sets (masquerade pairs, hairpin endpoints, proxy ports,
+/// forward ranges) become scaffold; odd ones are strays.
+fn read_entries(table: &Table, live: &mut Live) {
+    for (name, _) in ENTRY_SETS {
+        let Some((_, set)) = table.maps.get(name) else {
+            continue;
+        };
+        for elem in set
+            .get("elem")
             .and_then(Value::as_array)
-            .and_then(|parts| match parts.as_slice() {
-                [source, portals] => Some(Masquerade {
-                    source: net_of(source)?,
-                    portals: net_of(portals)?,
+            .into_iter()
+            .flatten()
+        {
+            match entry_of(name, elem) {
+                Some(entry) => {
+                    live.owned.scaffold.insert(entry);
+                }
+                None => live.stray.push(StrayRule {
+                    chain: name.to_string(),
+                    text: rule_text(std::slice::from_ref(elem), None),
                 }),
-                _ => None,
-            });
-        match pair {
-            Some(m) => {
-                live.owned.scaffold.insert(Scaffold::Masquerade(m));
             }
-            None => live.stray.push(StrayRule {
-                chain: MASQUERADE_SET.to_string(),
-                text: rule_text(std::slice::from_ref(elem), None),
-            }),
         }
+    }
+}
+
+/// The scaffold entry an element of the named set stands for.
+fn entry_of(set: &str, elem: &Value) -> Option<Scaffold> {
+    let parts = || elem.get("concat").and_then(Value::as_array);
+    match set {
+        MASQUERADE_SET => match parts()?.as_slice() {
+            [source, portals] => Some(Scaffold::Masquerade(Masquerade {
+                source: net_of(source)?,
+                portals: net_of(portals)?,
+            })),
+            _ => None,
+        },
+        HAIRPIN_SET => match parts()?.as_slice() {
+            [source, destination] if source == destination => {
+                Some(Scaffold::Hairpin(source.as_str()?.parse().ok()?))
+            }
+            _ => None,
+        },
+        GUARD_SET => match parts()?.as_slice() {
+            [protocol, port] => Some(Scaffold::ProxyGuard(GuardedPort {
+                protocol: match protocol.as_str()? {
+                    "tcp" => Protocol::Tcp,
+                    "udp" => Protocol::Udp,
+                    _ => return None,
+                },
+                port: port_of(port)?,
+            })),
+            _ => None,
+        },
+        FORWARD_SET => Some(Scaffold::Forward(net_of(elem)?)),
+        _ => None,
     }
 }
 

@@ -1,11 +1,11 @@
 //! Renders intended state as `nft -f` text and changes as one `nft -f` transaction.
 
 use super::{
-    affinity_set, chain_name, element_key, element_value, hook_chain, hook_spec, jump_rule,
-    map_name, masquerades, rules_in, service_chain, service_rules, slot_maps, slot_rules, Kind,
-    AFFINITY_SET_SIZE, FAMILY, MASQUERADE_SET, TABLE,
+    affinity_set, chain_name, element_key, element_value, entries_in, entry_element, hook_chain,
+    hook_spec, is_interval, jump_rule, map_name, rules_in, service_chain, service_rules, slot_maps,
+    slot_rules, Kind, AFFINITY_SET_SIZE, ENTRY_SETS, FAMILY, TABLE,
 };
-use crate::{Action, Change, Masquerade, NatState, PortalRule, Scaffold, Slot, StrayRule};
+use crate::{Action, Change, NatState, PortalRule, Scaffold, Slot, StrayRule};
 use std::collections::BTreeSet;
 use std::fmt::Write;
 
@@ -18,18 +18,13 @@ fn element(rule: &PortalRule) -> String {
     text
 }
 
-/// `10.244.1.0/24 . 10.11.0.0/16`: a masquerade pair.
-fn masquerade_element(m: &Masquerade) -> String {
-    format!("{} . {}", m.source, m.portals)
-}
-
-/// `type ...` (and `flags interval` for the masquerade pairs) of a map or set.
+/// `type ...` (and `flags interval` for the sets of ranges) of a map or set.
 fn map_declaration(name: &str, key: &[&str], data: Option<&str>) -> String {
     let mut text = format!("type {}", key.join(" . "));
     if let Some(data) = data {
         let _ = write!(text, " : {data}");
     }
-    if name == MASQUERADE_SET {
+    if is_interval(name) {
         text.push_str("; flags interval");
     }
     text
@@ -59,8 +54,10 @@ pub(crate) fn render_state(state: &NatState) -> String {
     let mut blocks: Vec<String> = Vec::new();
     for slot in Slot::ALL {
         for (name, key, data) in slot_maps(slot) {
-            let elements: Vec<String> = if name == MASQUERADE_SET {
-                masquerades(state).map(masquerade_element).collect()
+            let elements: Vec<String> = if ENTRY_SETS.iter().any(|(set, _)| *set == name) {
+                entries_in(state, &name)
+                    .filter_map(|e| entry_element(e).map(|(_, text)| text))
+                    .collect()
             } else {
                 rules_in(state, &name).map(element).collect()
             };
@@ -208,7 +205,7 @@ fn scaffold_chain(scaffold: Scaffold) -> Option<&'static str> {
     match scaffold {
         Scaffold::Chain(slot) => Some(chain_name(slot)),
         Scaffold::Hook(slot) => Some(hook_chain(slot)),
-        Scaffold::Masquerade(_) => None,
+        _ => None,
     }
 }
 
@@ -240,12 +237,10 @@ fn add_scaffold(out: &mut String, scaffold: Scaffold) {
             let _ = writeln!(out, "flush chain {FAMILY} {TABLE} {chain}");
             let _ = writeln!(out, "add rule {FAMILY} {TABLE} {chain} {}", jump_rule(slot));
         }
-        Scaffold::Masquerade(m) => {
-            let _ = writeln!(
-                out,
-                "add element {FAMILY} {TABLE} {MASQUERADE_SET} {{ {} }}",
-                masquerade_element(&m)
-            );
+        entry => {
+            if let Some((set, element)) = entry_element(&entry) {
+                let _ = writeln!(out, "add element {FAMILY} {TABLE} {set} {{ {element} }}");
+            }
         }
     }
 }
@@ -263,12 +258,10 @@ fn remove_scaffold(out: &mut String, scaffold: Scaffold) {
         Scaffold::Hook(slot) => {
             let _ = writeln!(out, "delete chain {FAMILY} {TABLE} {}", hook_chain(slot));
         }
-        Scaffold::Masquerade(m) => {
-            let _ = writeln!(
-                out,
-                "delete element {FAMILY} {TABLE} {MASQUERADE_SET} {{ {} }}",
-                masquerade_element(&m)
-            );
+        entry => {
+            if let Some((set, element)) = entry_element(&entry) {
+                let _ = writeln!(out, "delete element {FAMILY} {TABLE} {set} {{ {element} }}");
+            }
         }
     }
 }
