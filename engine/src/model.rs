@@ -159,6 +159,8 @@ pub struct EndpointAddress {
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
+    /// The field it was read from (`subsets[0].addresses[1].ip`), for a refusal found later.
+    pub field: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -172,6 +174,8 @@ pub struct NamedPort {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndpointGroup {
     pub service: ObjectKey,
+    /// The object it came from, as diagnostics name it (``EndpointSlice `prod/api-1` ``).
+    pub object: String,
     pub source: SourceRef,
     pub addresses: Vec<EndpointAddress>,
     pub ports: Vec<NamedPort>,
