@@ -983,3 +983,90 @@ fn the_daemons_own_allocation_record_write_starts_no_reconcile() {
     c.settle();
     assert_eq!(c.status().reconciles, 2, "{}", c.daemon_logs());
 }
+
+#[test]
+fn status_lists_every_problem_check_lists() {
+    let mut c = Cluster::new("problems");
+    // A service defined twice, an externalIP not allowed, an endpoint no cluster accepts,
+    // and a file that breaks after it served: its last good version is held in force.
+    c.write("a.yaml", &service_yaml("twice", None, "a", "TCP", 80, 8080));
+    c.write("b.yaml", &service_yaml("twice", None, "b", "TCP", 81, 8081));
+    c.write(
+        "ingress.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: ingress}\nspec:\n  selector: {app: ingress}\n  externalIPs: [203.0.113.10]\n  ports: [{port: 80}]\n",
+    );
+    c.write(
+        "endpoints.yaml",
+        "apiVersion: v1\nkind: Endpoints\nmetadata: {name: ingress}\nsubsets:\n  - addresses: [{ip: 10.244.1.2}, {ip: 127.0.0.1}]\n    ports: [{port: 80}]\n",
+    );
+    c.write(
+        "held.yaml",
+        &service_yaml("held", None, "held", "TCP", 82, 8082),
+    );
+    c.start_daemon(&[]);
+    c.write(
+        "held.yaml",
+        &service_yaml("held", None, "held", "TCP", 82, 8082).replace("port: 82\n", "port: 70000\n"),
+    );
+    let dir = c.dir.display().to_string();
+    let check_json = c.run(&c.node(), PORTALD, &["check", &dir, "--format", "json"]);
+    let report: serde_json::Value =
+        serde_json::from_slice(&check_json.stdout).expect("check --format json is JSON");
+    let listed: Vec<engine::diagnostics::Diagnostic> =
+        serde_json::from_value(report["diagnostics"].clone()).expect("diagnostics");
+    for expected in [
+        "duplicate service",
+        "externalIPs are not served",
+        "`127.0.0.1` refused",
+        "out of range",
+    ] {
+        assert!(
+            listed.iter().any(|d| d.message.contains(expected)),
+            "check lists `{expected}`: {listed:#?}"
+        );
+    }
+    // --json: the very diagnostics, each with its file and line.
+    let status = c.wait_status("status to list what check lists", |s| {
+        let missing: Vec<String> = listed
+            .iter()
+            .filter(|d| !s.diagnostics.contains(d))
+            .map(ToString::to_string)
+            .collect();
+        if missing.is_empty() {
+            Ok(s.clone())
+        } else {
+            Err(format!(
+                "missing from status: {missing:#?}\nstatus has: {:#?}",
+                s.diagnostics
+            ))
+        }
+    });
+    assert!(
+        status.diagnostics.iter().any(
+            |d| d.file == "held.yaml" && d.message.contains("last good version stays in force")
+        ),
+        "status says what the broken file holds back: {:#?}",
+        status.diagnostics
+    );
+    assert!(
+        service(&status, "default/held").is_ok(),
+        "the last good version of held.yaml is still served"
+    );
+    // Text: every line `check` prints about a file is a line of `status`.
+    let check_text = c.run(&c.node(), PORTALD, &["check", &dir]);
+    let status_text = c.portald(&["status"]);
+    let status_text = String::from_utf8_lossy(&status_text.stdout).into_owned();
+    let status_lines: Vec<&str> = status_text.lines().map(str::trim).collect();
+    let check_text = String::from_utf8_lossy(&check_text.stdout).into_owned();
+    let problems: Vec<&str> = check_text
+        .lines()
+        .filter(|l| l.contains(": error: ") || l.contains(": warning: ") || l.contains(": note: "))
+        .collect();
+    assert_eq!(problems.len(), listed.len(), "{check_text}");
+    for line in problems {
+        assert!(
+            status_lines.contains(&line),
+            "`status` misses `{line}`:\n{status_text}"
+        );
+    }
+}

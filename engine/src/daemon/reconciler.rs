@@ -7,6 +7,7 @@ use crate::apply::{apply, verify, ListenerControl};
 use crate::compile::{Intent, Listener, ListenerKey};
 use crate::config::Config;
 use crate::dataplane::{Backends, DataPlane, ListenerSpec};
+use crate::diagnostics::{Diagnostic, Severity};
 use crate::exec::Exec;
 use crate::load::{load_dir, ParsedFile};
 use crate::observe::{observe, observe_other, Observed};
@@ -204,17 +205,35 @@ impl Reconciler {
     }
 
     /// Files as they are now, with each broken file replaced by its last good version.
-    fn load(&mut self) -> Result<Vec<ParsedFile>, String> {
+    fn load(&mut self) -> Result<Loaded, String> {
         let files = load_dir(&self.dir).map_err(|e| error_chain(&e))?;
         let mut diagnostics = Vec::new();
         let mut merged = Vec::new();
+        let mut held = Vec::new();
         let present: std::collections::BTreeSet<String> =
             files.iter().map(|f| f.path.clone()).collect();
         self.last_good.retain(|path, _| present.contains(path));
+        // `check` sees the files as they are: kept only when some file is replaced below.
+        let replaced = files
+            .iter()
+            .any(|f| f.has_errors() && self.last_good.contains_key(&f.path));
+        let as_loaded = replaced.then(|| files.clone());
         for file in files {
             diagnostics.extend(file.diagnostics.iter().cloned());
             if file.has_errors() {
-                match self.last_good.get(&file.path) {
+                let (good, message) = match self.last_good.get(&file.path) {
+                    Some(good) => (Some(good), "this file has errors: its last good version stays in force until they are fixed"),
+                    None => (None, "this file has errors: nothing in it is served, and no removal is made while it is broken"),
+                };
+                held.push(Diagnostic {
+                    file: file.path.clone(),
+                    line: None,
+                    severity: Severity::Warning,
+                    object: None,
+                    field: None,
+                    message: message.into(),
+                });
+                match good {
                     Some(good) => {
                         tracing::warn!(file = %file.path, "file has errors; its last good version stays in force");
                         merged.push(ParsedFile {
@@ -229,8 +248,15 @@ impl Reconciler {
                 merged.push(file);
             }
         }
+        // Until the pass gets further: what the files say on their own.
+        diagnostics.extend(held.iter().cloned());
+        diagnostics.sort();
         self.status.lock().expect("status lock").diagnostics = diagnostics;
-        Ok(merged)
+        Ok(Loaded {
+            merged,
+            as_loaded,
+            held,
+        })
     }
 
     fn lock(&self) -> Result<Lock, String> {
@@ -252,22 +278,16 @@ impl Reconciler {
     }
 
     fn pass(&mut self) -> Result<(Plan, bool), String> {
-        let files = self.load()?;
+        let loaded = self.load()?;
         let lock = self.lock()?;
         if self.config.mode == crate::config::Mode::Kernel {
             // Links come and go (a bridge added for new containers): read them every pass.
             self.config.local_networks = crate::observe::routes::local_networks();
         }
         let observed = self.observe()?;
-        let outcome = pipeline::run(&files, &lock, &observed, &self.config, true);
-        {
-            let mut status = self.status.lock().expect("status lock");
-            for d in &outcome.allocation.diagnostics {
-                if !status.diagnostics.contains(d) {
-                    status.diagnostics.push(d.clone());
-                }
-            }
-        }
+        let outcome = pipeline::run(&loaded.merged, &lock, &observed, &self.config, true);
+        self.status.lock().expect("status lock").diagnostics =
+            status_diagnostics(&loaded, &outcome, &lock, &self.config);
         self.last_intent = outcome.intent.clone();
         let report = apply(&outcome.plan, self.exec.as_ref(), self.control.as_ref())
             .map_err(|e| error_chain(&e))?;
@@ -353,6 +373,36 @@ impl Reconciler {
             })
             .collect()
     }
+}
+
+/// The directory as one pass read it.
+struct Loaded {
+    /// The files, each broken one replaced by its last good version: what is put in force.
+    merged: Vec<ParsedFile>,
+    /// The files as they are, when some were replaced (else `merged` is them).
+    as_loaded: Option<Vec<ParsedFile>>,
+    /// One warning per broken file: what the daemon holds back because of it.
+    held: Vec<Diagnostic>,
+}
+
+/// What `status` reports: everything `portald check DIR` says about the directory as it is
+/// (the same function, [`pipeline::check`], when some broken file was replaced by its last
+/// good version; else the pass over the very same files said it already), plus what the
+/// pass found against the live state and what the broken files hold back. Sorted, no repeats.
+fn status_diagnostics(
+    loaded: &Loaded,
+    outcome: &pipeline::Outcome,
+    lock: &Lock,
+    config: &Config,
+) -> Vec<Diagnostic> {
+    let mut all: Vec<Diagnostic> = outcome.diagnostics.clone();
+    if let Some(files) = &loaded.as_loaded {
+        all.extend(pipeline::check(files, lock, config));
+    }
+    all.extend(loaded.held.iter().cloned());
+    all.sort();
+    all.dedup();
+    all
 }
 
 /// Plans and applies the removal of everything portald owns in the kernel, through the
