@@ -232,3 +232,50 @@ fn plan_in_kernel_mode_spreads_over_the_endpoints_in_both_dialects() {
         assert!(!stdout.contains("listener"), "{backend}: {stdout}");
     }
 }
+
+/// A folder removed when the test ends, pass or fail.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn status_on_a_socket_the_user_may_not_use_reports_a_permission_problem_naming_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir(std::env::temp_dir().join(format!("portald-perm-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).expect("temporary folder");
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    // A listening socket as the daemon leaves it: root's, mode 0600.
+    let socket = dir.0.join("portald.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind");
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let shown = socket.display().to_string();
+    // The client as `nobody`: root would pass the permission check.
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_portald"))
+        .args(["status", "--control-socket", &shown])
+        .output()
+        .expect("setpriv (util-linux) runs; the test runs as root");
+    let stderr = text(&out.stderr);
+    assert_eq!(code(&out), 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "this user may not connect to control socket `{shown}`"
+        )) && stderr.contains("Permission denied"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("no portald daemon is running"), "{stderr}");
+
+    // With no socket at all, it is still "no daemon".
+    let absent = dir.0.join("absent.sock").display().to_string();
+    let out = portald(&["status", "--control-socket", &absent]);
+    assert!(
+        text(&out.stderr).contains("no portald daemon is running"),
+        "{}",
+        text(&out.stderr)
+    );
+}

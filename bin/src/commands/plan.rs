@@ -40,7 +40,7 @@ pub fn run(args: PlanArgs) -> Result<u8> {
     // Against the kernel, the running daemon tells which listeners are open.
     let mut listeners_known = args.live.live.is_some();
     if args.live.live.is_none() && !args.live.no_live {
-        if let Some(status) = super::daemon_status(&args.control.control_socket) {
+        if let Some(status) = super::daemon_status(&args.control.control_socket)? {
             observed.listeners = super::listeners_of(&status);
             listeners_known = true;
         }
