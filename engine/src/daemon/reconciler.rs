@@ -9,11 +9,11 @@ use crate::config::Config;
 use crate::dataplane::{Backends, DataPlane, ListenerSpec};
 use crate::diagnostics::{Diagnostic, Severity};
 use crate::exec::Exec;
-use crate::load::{load_dir, ParsedFile};
+use crate::load::{load_dir, load_dir_digest, ParsedFile};
 use crate::observe::{observe, observe_other, Observed};
 use crate::pipeline;
 use crate::plan::render::plan_text;
-use crate::plan::Plan;
+use crate::plan::{saved, Plan};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -329,8 +329,13 @@ impl Reconciler {
         }
     }
 
-    /// Applies a plan made elsewhere, unless what it was made against has changed.
+    /// Applies a plan made elsewhere, unless it was made from other services or another
+    /// lock than this daemon's (digests), what it was made against has changed (stale), or
+    /// the file was edited: its batch is not what portald renders for its steps, or a step
+    /// removes what portald does not own now ([`saved::verify`]).
     pub fn apply_saved(&mut self, plan: &Plan) -> Result<String, String> {
+        let here = self.inputs()?;
+        saved::check_inputs(plan, &here).map_err(|e| e.to_string())?;
         let observed = self.observe()?;
         if observed.live.owned != plan.observed {
             return Err("the plan is stale: the live state changed since it was made; run `portald plan` again".into());
@@ -341,8 +346,21 @@ impl Reconciler {
                 plan.backend, plan.mode, self.config.backend, self.config.mode
             ));
         }
+        saved::verify(plan, &observed.live, observed.other.as_ref()).map_err(|e| e.to_string())?;
         apply(plan, self.exec.as_ref(), self.control.as_ref()).map_err(|e| error_chain(&e))?;
         Ok(plan_text(plan))
+    }
+
+    /// The digests of this daemon's services directory and lock file as they are now.
+    fn inputs(&self) -> Result<saved::Inputs, String> {
+        let (_, services) = load_dir_digest(&self.dir).map_err(|e| error_chain(&e))?;
+        let lock = saved::lock_digest(&self.lock_path).map_err(|e| {
+            format!(
+                "cannot read the allocation record `{}`: {e}",
+                self.lock_path.display()
+            )
+        })?;
+        Ok(saved::Inputs { services, lock })
     }
 
     /// Removes everything portald owns in the kernel (on exit with `--cleanup-on-exit`).
