@@ -1070,3 +1070,161 @@ fn status_lists_every_problem_check_lists() {
         );
     }
 }
+
+/// The node's NAT state in both dialects, without counters: what a refused plan must leave
+/// exactly as it was.
+fn kernel_state(c: &Cluster) -> (Vec<String>, String) {
+    let node = c.node();
+    let tables = c.run_ok(&node, "nft", &["list", "tables"]);
+    let portald = if tables.contains("table ip portald") {
+        c.run_ok(&node, "nft", &["list", "table", "ip", "portald"])
+    } else {
+        String::new()
+    };
+    (
+        normalize_save(&c.iptables_save()),
+        format!("{tables}{portald}"),
+    )
+}
+
+/// `portald apply FILE`: the exit code and what it printed on stderr.
+fn apply_file(c: &Cluster, plan: &std::path::Path) -> (i32, String) {
+    let out = c.portald(&["apply", &plan.display().to_string()]);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A saved plan goes through only untampered, and made from the daemon's own directory and
+/// lock: an edited batch (a foreign table or chain), another directory or a changed lock
+/// are refused and leave the kernel as it was.
+fn saved_plan_is_checked(backend: &str) {
+    let mut c = Cluster::new(&format!("saved{}", &backend[..1]));
+    c.write(
+        "web.yaml",
+        &service_yaml("web", Some("10.11.0.70"), "web", "TCP", 80, 8080),
+    );
+    // No resync: the drift below stays until a plan repairs it.
+    c.start_daemon(&["--backend", backend, "--resync-seconds", "600"]);
+    let good = kernel_state(&c);
+    let node = c.node();
+    match backend {
+        "iptables" => c.iptables(&["-t", "nat", "-F", "PORTAL-CONTAINER"]),
+        _ => {
+            c.run_ok(
+                &node,
+                "nft",
+                &["flush", "chain", "ip", "portald", "container"],
+            );
+        }
+    }
+    let drifted = kernel_state(&c);
+    assert_ne!(drifted, good, "the drift changed nothing");
+
+    let dir = c.dir.display().to_string();
+    let plan_path = c.temp().join("plan.json");
+    let out = c.portald(&[
+        "plan",
+        &dir,
+        "--backend",
+        backend,
+        "--out",
+        &plan_path.display().to_string(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&plan_path).expect("plan file")).expect("JSON");
+    let batch = plan["batch"].as_str().expect("batch").to_string();
+    assert!(!batch.is_empty(), "the plan repairs the drift: {plan}");
+    assert!(
+        plan["inputs"]["services"]
+            .as_str()
+            .is_some_and(|d| d.len() == 64),
+        "{}",
+        plan["inputs"]
+    );
+
+    // 1. The batch edited to create what portald does not own.
+    let evil = match backend {
+        "iptables" => batch.replacen("*nat\n", "*nat\n:EVIL - [0:0]\n", 1),
+        _ => format!("{batch}add table ip evil\n"),
+    };
+    assert_ne!(evil, batch);
+    let mut tampered = plan.clone();
+    tampered["batch"] = serde_json::Value::String(evil);
+    let tampered_path = c.temp().join("tampered.json");
+    std::fs::write(&tampered_path, tampered.to_string()).expect("write");
+    let (code, stderr) = apply_file(&c, &tampered_path);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("batch is not what portald renders"),
+        "{stderr}"
+    );
+    assert_eq!(
+        kernel_state(&c),
+        drifted,
+        "a refused plan changed the kernel"
+    );
+    assert!(!c.run_ok(&node, "nft", &["list", "tables"]).contains("evil"));
+    assert!(!c.iptables_save().contains(":EVIL"));
+
+    // 2. A plan made from another directory (one more file).
+    let other = c.temp().join("other");
+    std::fs::create_dir_all(&other).expect("other dir");
+    for entry in std::fs::read_dir(&c.dir).expect("dir").flatten() {
+        std::fs::copy(entry.path(), other.join(entry.file_name())).expect("copy");
+    }
+    std::fs::write(
+        other.join("api.yaml"),
+        service_yaml("api", Some("10.11.0.71"), "api", "TCP", 80, 8080),
+    )
+    .expect("write");
+    let other_plan = c.temp().join("other.json");
+    let out = c.portald(&[
+        "plan",
+        &other.display().to_string(),
+        "--backend",
+        backend,
+        "--out",
+        &other_plan.display().to_string(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (code, stderr) = apply_file(&c, &other_plan);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("made from other services"), "{stderr}");
+    assert_eq!(kernel_state(&c), drifted);
+
+    // 3. The lock changed since the plan was made.
+    let lock_path = c.dir.join("portald.lock");
+    let lock = std::fs::read_to_string(&lock_path).expect("the daemon wrote its lock");
+    std::fs::write(&lock_path, format!("{lock}\n")).expect("write lock");
+    let (code, stderr) = apply_file(&c, &plan_path);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("another allocation record"), "{stderr}");
+    assert_eq!(kernel_state(&c), drifted);
+    std::fs::write(&lock_path, &lock).expect("restore lock");
+
+    // 4. The untampered plan applies and repairs the drift.
+    let (code, stderr) = apply_file(&c, &plan_path);
+    assert_eq!(code, 0, "{stderr}\n{}", c.daemon_logs());
+    assert_eq!(kernel_state(&c), good);
+}
+
+#[test]
+fn saved_iptables_plan_is_applied_only_untampered_from_the_daemons_directory_and_lock() {
+    saved_plan_is_checked("iptables");
+}
+
+#[test]
+fn saved_nftables_plan_is_applied_only_untampered_from_the_daemons_directory_and_lock() {
+    saved_plan_is_checked("nftables");
+}
