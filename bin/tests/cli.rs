@@ -197,7 +197,10 @@ fn plan_json_matches_the_golden_batch_of_its_case() {
     ]);
     assert_eq!(code(&out), 0);
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("plan --json");
-    assert_eq!(plan["format_version"], 1);
+    assert_eq!(plan["format_version"], 2);
+    // What `apply` binds the plan to: the services as read, and the lock (none here).
+    assert_eq!(plan["inputs"]["services"].as_str().map(str::len), Some(64));
+    assert_eq!(plan["inputs"]["lock"], "none");
     let golden =
         std::fs::read_to_string(root().join("golden/multi-port-named-targets/batch.iptables"))
             .expect("golden batch");
