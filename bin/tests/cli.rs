@@ -197,7 +197,10 @@ fn plan_json_matches_the_golden_batch_of_its_case() {
     ]);
     assert_eq!(code(&out), 0);
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("plan --json");
-    assert_eq!(plan["format_version"], 1);
+    assert_eq!(plan["format_version"], 2);
+    // What `apply` binds the plan to: the services as read, and the lock (none here).
+    assert_eq!(plan["inputs"]["services"].as_str().map(str::len), Some(64));
+    assert_eq!(plan["inputs"]["lock"], "none");
     let golden =
         std::fs::read_to_string(root().join("golden/multi-port-named-targets/batch.iptables"))
             .expect("golden batch");
@@ -589,4 +592,51 @@ fn settings_come_from_flags_then_environment_then_the_config_file() {
         text(&typo.stderr)
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A folder removed when the test ends, pass or fail.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn status_on_a_socket_the_user_may_not_use_reports_a_permission_problem_naming_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir(std::env::temp_dir().join(format!("portald-perm-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).expect("temporary folder");
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    // A listening socket as the daemon leaves it: root's, mode 0600.
+    let socket = dir.0.join("portald.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind");
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let shown = socket.display().to_string();
+    // The client as `nobody`: root would pass the permission check.
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_portald"))
+        .args(["status", "--control-socket", &shown])
+        .output()
+        .expect("setpriv (util-linux) runs; the test runs as root");
+    let stderr = text(&out.stderr);
+    assert_eq!(code(&out), 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "this user may not connect to control socket `{shown}`"
+        )) && stderr.contains("Permission denied"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("no portald daemon is running"), "{stderr}");
+
+    // With no socket at all, it is still "no daemon".
+    let absent = dir.0.join("absent.sock").display().to_string();
+    let out = portald(&["status", "--control-socket", &absent]);
+    assert!(
+        text(&out.stderr).contains("no portald daemon is running"),
+        "{}",
+        text(&out.stderr)
+    );
 }

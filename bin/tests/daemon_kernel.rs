@@ -1110,3 +1110,248 @@ fn the_daemon_speaks_the_systemd_notification_protocol() {
         "no STOPPING=1: {last:?}"
     );
 }
+
+#[test]
+fn status_lists_every_problem_check_lists() {
+    let mut c = Cluster::new("problems");
+    // A service defined twice, an externalIP not allowed, an endpoint no cluster accepts,
+    // and a file that breaks after it served: its last good version is held in force.
+    c.write("a.yaml", &service_yaml("twice", None, "a", "TCP", 80, 8080));
+    c.write("b.yaml", &service_yaml("twice", None, "b", "TCP", 81, 8081));
+    c.write(
+        "ingress.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: ingress}\nspec:\n  selector: {app: ingress}\n  externalIPs: [203.0.113.10]\n  ports: [{port: 80}]\n",
+    );
+    c.write(
+        "endpoints.yaml",
+        "apiVersion: v1\nkind: Endpoints\nmetadata: {name: ingress}\nsubsets:\n  - addresses: [{ip: 10.244.1.2}, {ip: 127.0.0.1}]\n    ports: [{port: 80}]\n",
+    );
+    c.write(
+        "held.yaml",
+        &service_yaml("held", None, "held", "TCP", 82, 8082),
+    );
+    c.start_daemon(&[]);
+    c.write(
+        "held.yaml",
+        &service_yaml("held", None, "held", "TCP", 82, 8082).replace("port: 82\n", "port: 70000\n"),
+    );
+    let dir = c.dir.display().to_string();
+    let check_json = c.run(&c.node(), PORTALD, &["check", &dir, "--format", "json"]);
+    let report: serde_json::Value =
+        serde_json::from_slice(&check_json.stdout).expect("check --format json is JSON");
+    let listed: Vec<engine::diagnostics::Diagnostic> =
+        serde_json::from_value(report["diagnostics"].clone()).expect("diagnostics");
+    for expected in [
+        "duplicate service",
+        "externalIPs are not served",
+        "`127.0.0.1` refused",
+        "out of range",
+    ] {
+        assert!(
+            listed.iter().any(|d| d.message.contains(expected)),
+            "check lists `{expected}`: {listed:#?}"
+        );
+    }
+    // --json: the very diagnostics, each with its file and line.
+    let status = c.wait_status("status to list what check lists", |s| {
+        let missing: Vec<String> = listed
+            .iter()
+            .filter(|d| !s.diagnostics.contains(d))
+            .map(ToString::to_string)
+            .collect();
+        if missing.is_empty() {
+            Ok(s.clone())
+        } else {
+            Err(format!(
+                "missing from status: {missing:#?}\nstatus has: {:#?}",
+                s.diagnostics
+            ))
+        }
+    });
+    assert!(
+        status.diagnostics.iter().any(
+            |d| d.file == "held.yaml" && d.message.contains("last good version stays in force")
+        ),
+        "status says what the broken file holds back: {:#?}",
+        status.diagnostics
+    );
+    assert!(
+        service(&status, "default/held").is_ok(),
+        "the last good version of held.yaml is still served"
+    );
+    // Text: every line `check` prints about a file is a line of `status`.
+    let check_text = c.run(&c.node(), PORTALD, &["check", &dir]);
+    let status_text = c.portald(&["status"]);
+    let status_text = String::from_utf8_lossy(&status_text.stdout).into_owned();
+    let status_lines: Vec<&str> = status_text.lines().map(str::trim).collect();
+    let check_text = String::from_utf8_lossy(&check_text.stdout).into_owned();
+    let problems: Vec<&str> = check_text
+        .lines()
+        .filter(|l| l.contains(": error: ") || l.contains(": warning: ") || l.contains(": note: "))
+        .collect();
+    assert_eq!(problems.len(), listed.len(), "{check_text}");
+    for line in problems {
+        assert!(
+            status_lines.contains(&line),
+            "`status` misses `{line}`:\n{status_text}"
+        );
+    }
+}
+
+/// The node's NAT state in both dialects, without counters: what a refused plan must leave
+/// exactly as it was.
+fn kernel_state(c: &Cluster) -> (Vec<String>, String) {
+    let node = c.node();
+    let tables = c.run_ok(&node, "nft", &["list", "tables"]);
+    let portald = if tables.contains("table ip portald") {
+        c.run_ok(&node, "nft", &["list", "table", "ip", "portald"])
+    } else {
+        String::new()
+    };
+    (
+        normalize_save(&c.iptables_save()),
+        format!("{tables}{portald}"),
+    )
+}
+
+/// `portald apply FILE`: the exit code and what it printed on stderr.
+fn apply_file(c: &Cluster, plan: &std::path::Path) -> (i32, String) {
+    let out = c.portald(&["apply", &plan.display().to_string()]);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A saved plan goes through only untampered, and made from the daemon's own directory and
+/// lock: an edited batch (a foreign table or chain), another directory or a changed lock
+/// are refused and leave the kernel as it was.
+fn saved_plan_is_checked(backend: &str) {
+    let mut c = Cluster::new(&format!("saved{}", &backend[..1]));
+    c.write(
+        "web.yaml",
+        &service_yaml("web", Some("10.11.0.70"), "web", "TCP", 80, 8080),
+    );
+    // No resync: the drift below stays until a plan repairs it.
+    c.start_daemon(&["--backend", backend, "--resync-seconds", "600"]);
+    let good = kernel_state(&c);
+    let node = c.node();
+    match backend {
+        "iptables" => c.iptables(&["-t", "nat", "-F", "PORTAL-CONTAINER"]),
+        _ => {
+            c.run_ok(
+                &node,
+                "nft",
+                &["flush", "chain", "ip", "portald", "container"],
+            );
+        }
+    }
+    let drifted = kernel_state(&c);
+    assert_ne!(drifted, good, "the drift changed nothing");
+
+    let dir = c.dir.display().to_string();
+    let plan_path = c.temp().join("plan.json");
+    let out = c.portald(&[
+        "plan",
+        &dir,
+        "--backend",
+        backend,
+        "--out",
+        &plan_path.display().to_string(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&plan_path).expect("plan file")).expect("JSON");
+    let batch = plan["batch"].as_str().expect("batch").to_string();
+    assert!(!batch.is_empty(), "the plan repairs the drift: {plan}");
+    assert!(
+        plan["inputs"]["services"]
+            .as_str()
+            .is_some_and(|d| d.len() == 64),
+        "{}",
+        plan["inputs"]
+    );
+
+    // 1. The batch edited to create what portald does not own.
+    let evil = match backend {
+        "iptables" => batch.replacen("*nat\n", "*nat\n:EVIL - [0:0]\n", 1),
+        _ => format!("{batch}add table ip evil\n"),
+    };
+    assert_ne!(evil, batch);
+    let mut tampered = plan.clone();
+    tampered["batch"] = serde_json::Value::String(evil);
+    let tampered_path = c.temp().join("tampered.json");
+    std::fs::write(&tampered_path, tampered.to_string()).expect("write");
+    let (code, stderr) = apply_file(&c, &tampered_path);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("batch is not what portald renders"),
+        "{stderr}"
+    );
+    assert_eq!(
+        kernel_state(&c),
+        drifted,
+        "a refused plan changed the kernel"
+    );
+    assert!(!c.run_ok(&node, "nft", &["list", "tables"]).contains("evil"));
+    assert!(!c.iptables_save().contains(":EVIL"));
+
+    // 2. A plan made from another directory (one more file).
+    let other = c.temp().join("other");
+    std::fs::create_dir_all(&other).expect("other dir");
+    for entry in std::fs::read_dir(&c.dir).expect("dir").flatten() {
+        std::fs::copy(entry.path(), other.join(entry.file_name())).expect("copy");
+    }
+    std::fs::write(
+        other.join("api.yaml"),
+        service_yaml("api", Some("10.11.0.71"), "api", "TCP", 80, 8080),
+    )
+    .expect("write");
+    let other_plan = c.temp().join("other.json");
+    let out = c.portald(&[
+        "plan",
+        &other.display().to_string(),
+        "--backend",
+        backend,
+        "--out",
+        &other_plan.display().to_string(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (code, stderr) = apply_file(&c, &other_plan);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("made from other services"), "{stderr}");
+    assert_eq!(kernel_state(&c), drifted);
+
+    // 3. The lock changed since the plan was made.
+    let lock_path = c.dir.join("portald.lock");
+    let lock = std::fs::read_to_string(&lock_path).expect("the daemon wrote its lock");
+    std::fs::write(&lock_path, format!("{lock}\n")).expect("write lock");
+    let (code, stderr) = apply_file(&c, &plan_path);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("another allocation record"), "{stderr}");
+    assert_eq!(kernel_state(&c), drifted);
+    std::fs::write(&lock_path, &lock).expect("restore lock");
+
+    // 4. The untampered plan applies and repairs the drift.
+    let (code, stderr) = apply_file(&c, &plan_path);
+    assert_eq!(code, 0, "{stderr}\n{}", c.daemon_logs());
+    assert_eq!(kernel_state(&c), good);
+}
+
+#[test]
+fn saved_iptables_plan_is_applied_only_untampered_from_the_daemons_directory_and_lock() {
+    saved_plan_is_checked("iptables");
+}
+
+#[test]
+fn saved_nftables_plan_is_applied_only_untampered_from_the_daemons_directory_and_lock() {
+    saved_plan_is_checked("nftables");
+}

@@ -163,6 +163,8 @@ pub struct EndpointAddress {
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
+    /// The field it was read from (`subsets[0].addresses[1].ip`), for a refusal found later.
+    pub field: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -190,6 +192,8 @@ pub enum GroupKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndpointGroup {
     pub service: ObjectKey,
+    /// The object it came from, as diagnostics name it (``EndpointSlice `prod/api-1` ``).
+    pub object: String,
     pub source: SourceRef,
     pub kind: GroupKind,
     pub addresses: Vec<EndpointAddress>,

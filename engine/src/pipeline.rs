@@ -42,7 +42,12 @@ pub fn run(
     config: &Config,
     listeners_known: bool,
 ) -> Outcome {
-    let assembled = assemble(files);
+    let mut assembled = assemble(files);
+    let refused = crate::endpoints::refuse_portal_addresses(&mut assembled.catalog, config);
+    if !refused.is_empty() {
+        assembled.diagnostics.extend(refused);
+        assembled.diagnostics.sort();
+    }
     let hints = LiveHints {
         nat: observed.live.owned.clone(),
         foreign_ports: observed.foreign_ports(),

@@ -36,6 +36,7 @@ const REQUIRED_CASES: &[&str] = &[
     "invalid-cluster-ip-taken",
     "invalid-protocol",
     "invalid-hostile-strings",
+    "refused-endpoint-addresses",
 ];
 
 /// The artifact files of a case, in a fixed order.

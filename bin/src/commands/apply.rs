@@ -29,10 +29,10 @@ pub fn run(args: ApplyArgs) -> Result<u8> {
     let socket = &args.control.control_socket;
     let request_body = if args.target.is_dir() {
         let config = args.engine.config();
-        if config.mode == engine::config::Mode::Kernel && super::daemon_status(socket).is_none() {
+        if config.mode == engine::config::Mode::Kernel && super::daemon_status(socket)?.is_none() {
             return apply_once(&args, &config);
         }
-        let status = super::daemon_status(socket).with_context(|| {
+        let status = super::daemon_status(socket)?.with_context(|| {
             format!(
                 "no portald daemon answers on `{}`: in userspace mode the listeners live in the daemon; start it with `portald run {}`",
                 socket.display(),

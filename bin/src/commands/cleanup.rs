@@ -7,7 +7,7 @@ use engine::exec::SystemExec;
 use engine::plan::render::plan_text;
 
 pub fn run(args: CleanupArgs) -> Result<u8> {
-    if super::daemon_status(&args.control.control_socket).is_some() {
+    if super::daemon_status(&args.control.control_socket)?.is_some() {
         bail!(
             "a portald daemon is running (`{}`): stop it first (or run it with --cleanup-on-exit), or it will put the rules back",
             args.control.control_socket.display()

@@ -313,7 +313,7 @@ impl Demo {
         let started = Instant::now();
         let deadline = started + Duration::from_secs(20);
         loop {
-            if let Some(status) = super::daemon_status(&self.socket) {
+            if let Ok(Some(status)) = super::daemon_status(&self.socket) {
                 let ok = status.last_reconcile.as_ref().is_some_and(|r| r.ok);
                 if ok && status.listeners.len() >= self.listeners_wanted() {
                     println!(

@@ -55,11 +55,15 @@ pub fn load_lock(engine: &EngineArgs, dir: &Path) -> Result<Lock> {
     Lock::read(&path).with_context(|| format!("reading the allocation record `{}`", path.display()))
 }
 
-/// The running daemon's status, or `None` when no daemon answers.
-pub fn daemon_status(socket: &Path) -> Option<engine::daemon::control::Status> {
-    use engine::daemon::control::{request, Request};
-    let response = request(socket, &Request::Status, std::time::Duration::from_secs(5)).ok()?;
-    response.status.map(|s| *s)
+/// The running daemon's status, or `None` when no daemon answers; an error when the socket
+/// is there but this user may not use it (then whether a daemon runs is unknown).
+pub fn daemon_status(socket: &Path) -> Result<Option<engine::daemon::control::Status>> {
+    use engine::daemon::control::{request, ControlError, Request};
+    match request(socket, &Request::Status, std::time::Duration::from_secs(5)) {
+        Ok(response) => Ok(response.status.map(|s| *s)),
+        Err(e @ ControlError::PermissionDenied { .. }) => Err(e.into()),
+        Err(_) => Ok(None),
+    }
 }
 
 /// The live state: from `--live FILE`, empty with `--no-live`, else from the kernel (and

@@ -16,6 +16,7 @@ struct PlanDocument<'a> {
     diagnostics: &'a [engine::diagnostics::Diagnostic],
     format_version: u32,
     held_back: usize,
+    inputs: &'a engine::plan::saved::Inputs,
     mode: engine::config::Mode,
     observed: &'a planners::NatState,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -34,13 +35,21 @@ fn write_json(mut out: impl std::io::Write, document: &PlanDocument) -> Result<(
 
 pub fn run(args: PlanArgs) -> Result<u8> {
     let config = args.engine.config();
-    let files = super::load_files(&args.dir)?;
+    let (files, services_digest) = engine::load::load_dir_digest(&args.dir)
+        .with_context(|| format!("loading services from `{}`", args.dir.display()))?;
+    let lock_path = args.engine.lock_path(&args.dir);
+    // Digested before it is parsed: a lock changed in between makes the plan refused, not wrong.
+    let inputs = engine::plan::saved::Inputs {
+        services: services_digest,
+        lock: engine::plan::saved::lock_digest(&lock_path)
+            .with_context(|| format!("reading the allocation record `{}`", lock_path.display()))?,
+    };
     let lock = super::load_lock(&args.engine, &args.dir)?;
     let mut observed = super::observe(&args.live, config.backend)?;
     // Against the kernel, the running daemon tells which listeners are open.
     let mut listeners_known = args.live.live.is_some();
     if args.live.live.is_none() && !args.live.no_live {
-        if let Some(status) = super::daemon_status(&args.control.control_socket) {
+        if let Some(status) = super::daemon_status(&args.control.control_socket)? {
             observed.listeners = super::listeners_of(&status);
             listeners_known = true;
         }
@@ -52,6 +61,7 @@ pub fn run(args: PlanArgs) -> Result<u8> {
         diagnostics: &outcome.diagnostics,
         format_version: outcome.plan.format_version,
         held_back: outcome.plan.held_back,
+        inputs: &inputs,
         mode: outcome.plan.mode,
         observed: &outcome.plan.observed,
         retire: outcome.plan.retire.as_deref(),

@@ -177,6 +177,7 @@ fn plan() -> impl Strategy<Value = Plan> {
                 held_back: 1,
                 observed: NatState::default(),
                 retire: None,
+                inputs: None,
             };
             Plan {
                 retire: Some(Box::new(plan.clone())),

@@ -93,6 +93,14 @@ pub enum ControlError {
         #[source]
         source: std::io::Error,
     },
+    /// The socket is there but this user may not connect (it is root's, mode 0600): a
+    /// daemon may well be running.
+    #[error("this user may not connect to control socket `{path}`, so whether a daemon runs is unknown (the daemon makes it root's, mode 0600: run as root)")]
+    PermissionDenied {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("control socket `{path}` failed")]
     Io {
         path: String,
@@ -103,6 +111,16 @@ pub enum ControlError {
     Protocol { path: String, message: String },
 }
 
+/// What a failed `connect(2)` on the socket means: EACCES (or EPERM) is a socket this user
+/// may not use, not an absent daemon; anything else (ENOENT, ECONNREFUSED) is no daemon.
+fn connect_error(path: &str, source: std::io::Error) -> ControlError {
+    let path = path.to_string();
+    match source.kind() {
+        std::io::ErrorKind::PermissionDenied => ControlError::PermissionDenied { path, source },
+        _ => ControlError::NotRunning { path, source },
+    }
+}
+
 /// Sends one request to the daemon and waits for its answer.
 pub fn request(
     path: &Path,
@@ -110,10 +128,7 @@ pub fn request(
     timeout: Duration,
 ) -> Result<Response, ControlError> {
     let shown = path.display().to_string();
-    let mut stream = UnixStream::connect(path).map_err(|source| ControlError::NotRunning {
-        path: shown.clone(),
-        source,
-    })?;
+    let mut stream = UnixStream::connect(path).map_err(|source| connect_error(&shown, source))?;
     let io = |source| ControlError::Io {
         path: shown.clone(),
         source,
@@ -128,4 +143,25 @@ pub fn request(
         path: shown.clone(),
         message: e.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_socket_the_user_may_not_connect_to_is_a_permission_problem_not_an_absent_daemon() {
+        const EACCES: i32 = 13;
+        const ENOENT: i32 = 2;
+        const ECONNREFUSED: i32 = 111;
+        let denied = connect_error("/run/p.sock", std::io::Error::from_raw_os_error(EACCES));
+        assert!(matches!(denied, ControlError::PermissionDenied { .. }));
+        assert!(denied
+            .to_string()
+            .starts_with("this user may not connect to control socket `/run/p.sock`"));
+        for errno in [ENOENT, ECONNREFUSED] {
+            let absent = connect_error("/run/p.sock", std::io::Error::from_raw_os_error(errno));
+            assert!(matches!(absent, ControlError::NotRunning { .. }), "{errno}");
+        }
+    }
 }

@@ -7,13 +7,14 @@ use crate::apply::{apply, verify, ListenerControl};
 use crate::compile::{Intent, Listener, ListenerKey};
 use crate::config::Config;
 use crate::dataplane::{Backends, DataPlane, ListenerSpec};
+use crate::diagnostics::{Diagnostic, Severity};
 use crate::escape::Text;
 use crate::exec::Exec;
-use crate::load::{load_dir, ParsedFile};
+use crate::load::{load_dir, load_dir_digest, ParsedFile};
 use crate::observe::{observe, observe_other, Observed};
 use crate::pipeline;
 use crate::plan::render::plan_text;
-use crate::plan::Plan;
+use crate::plan::{saved, Plan};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -115,6 +116,8 @@ pub struct Reconciler {
     /// The lock, when the directory cannot be written (a read-only ConfigMap mount).
     lock_in_memory: Option<Lock>,
     last_intent: Intent,
+    /// The problems of the last pass: each new one is logged once, not on every pass.
+    reported: std::collections::BTreeSet<Diagnostic>,
 }
 
 impl Reconciler {
@@ -136,6 +139,7 @@ impl Reconciler {
             last_good: BTreeMap::new(),
             lock_in_memory: None,
             last_intent: Intent::default(),
+            reported: Default::default(),
         }
     }
 
@@ -205,17 +209,35 @@ impl Reconciler {
     }
 
     /// Files as they are now, with each broken file replaced by its last good version.
-    fn load(&mut self) -> Result<Vec<ParsedFile>, String> {
+    fn load(&mut self) -> Result<Loaded, String> {
         let files = load_dir(&self.dir).map_err(|e| error_chain(&e))?;
         let mut diagnostics = Vec::new();
         let mut merged = Vec::new();
+        let mut held = Vec::new();
         let present: std::collections::BTreeSet<String> =
             files.iter().map(|f| f.path.clone()).collect();
         self.last_good.retain(|path, _| present.contains(path));
+        // `check` sees the files as they are: kept only when some file is replaced below.
+        let replaced = files
+            .iter()
+            .any(|f| f.has_errors() && self.last_good.contains_key(&f.path));
+        let as_loaded = replaced.then(|| files.clone());
         for file in files {
             diagnostics.extend(file.diagnostics.iter().cloned());
             if file.has_errors() {
-                match self.last_good.get(&file.path) {
+                let (good, message) = match self.last_good.get(&file.path) {
+                    Some(good) => (Some(good), "this file has errors: its last good version stays in force until they are fixed"),
+                    None => (None, "this file has errors: nothing in it is served, and no removal is made while it is broken"),
+                };
+                held.push(Diagnostic {
+                    file: file.path.clone(),
+                    line: None,
+                    severity: Severity::Warning,
+                    object: None,
+                    field: None,
+                    message: message.into(),
+                });
+                match good {
                     Some(good) => {
                         tracing::warn!(file = %Text(&file.path), "file has errors; its last good version stays in force");
                         merged.push(ParsedFile {
@@ -230,8 +252,25 @@ impl Reconciler {
                 merged.push(file);
             }
         }
+        // Until the pass gets further: what the files say on their own.
+        diagnostics.extend(held.iter().cloned());
+        diagnostics.sort();
+        for d in &diagnostics {
+            if !self.reported.contains(d) {
+                match d.severity {
+                    Severity::Error => tracing::error!("{d}"),
+                    Severity::Warning => tracing::warn!("{d}"),
+                    Severity::Note => tracing::info!("{d}"),
+                }
+            }
+        }
+        self.reported = diagnostics.iter().cloned().collect();
         self.status.lock().expect("status lock").diagnostics = diagnostics;
-        Ok(merged)
+        Ok(Loaded {
+            merged,
+            as_loaded,
+            held,
+        })
     }
 
     fn lock(&self) -> Result<Lock, String> {
@@ -253,43 +292,36 @@ impl Reconciler {
     }
 
     fn pass(&mut self) -> Result<(Plan, bool), String> {
-        let files = self.load()?;
+        let loaded = self.load()?;
         let lock = self.lock()?;
         if self.config.mode == crate::config::Mode::Kernel {
             // Links come and go (a bridge added for new containers): read them every pass.
             self.config.local_networks = crate::observe::routes::local_networks();
         }
         let observed = self.observe()?;
-        let outcome = pipeline::run(&files, &lock, &observed, &self.config, true);
-        {
-            let mut status = self.status.lock().expect("status lock");
-            for d in &outcome.allocation.diagnostics {
-                if !status.diagnostics.contains(d) {
-                    status.diagnostics.push(d.clone());
-                }
+        let outcome = pipeline::run(&loaded.merged, &lock, &observed, &self.config, true);
+        let mut diagnostics = status_diagnostics(&loaded, &outcome, &lock, &self.config);
+        if self.config.mode == crate::config::Mode::Kernel {
+            // Bridges and their ports change under the daemon: looked at every pass.
+            use crate::observe::bridges;
+            let bridges = bridges::read_bridges();
+            let mut warnings = bridges::hairpin_warnings(
+                bridges::call_iptables(),
+                &bridges,
+                &outcome.intent.services,
+            );
+            if self.config.backend == crate::config::Backend::Nftables {
+                use crate::observe::forward_policy;
+                let chains = forward_policy::dropping_forward_chains(&observed.dump);
+                warnings.extend(forward_policy::forward_drop_warnings(&chains));
             }
-            if self.config.mode == crate::config::Mode::Kernel {
-                // Bridges and their ports change under the daemon: looked at every pass.
-                use crate::observe::bridges;
-                let bridges = bridges::read_bridges();
-                let mut warnings = bridges::hairpin_warnings(
-                    bridges::call_iptables(),
-                    &bridges,
-                    &outcome.intent.services,
-                );
-                if self.config.backend == crate::config::Backend::Nftables {
-                    use crate::observe::forward_policy;
-                    let chains = forward_policy::dropping_forward_chains(&observed.dump);
-                    warnings.extend(forward_policy::forward_drop_warnings(&chains));
-                }
-                for d in warnings {
-                    if !status.diagnostics.contains(&d) {
-                        tracing::warn!("{d}");
-                        status.diagnostics.push(d);
-                    }
+            for d in warnings {
+                if !diagnostics.contains(&d) {
+                    diagnostics.push(d);
                 }
             }
         }
+        self.status.lock().expect("status lock").diagnostics = diagnostics;
         self.last_intent = outcome.intent.clone();
         let report = apply(&outcome.plan, self.exec.as_ref(), self.control.as_ref())
             .map_err(|e| error_chain(&e))?;
@@ -331,8 +363,13 @@ impl Reconciler {
         }
     }
 
-    /// Applies a plan made elsewhere, unless what it was made against has changed.
+    /// Applies a plan made elsewhere, unless it was made from other services or another
+    /// lock than this daemon's (digests), what it was made against has changed (stale), or
+    /// the file was edited: its batch is not what portald renders for its steps, or a step
+    /// removes what portald does not own now ([`saved::verify`]).
     pub fn apply_saved(&mut self, plan: &Plan) -> Result<String, String> {
+        let here = self.inputs()?;
+        saved::check_inputs(plan, &here).map_err(|e| e.to_string())?;
         let observed = self.observe()?;
         if observed.live.owned != plan.observed {
             return Err("the plan is stale: the live state changed since it was made; run `portald plan` again".into());
@@ -343,8 +380,21 @@ impl Reconciler {
                 plan.backend, plan.mode, self.config.backend, self.config.mode
             ));
         }
+        saved::verify(plan, &observed.live, observed.other.as_ref()).map_err(|e| e.to_string())?;
         apply(plan, self.exec.as_ref(), self.control.as_ref()).map_err(|e| error_chain(&e))?;
         Ok(plan_text(plan))
+    }
+
+    /// The digests of this daemon's services directory and lock file as they are now.
+    fn inputs(&self) -> Result<saved::Inputs, String> {
+        let (_, services) = load_dir_digest(&self.dir).map_err(|e| error_chain(&e))?;
+        let lock = saved::lock_digest(&self.lock_path).map_err(|e| {
+            format!(
+                "cannot read the allocation record `{}`: {e}",
+                self.lock_path.display()
+            )
+        })?;
+        Ok(saved::Inputs { services, lock })
     }
 
     /// Removes everything portald owns in the kernel (on exit with `--cleanup-on-exit`).
@@ -375,6 +425,36 @@ impl Reconciler {
             })
             .collect()
     }
+}
+
+/// The directory as one pass read it.
+struct Loaded {
+    /// The files, each broken one replaced by its last good version: what is put in force.
+    merged: Vec<ParsedFile>,
+    /// The files as they are, when some were replaced (else `merged` is them).
+    as_loaded: Option<Vec<ParsedFile>>,
+    /// One warning per broken file: what the daemon holds back because of it.
+    held: Vec<Diagnostic>,
+}
+
+/// What `status` reports: everything `portald check DIR` says about the directory as it is
+/// (the same function, [`pipeline::check`], when some broken file was replaced by its last
+/// good version; else the pass over the very same files said it already), plus what the
+/// pass found against the live state and what the broken files hold back. Sorted, no repeats.
+fn status_diagnostics(
+    loaded: &Loaded,
+    outcome: &pipeline::Outcome,
+    lock: &Lock,
+    config: &Config,
+) -> Vec<Diagnostic> {
+    let mut all: Vec<Diagnostic> = outcome.diagnostics.clone();
+    if let Some(files) = &loaded.as_loaded {
+        all.extend(pipeline::check(files, lock, config));
+    }
+    all.extend(loaded.held.iter().cloned());
+    all.sort();
+    all.dedup();
+    all
 }
 
 /// Plans and applies the removal of everything portald owns in the kernel, through the

@@ -4,6 +4,7 @@ use super::positions::{document_lines, Positions};
 use super::spec::{self, IntOrString, KNOWN_UNUSED};
 use super::{Object, SourceFile};
 use crate::diagnostics::{Diagnostic, Severity};
+use crate::endpoints::special_address;
 use crate::model::*;
 use planners::Protocol;
 use serde::de::DeserializeOwned;
@@ -15,6 +16,8 @@ use std::net::{IpAddr, Ipv4Addr};
 /// `ClientIP` affinity default, as in Kubernetes (3 hours).
 pub const DEFAULT_AFFINITY_SECONDS: u32 = 10_800;
 const MAX_AFFINITY_SECONDS: i64 = 86_400;
+/// What becomes of an Endpoints or EndpointSlice object when one of its addresses is refused.
+const OTHERS_SERVED: &str = "the other addresses are served";
 
 /// The label that hands a Service to another proxy. kube-proxy watches only Services
 /// without it (`pkg/proxy` informers select `!service.kubernetes.io/service-proxy-name`);
@@ -334,7 +337,12 @@ impl<'a> FileCtx<'a> {
         let mut external_ips = Vec::new();
         for (i, ip) in spec.spec.external_ips.iter().enumerate() {
             match ip.parse::<Ipv4Addr>() {
-                Ok(ip) => external_ips.push(ip),
+                Ok(ip) => {
+                    let field = format!("spec.externalIPs[{i}]");
+                    if !self.refuse_special(place, &field, ip, "externalIP", "not served") {
+                        external_ips.push(ip);
+                    }
+                }
                 Err(_) => self.error(
                     place,
                     &format!("spec.externalIPs[{i}]"),
@@ -558,7 +566,13 @@ impl<'a> FileCtx<'a> {
             None | Some("") => Some(VipRequest::Auto),
             Some("None") => Some(VipRequest::Headless),
             Some(text) => match text.parse::<IpAddr>() {
-                Ok(IpAddr::V4(ip)) => Some(VipRequest::Explicit(ip)),
+                Ok(IpAddr::V4(ip)) => match special_address(ip) {
+                    None => Some(VipRequest::Explicit(ip)),
+                    Some(why) => {
+                        self.error(place, field, format!("clusterIP `{ip}` may not be {why}"));
+                        None
+                    }
+                },
                 Ok(IpAddr::V6(_)) => {
                     self.error(
                         place,
@@ -658,18 +672,23 @@ impl<'a> FileCtx<'a> {
             ] {
                 for (a, addr) in items.iter().enumerate() {
                     let field = format!("subsets[{s}].{list}[{a}].ip");
-                    if let Some(ip) = self.endpoint_ip(place, &field, addr.ip.as_deref()) {
+                    let Some(ip) = self.endpoint_ip(place, &field, addr.ip.as_deref()) else {
+                        continue;
+                    };
+                    if !self.refuse_special(place, &field, ip, "endpoint", OTHERS_SERVED) {
                         addresses.push(EndpointAddress {
                             ip,
                             ready,
                             serving: ready,
                             terminating: false,
+                            field,
                         });
                     }
                 }
             }
             groups.push(EndpointGroup {
                 service: key.clone(),
+                object: place.object.clone().unwrap_or_default(),
                 source: self.source(place),
                 kind: GroupKind::Endpoints,
                 addresses,
@@ -730,19 +749,24 @@ impl<'a> FileCtx<'a> {
                 );
                 continue;
             };
-            if let Some(ip) = self.endpoint_ip(place, &field, Some(first)) {
+            let Some(ip) = self.endpoint_ip(place, &field, Some(first)) else {
+                continue;
+            };
+            if !self.refuse_special(place, &field, ip, "endpoint", OTHERS_SERVED) {
                 let ready = endpoint.conditions.ready.unwrap_or(true);
                 addresses.push(EndpointAddress {
                     ip,
                     ready,
                     serving: endpoint.conditions.serving.unwrap_or(ready),
                     terminating: endpoint.conditions.terminating.unwrap_or(false),
+                    field,
                 });
             }
         }
         if self.error_count() == before {
             out.push(Object::Endpoints(EndpointGroup {
                 service: ObjectKey::new(&slice_key.namespace, service),
+                object: place.object.clone().unwrap_or_default(),
                 source: self.source(place),
                 kind,
                 addresses,
@@ -818,6 +842,27 @@ impl<'a> FileCtx<'a> {
                 None
             }
         }
+    }
+
+    /// Reports `ip` and returns true when it is an address no cluster accepts
+    /// ([`special_address`]): a warning, since the rest of the object still serves.
+    fn refuse_special(
+        &mut self,
+        place: &Place,
+        field: &str,
+        ip: Ipv4Addr,
+        what: &str,
+        outcome: &str,
+    ) -> bool {
+        let Some(why) = special_address(ip) else {
+            return false;
+        };
+        self.warn(
+            place,
+            field,
+            format!("{what} `{ip}` refused: it may not be {why}; {outcome}"),
+        );
+        true
     }
 
     fn pod(&mut self, place: &Place, value: &Value, out: &mut Vec<Object>) {
@@ -903,7 +948,9 @@ impl<'a> FileCtx<'a> {
             .iter()
             .find(|(_, ip)| ip.parse::<Ipv4Addr>().is_ok());
         match v4 {
-            Some((field, ip)) => self.endpoint_ip(place, field, Some(ip)),
+            Some((field, ip)) => self.endpoint_ip(place, field, Some(ip)).filter(|ip| {
+                !self.refuse_special(place, field, *ip, "pod IP", "the pod is no endpoint")
+            }),
             // No IPv4 address: the first one says why (IPv6 not served, or not an address).
             None => {
                 let (field, ip) = candidates.first()?;

@@ -210,7 +210,49 @@ pub fn parse_all(files: &[SourceFile]) -> Vec<ParsedFile> {
 /// Reads and parses a whole directory.
 pub fn load_dir(dir: &Path) -> Result<Vec<ParsedFile>, LoadError> {
     let (files, read_errors) = read_dir(dir)?;
-    let mut parsed = parse_all(&files);
+    Ok(parse_read(&files, read_errors))
+}
+
+/// Reads and parses a whole directory, and digests what was read (see [`digest_files`]):
+/// the digest and the objects come from the very same read.
+pub fn load_dir_digest(dir: &Path) -> Result<(Vec<ParsedFile>, String), LoadError> {
+    let (files, read_errors) = read_dir(dir)?;
+    let digest = digest_files(&files, &read_errors);
+    Ok((parse_read(&files, read_errors), digest))
+}
+
+/// SHA-256 (lower-case hex) over the files of a services directory as [`read_dir`] read
+/// them: each file's path and text in path order, each length-prefixed so no two different
+/// directories give the same bytes, then each unreadable file's path and problem.
+pub fn digest_files(files: &[SourceFile], read_errors: &[Diagnostic]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    let mut field = |bytes: &[u8]| {
+        hash.update((bytes.len() as u64).to_le_bytes());
+        hash.update(bytes);
+    };
+    let mut sorted: Vec<&SourceFile> = files.iter().collect();
+    sorted.sort_by(|a, b| a.path.cmp(&b.path));
+    for file in sorted {
+        field(b"file");
+        field(file.path.as_bytes());
+        field(file.text.as_bytes());
+    }
+    for error in read_errors {
+        field(b"unreadable");
+        field(error.file.as_bytes());
+        field(error.message.as_bytes());
+    }
+    hex(&hash.finalize())
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn parse_read(files: &[SourceFile], read_errors: Vec<Diagnostic>) -> Vec<ParsedFile> {
+    let mut parsed = parse_all(files);
     for diagnostic in read_errors {
         parsed.push(ParsedFile {
             path: diagnostic.file.clone(),
@@ -219,7 +261,7 @@ pub fn load_dir(dir: &Path) -> Result<Vec<ParsedFile>, LoadError> {
         });
     }
     parsed.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(parsed)
+    parsed
 }
 
 #[cfg(test)]

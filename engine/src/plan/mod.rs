@@ -2,6 +2,7 @@
 
 pub mod graph;
 pub mod render;
+pub mod saved;
 
 use crate::compile::{Listener, ListenerKey};
 use crate::config::{Backend, Mode};
@@ -10,7 +11,8 @@ use crate::observe::dialect;
 use planners::{Change, NatState};
 use serde::{Deserialize, Serialize};
 
-pub const PLAN_FORMAT_VERSION: u32 = 1;
+/// 2: a saved plan states the digests of its inputs ([`saved::Inputs`]).
+pub const PLAN_FORMAT_VERSION: u32 = 2;
 
 /// One step of a plan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,6 +94,10 @@ pub struct Plan {
     /// before the old one goes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retire: Option<Box<Plan>>,
+    /// What the plan was made from (set by `portald plan`): `apply PLANFILE` refuses a plan
+    /// without it, or made from other services or another lock than the daemon's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<saved::Inputs>,
 }
 
 impl Plan {
@@ -162,6 +168,7 @@ pub fn make_plan(changes: &ChangeSet, observed: &NatState, backend: Backend, mod
         held_back: changes.held_back,
         observed: observed.clone(),
         retire: None,
+        inputs: None,
     }
 }
 
