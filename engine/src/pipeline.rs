@@ -46,6 +46,7 @@ pub fn run(
     let hints = LiveHints {
         nat: observed.live.owned.clone(),
         foreign_ports: observed.foreign_ports(),
+        state: observed.node_state.clone(),
     };
     let allocation = allocate(
         &assembled.catalog.services,

@@ -5,7 +5,7 @@ mod backend;
 mod check;
 mod cleanup;
 mod demo;
-mod lock;
+pub(crate) mod lock;
 mod plan;
 mod run;
 mod snapshot;
@@ -48,6 +48,12 @@ pub fn load_files(dir: &Path) -> Result<Vec<ParsedFile>> {
 pub fn load_lock(engine: &EngineArgs, dir: &Path) -> Result<Lock> {
     let path = engine.lock_path(dir);
     Lock::read(&path).with_context(|| format!("reading the allocation record `{}`", path.display()))
+}
+
+/// This host's node state (`--state-file`); a missing file is an empty state.
+pub fn load_state(engine: &EngineArgs) -> Result<Lock> {
+    let path = &engine.state_file;
+    Lock::read(path).with_context(|| format!("reading the node state `{}`", path.display()))
 }
 
 /// The running daemon's status, or `None` when no daemon answers.

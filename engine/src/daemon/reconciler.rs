@@ -111,8 +111,11 @@ pub struct Reconciler {
     pub status: Arc<Mutex<Status>>,
     /// Last version of each file that had no error: what stays in force while it is broken.
     last_good: BTreeMap<String, ParsedFile>,
-    /// The lock, when the directory cannot be written (a read-only ConfigMap mount).
-    lock_in_memory: Option<Lock>,
+    /// The node state file (proxy ports, VIPs chosen without a lock entry); `None`: kept
+    /// in memory only.
+    state_path: Option<PathBuf>,
+    /// The node state as last read or written; loaded at the first pass.
+    state: Option<Lock>,
     last_intent: Intent,
 }
 
@@ -133,9 +136,16 @@ impl Reconciler {
             control,
             status,
             last_good: BTreeMap::new(),
-            lock_in_memory: None,
+            state_path: None,
+            state: None,
             last_intent: Intent::default(),
         }
+    }
+
+    /// Keeps the node state in `path` (read at the first pass, rewritten when it changes).
+    pub fn with_state_file(mut self, path: PathBuf) -> Self {
+        self.state_path = Some(path);
+        self
     }
 
     /// One full pass; the result also lands in the status.
@@ -233,11 +243,27 @@ impl Reconciler {
         Ok(merged)
     }
 
+    /// The shared allocation record, read afresh every pass: an input like the files.
     fn lock(&self) -> Result<Lock, String> {
-        if let Some(lock) = &self.lock_in_memory {
-            return Ok(lock.clone());
-        }
         Lock::read(&self.lock_path).map_err(|e| error_chain(&e))
+    }
+
+    /// The node state: what this host recorded before, or empty when it cannot be read
+    /// (a first start; a broken file is only warned about, since the lock and the live
+    /// rules still keep the VIPs in place).
+    fn node_state(&mut self) -> Lock {
+        if let Some(state) = &self.state {
+            return state.clone();
+        }
+        let state = match &self.state_path {
+            Some(path) => Lock::read(path).unwrap_or_else(|e| {
+                tracing::warn!("{}; starting with an empty node state", error_chain(&e));
+                Lock::default()
+            }),
+            None => Lock::default(),
+        };
+        self.state = Some(state.clone());
+        state
     }
 
     fn observe(&self) -> Result<Observed, String> {
@@ -254,14 +280,25 @@ impl Reconciler {
     fn pass(&mut self) -> Result<(Plan, bool), String> {
         let files = self.load()?;
         let lock = self.lock()?;
+        let state = self.node_state();
         if self.config.mode == crate::config::Mode::Kernel {
             // Links come and go (a bridge added for new containers): read them every pass.
             self.config.local_networks = crate::observe::routes::local_networks();
         }
-        let observed = self.observe()?;
+        let mut observed = self.observe()?;
+        observed.node_state = state.clone();
         let outcome = pipeline::run(&files, &lock, &observed, &self.config, true);
         {
             let mut status = self.status.lock().expect("status lock");
+            status.held = outcome
+                .allocation
+                .held
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            for key in &outcome.allocation.held {
+                tracing::warn!(service = %key, "held: the lock has no entry for it");
+            }
             for d in &outcome.allocation.diagnostics {
                 if !status.diagnostics.contains(d) {
                     status.diagnostics.push(d.clone());
@@ -276,7 +313,7 @@ impl Reconciler {
         if !outcome.plan.is_empty() {
             self.verify(&outcome.intent)?;
         }
-        self.save_lock(&lock, &outcome.allocation.lock);
+        self.save_state(&state, &outcome.allocation.lock);
         Ok((outcome.plan, report.batch_sent))
     }
 
@@ -296,15 +333,20 @@ impl Reconciler {
         Ok(())
     }
 
-    fn save_lock(&mut self, old: &Lock, new: &Lock) {
+    /// Records this host's allocation in the node state file (never in the lock, which
+    /// belongs to the repository). When the file cannot be written, the state is still kept
+    /// in memory for the next passes.
+    fn save_state(&mut self, old: &Lock, new: &Lock) {
+        self.state = Some(new.clone());
         if old == new {
             return;
         }
-        match new.write(&self.lock_path) {
-            Ok(()) => self.lock_in_memory = None,
-            Err(e) => {
-                tracing::warn!("{}; allocations are kept in memory only", error_chain(&e));
-                self.lock_in_memory = Some(new.clone());
+        if let Some(path) = &self.state_path {
+            if let Err(e) = write_state_file(path, new.render().as_bytes()) {
+                tracing::warn!(
+                    "cannot write the node state `{}`: {e}; kept in memory only",
+                    path.display()
+                );
             }
         }
     }
@@ -395,6 +437,41 @@ pub fn cleanup(
         ));
     }
     Ok(plan)
+}
+
+/// Writes the node state atomically: a temporary file created next to `path` with
+/// `O_CREAT|O_EXCL|O_NOFOLLOW` (never through a symlink planted there, never half written),
+/// flushed, then renamed over `path`. The parent directory is created if missing. Kept in
+/// one function so a shared safe-write helper can replace it.
+pub fn write_state_file(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no file name"))?
+        .to_os_string();
+    name.push(format!(".{}.tmp", std::process::id()));
+    let tmp = path.with_file_name(name);
+    // A temporary left by a crash of a process with our pid: unlinking never follows a link.
+    let _ = std::fs::remove_file(&tmp);
+    let result = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 fn now() -> u64 {
