@@ -672,4 +672,201 @@ mod tests {
         assert!(newcomer.proxy_ports.values().all(|p| p.0 != a_port));
         assert_eq!(newcomer.lock.vips.len(), 2, "{:?}", newcomer.lock);
     }
+    fn lock_of(entries: &[(&str, &str)]) -> Lock {
+        Lock {
+            format_version: LOCK_FORMAT_VERSION,
+            portal_cidr: "10.11.0.0/16".into(),
+            vips: entries
+                .iter()
+                .map(|(k, ip)| (format!("default/{k}"), ip.parse().unwrap()))
+                .collect(),
+            proxy_ports: BTreeMap::new(),
+        }
+    }
+
+    /// Live rules for `name` on `ip` port 80, as a running host would have them.
+    fn live_on(entries: &[(&str, &str)]) -> LiveHints {
+        let mut nat = NatState::default();
+        for (name, ip) in entries {
+            nat.insert_rule(planners::PortalRule {
+                key: planners::PortalKey {
+                    path: planners::Path::Container,
+                    vip: ip.parse().unwrap(),
+                    protocol: Protocol::Tcp,
+                    port: 80,
+                },
+                comment: planners::Comment::new(format!("default/{name}:80")).unwrap(),
+                action: Action::Redirect { to_port: 20000 },
+            });
+        }
+        LiveHints {
+            nat,
+            ..LiveHints::default()
+        }
+    }
+
+    fn vip_of(out: &Allocation, name: &str) -> Option<String> {
+        out.vips
+            .get(&ObjectKey::new("default", name))
+            .map(|v| v.0.to_string())
+    }
+
+    #[test]
+    fn a_locked_vip_is_honoured_while_a_removed_service_still_holds_it_live() {
+        // `old` was deleted and `new` added in one commit; the lock gives `new` the freed VIP.
+        let out = allocate(
+            &services(&[service("new", VipRequest::Auto)]),
+            &lock_of(&[("new", "10.11.0.1")]),
+            &live_on(&[("old", "10.11.0.1")]),
+            &config("10.11.0.0/16"),
+            false,
+        );
+        assert_eq!(vip_of(&out, "new").as_deref(), Some("10.11.0.1"));
+        assert!(out.diagnostics.is_empty(), "{:?}", out.diagnostics);
+    }
+
+    #[test]
+    fn the_lock_wins_over_a_vip_this_host_gave_another_service() {
+        // This host saw `b` first and gave it .1; the lock says .1 is `a`'s and .2 `b`'s.
+        let live = live_on(&[("b", "10.11.0.1")]);
+        let out = allocate(
+            &services(&[
+                service("a", VipRequest::Auto),
+                service("b", VipRequest::Auto),
+            ]),
+            &lock_of(&[("a", "10.11.0.1"), ("b", "10.11.0.2")]),
+            &live,
+            &config("10.11.0.0/16"),
+            false,
+        );
+        assert_eq!(vip_of(&out, "a").as_deref(), Some("10.11.0.1"));
+        assert_eq!(vip_of(&out, "b").as_deref(), Some("10.11.0.2"));
+    }
+
+    #[test]
+    fn a_newcomer_never_takes_the_vip_the_lock_gives_a_service_not_arrived_yet() {
+        let out = allocate(
+            &services(&[service("b", VipRequest::Auto)]),
+            &lock_of(&[("a", "10.11.0.1")]),
+            &LiveHints::default(),
+            &config("10.11.0.0/16"),
+            false,
+        );
+        assert_eq!(vip_of(&out, "b").as_deref(), Some("10.11.0.2"));
+    }
+
+    #[test]
+    fn require_lock_holds_a_service_without_an_entry_and_serves_the_others() {
+        let strict = Config {
+            require_lock: true,
+            ..config("10.11.0.0/16")
+        };
+        let out = allocate(
+            &services(&[
+                service("a", VipRequest::Auto),
+                service("b", VipRequest::Auto),
+            ]),
+            &lock_of(&[("a", "10.11.0.7")]),
+            &live_on(&[("b", "10.11.0.1")]),
+            &strict,
+            false,
+        );
+        assert_eq!(vip_of(&out, "a").as_deref(), Some("10.11.0.7"));
+        assert_eq!(vip_of(&out, "b"), None, "held, even though it is live");
+        assert_eq!(
+            out.held.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["default/b"]
+        );
+        assert!(out.proxy_ports.keys().all(|id| id.starts_with("default/a:")));
+        let warning = &out.diagnostics[0];
+        assert_eq!(warning.severity, Severity::Warning);
+        assert!(warning.message.contains("held"), "{warning}");
+    }
+
+    #[test]
+    fn two_services_locked_to_one_vip_is_an_error_naming_both_and_neither_gets_it() {
+        let out = allocate(
+            &services(&[
+                service("a", VipRequest::Auto),
+                service("b", VipRequest::Auto),
+                service("c", VipRequest::Auto),
+            ]),
+            &lock_of(&[("a", "10.11.0.1"), ("b", "10.11.0.1")]),
+            &LiveHints::default(),
+            &config("10.11.0.0/16"),
+            false,
+        );
+        assert_eq!(vip_of(&out, "a"), None);
+        assert_eq!(vip_of(&out, "b"), None);
+        assert_eq!(vip_of(&out, "c").as_deref(), Some("10.11.0.2"));
+        assert_eq!(out.diagnostics.len(), 2, "{:?}", out.diagnostics);
+        for d in &out.diagnostics {
+            assert!(d.is_error());
+            assert!(
+                d.message.contains("`default/a`") && d.message.contains("`default/b`"),
+                "{d}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_locked_vip_outside_the_cidr_is_an_error_not_a_new_address() {
+        let out = allocate(
+            &services(&[service("a", VipRequest::Auto)]),
+            &lock_of(&[("a", "192.168.0.1")]),
+            &LiveHints::default(),
+            &config("10.11.0.0/16"),
+            false,
+        );
+        assert_eq!(vip_of(&out, "a"), None);
+        assert!(out.diagnostics[0].is_error());
+        assert!(
+            out.diagnostics[0].message.contains("`default/a`"),
+            "{:?}",
+            out.diagnostics
+        );
+    }
+
+    #[test]
+    fn without_a_lock_the_vip_this_host_recorded_is_kept_across_a_restart() {
+        let b = service("b", VipRequest::Auto);
+        let first = allocate(
+            &services(std::slice::from_ref(&b)),
+            &Lock::default(),
+            &LiveHints::default(),
+            &config("10.11.0.0/16"),
+            false,
+        );
+        // Restarted with no rules left and a newcomer that sorts first: `b` keeps its VIP.
+        let again = allocate(
+            &services(&[service("a", VipRequest::Auto), b]),
+            &Lock::default(),
+            &LiveHints {
+                state: first.lock.clone(),
+                ..LiveHints::default()
+            },
+            &config("10.11.0.0/16"),
+            false,
+        );
+        assert_eq!(vip_of(&again, "b"), vip_of(&first, "b"));
+        assert_ne!(vip_of(&again, "a"), vip_of(&first, "b"));
+    }
+
+    #[test]
+    fn kernel_mode_allocates_no_proxy_port() {
+        let kernel = Config {
+            mode: crate::config::Mode::Kernel,
+            ..config("10.11.0.0/16")
+        };
+        let out = allocate(
+            &services(&[service("a", VipRequest::Auto)]),
+            &Lock::default(),
+            &LiveHints::default(),
+            &kernel,
+            false,
+        );
+        assert!(out.proxy_ports.is_empty());
+        assert!(out.lock.proxy_ports.is_empty());
+        assert_eq!(vip_of(&out, "a").as_deref(), Some("10.11.0.1"));
+    }
 }

@@ -170,3 +170,58 @@ pub fn linearize(steps: &[Step], graph: &DiGraph<usize, ()>) -> Vec<usize> {
     assert_eq!(order.len(), steps.len(), "plan graph has a cycle");
     order
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use planners::{Comment, Path, PortalKey};
+
+    fn rule(service: &str, port: u16) -> PortalRule {
+        PortalRule {
+            key: PortalKey {
+                path: Path::Container,
+                vip: "10.11.0.1".parse().unwrap(),
+                protocol: Protocol::Tcp,
+                port,
+            },
+            comment: Comment::new(format!("default/{service}:{port}")).unwrap(),
+            action: Action::Reject,
+        }
+    }
+
+    #[test]
+    fn a_vip_handed_to_another_service_loses_the_old_rules_before_the_new_ones_come() {
+        let steps = vec![
+            Step::Kernel(Change::AddRule {
+                rule: rule("new", 81),
+            }),
+            Step::Kernel(Change::ReplaceRule {
+                old: rule("old", 80),
+                new: rule("new", 80),
+            }),
+            Step::Kernel(Change::RemoveRule {
+                rule: rule("old", 82),
+            }),
+        ];
+        let graph = build(&steps);
+        let n = NodeIndex::new;
+        assert!(graph.contains_edge(n(2), n(0)), "remove before add");
+        assert!(graph.contains_edge(n(2), n(1)), "remove before replace");
+        let order = linearize(&steps, &graph);
+        assert_eq!(order[0], 2);
+    }
+
+    #[test]
+    fn one_services_own_rules_on_its_vip_keep_make_before_break() {
+        let steps = vec![
+            Step::Kernel(Change::AddRule {
+                rule: rule("web", 81),
+            }),
+            Step::Kernel(Change::RemoveRule {
+                rule: rule("web", 80),
+            }),
+        ];
+        let graph = build(&steps);
+        assert_eq!(graph.edge_count(), 0);
+    }
+}
