@@ -32,15 +32,14 @@ fn parse(names: &BTreeSet<&'static str>) -> Vec<ParsedFile> {
 
 /// What `portald lock` writes for `names`, given the lock before the commit.
 fn lock_for(names: &BTreeSet<&'static str>, previous: &Lock) -> Lock {
-    let outcome = run(
+    let (lock, outcome) = engine::pipeline::relock(
         &parse(names),
         previous,
         &Observed::default(),
         &Config::default(),
-        false,
     );
     assert!(!outcome.has_errors(), "{:?}", outcome.diagnostics);
-    outcome.allocation.lock.shared()
+    lock
 }
 
 /// One simulated host: its copy of the repository, its kernel, listeners and node state.

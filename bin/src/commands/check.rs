@@ -11,7 +11,7 @@ pub fn run(args: CheckArgs) -> Result<u8> {
     let config = args.engine.config();
     let mut diagnostics = engine::pipeline::check(&files, &lock, &config);
     if args.locked {
-        let (expected, outcome) = super::lock::expected(
+        let (expected, outcome) = engine::pipeline::relock(
             &files,
             &lock,
             &engine::observe::Observed::default(),

@@ -5,7 +5,7 @@ mod backend;
 mod check;
 mod cleanup;
 mod demo;
-pub(crate) mod lock;
+mod lock;
 mod plan;
 mod run;
 mod snapshot;
