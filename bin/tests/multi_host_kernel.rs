@@ -265,13 +265,24 @@ fn delete_and_add_in_one_commit_every_node_and_a_node_started_later_serve_the_lo
     let new = [("new.yaml", svc("new", "b"))];
     let new_lock = lock_for(&n1.temp().join("repo2"), &new, Some(&old_lock));
     assert!(new_lock.contains("\"default/new\": \"10.11.0.1\""), "{new_lock}");
+    let probe = Prober::start(&client1, &[VIP_A, VIP_B]);
     w1.remove(&n1, "old.yaml");
     w1.write(&n1, "new.yaml", &new[0].1);
     w1.write(&n1, "portald.lock", &new_lock);
-    serving(&n1, "new on the lock's VIP", "default/new", VIP_A);
+    // From the first pass that sees `new`, it is on the lock's VIP, never on another.
+    let first = n1.wait_status("new to appear", |s| {
+        service(s, "default/new").map(|_| vip_of(s, "default/new").unwrap())
+    });
+    assert_eq!(first, Some(VIP_A), "{}", n1.daemon_logs());
     n1.wait_names("b's pod behind the VIP", &client1, "http://10.11.0.1/", 3, |n| {
         n.iter().all(|x| x == "b")
     });
+    let seen = probe.finish();
+    let elsewhere: Vec<_> = seen
+        .iter()
+        .filter(|(v, r)| *v == VIP_B && r.is_ok())
+        .collect();
+    assert!(elsewhere.is_empty(), "new was served on another VIP: {elsewhere:?}");
 
     // A node started after the commit agrees.
     let (mut n2, client2) = node("dela2");
