@@ -125,7 +125,10 @@ fn delete_and_add_in_one_commit_gives_the_newcomer_the_freed_vip_and_check_locke
     let lock = repo.lock();
     assert!(lock["vips"].get("default/a").is_none(), "{lock}");
     assert_eq!(lock["vips"]["default/b"], "10.11.0.2", "b keeps its entry");
-    assert_eq!(lock["vips"]["default/c"], "10.11.0.1", "c takes a's freed VIP");
+    assert_eq!(
+        lock["vips"]["default/c"], "10.11.0.1",
+        "c takes a's freed VIP"
+    );
     assert_eq!(code(&portald(&["check", "--locked", repo.dir()])), 0);
 }
 

@@ -61,7 +61,10 @@ impl Written {
             names(&self.0),
             "the daemon added or removed files in the watched directory"
         );
-        assert!(now == self.0, "the daemon changed a file in the watched directory");
+        assert!(
+            now == self.0,
+            "the daemon changed a file in the watched directory"
+        );
     }
 }
 
@@ -108,7 +111,8 @@ fn svc(name: &str, app: &str) -> String {
 /// One HTTP/1.0 GET to `vip:80`: the name of the pod that answered.
 fn ask(vip: Ipv4Addr) -> Result<String, String> {
     let to = SocketAddr::from((vip, 80));
-    let mut s = TcpStream::connect_timeout(&to, Duration::from_millis(200)).map_err(|e| e.to_string())?;
+    let mut s =
+        TcpStream::connect_timeout(&to, Duration::from_millis(200)).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(1)))
         .map_err(|e| e.to_string())?;
     s.write_all(b"GET / HTTP/1.0\r\nHost: probe\r\n\r\n")
@@ -252,7 +256,10 @@ fn delete_and_add_in_one_commit_every_node_and_a_node_started_later_serve_the_lo
     let (mut n1, client1) = node("dela1");
     let old = [("old.yaml", svc("old", "a"))];
     let old_lock = lock_for(&n1.temp().join("repo1"), &old, None);
-    assert!(old_lock.contains("\"default/old\": \"10.11.0.1\""), "{old_lock}");
+    assert!(
+        old_lock.contains("\"default/old\": \"10.11.0.1\""),
+        "{old_lock}"
+    );
     let mut w1 = Written::new();
     w1.write(&n1, "pods.yaml", &pods());
     w1.write(&n1, "old.yaml", &old[0].1);
@@ -264,7 +271,10 @@ fn delete_and_add_in_one_commit_every_node_and_a_node_started_later_serve_the_lo
     // One commit: `old` deleted, `new` added; the lock gives `new` the freed VIP.
     let new = [("new.yaml", svc("new", "b"))];
     let new_lock = lock_for(&n1.temp().join("repo2"), &new, Some(&old_lock));
-    assert!(new_lock.contains("\"default/new\": \"10.11.0.1\""), "{new_lock}");
+    assert!(
+        new_lock.contains("\"default/new\": \"10.11.0.1\""),
+        "{new_lock}"
+    );
     let probe = Prober::start(&client1, &[VIP_A, VIP_B]);
     w1.remove(&n1, "old.yaml");
     w1.write(&n1, "new.yaml", &new[0].1);
@@ -274,15 +284,22 @@ fn delete_and_add_in_one_commit_every_node_and_a_node_started_later_serve_the_lo
         service(s, "default/new").map(|_| vip_of(s, "default/new").unwrap())
     });
     assert_eq!(first, Some(VIP_A), "{}", n1.daemon_logs());
-    n1.wait_names("b's pod behind the VIP", &client1, "http://10.11.0.1/", 3, |n| {
-        n.iter().all(|x| x == "b")
-    });
+    n1.wait_names(
+        "b's pod behind the VIP",
+        &client1,
+        "http://10.11.0.1/",
+        3,
+        |n| n.iter().all(|x| x == "b"),
+    );
     let seen = probe.finish();
     let elsewhere: Vec<_> = seen
         .iter()
         .filter(|(v, r)| *v == VIP_B && r.is_ok())
         .collect();
-    assert!(elsewhere.is_empty(), "new was served on another VIP: {elsewhere:?}");
+    assert!(
+        elsewhere.is_empty(),
+        "new was served on another VIP: {elsewhere:?}"
+    );
 
     // A node started after the commit agrees.
     let (mut n2, client2) = node("dela2");
@@ -323,8 +340,11 @@ fn require_lock_holds_a_service_missing_from_the_lock_and_a_lock_change_alone_ma
     assert_eq!(vip_of(&status, "default/b").unwrap(), None);
     assert_eq!(vip_of(&status, "default/a").unwrap(), Some(VIP_A));
     assert!(
-        status.diagnostics.iter().any(|d| d.message.contains("held")
-            && d.object.as_deref() == Some("Service `default/b`")),
+        status
+            .diagnostics
+            .iter()
+            .any(|d| d.message.contains("held")
+                && d.object.as_deref() == Some("Service `default/b`")),
         "{:?}",
         status.diagnostics
     );

@@ -777,7 +777,10 @@ mod tests {
             out.held.iter().map(ToString::to_string).collect::<Vec<_>>(),
             ["default/b"]
         );
-        assert!(out.proxy_ports.keys().all(|id| id.starts_with("default/a:")));
+        assert!(out
+            .proxy_ports
+            .keys()
+            .all(|id| id.starts_with("default/a:")));
         let warning = &out.diagnostics[0];
         assert_eq!(warning.severity, Severity::Warning);
         assert!(warning.message.contains("held"), "{warning}");

@@ -93,7 +93,13 @@ enum Event {
 }
 
 /// The base set, the deleted subset and the added names (disjoint from the base).
-fn commit() -> impl Strategy<Value = (BTreeSet<&'static str>, BTreeSet<&'static str>, BTreeSet<&'static str>)> {
+fn commit() -> impl Strategy<
+    Value = (
+        BTreeSet<&'static str>,
+        BTreeSet<&'static str>,
+        BTreeSet<&'static str>,
+    ),
+> {
     prop::collection::vec(0..3u8, NAMES.len()).prop_map(|roles| {
         let mut base = BTreeSet::new();
         let mut deleted = BTreeSet::new();
@@ -175,9 +181,18 @@ fn happen(host: &mut Host, event: &Event, new_lock: &Lock) {
 /// No `Add`/`Replace` of a rule on a VIP comes before the removal of another service's
 /// rule on that VIP.
 fn removals_first(steps: &[Step]) -> Result<(), TestCaseError> {
-    let owner = |r: &planners::PortalRule| r.comment.as_str().split(':').next().unwrap_or_default().to_string();
+    let owner = |r: &planners::PortalRule| {
+        r.comment
+            .as_str()
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    };
     for (i, step) in steps.iter().enumerate() {
-        let Step::Kernel(Change::RemoveRule { rule: gone }) = step else { continue };
+        let Step::Kernel(Change::RemoveRule { rule: gone }) = step else {
+            continue;
+        };
         for earlier in &steps[..i] {
             let new = match earlier {
                 Step::Kernel(Change::AddRule { rule }) => rule,

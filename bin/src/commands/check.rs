@@ -121,10 +121,7 @@ fn lock_problems(
         out.push(error(
             None,
             None,
-            format!(
-                "`portald lock` would change the lock: {}",
-                what.join(", ")
-            ),
+            format!("`portald lock` would change the lock: {}", what.join(", ")),
         ));
     }
     out

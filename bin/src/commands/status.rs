@@ -64,6 +64,12 @@ pub fn run(args: StatusArgs) -> Result<u8> {
             }
         );
     }
+    if !status.held.is_empty() {
+        println!(
+            "\nHELD (no lock entry, --require-lock): {}",
+            status.held.join(", ")
+        );
+    }
     if !status.diagnostics.is_empty() {
         println!("\nPROBLEMS");
         for d in &status.diagnostics {

@@ -140,7 +140,9 @@ pub fn build(steps: &[Step]) -> DiGraph<usize, ()> {
 /// The service a rule belongs to: its comment up to the port (`ns/name:port`).
 fn owner(rule: &PortalRule) -> &str {
     let comment = rule.comment.as_str();
-    comment.split_once(':').map_or(comment, |(service, _)| service)
+    comment
+        .split_once(':')
+        .map_or(comment, |(service, _)| service)
 }
 
 /// Kahn's algorithm, always taking the ready step with the smallest (phase, sort key): the
