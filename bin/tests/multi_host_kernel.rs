@@ -360,6 +360,7 @@ fn require_lock_holds_a_service_missing_from_the_lock_and_a_lock_change_alone_ma
     w.write(&c, "portald.lock", &full);
     serving(&c, "b live once the lock names it", "default/b", VIP_B);
     let took = changed.elapsed();
+    eprintln!("a lock change alone made the held service live in {took:?}");
     assert!(
         took < Duration::from_secs(3),
         "the lock change took {took:?} to be served"
