@@ -260,10 +260,23 @@ pub struct EngineArgs {
     /// Serve `spec.externalIPs` (off by default: a file could capture any address's traffic).
     #[arg(long)]
     pub allow_external_ips: bool,
-    /// Allocation record; default `<DIR>/portald.lock`.
+    /// Allocation record (an input: read and watched, never written by the daemon);
+    /// default `<DIR>/portald.lock`.
     #[arg(long)]
     pub lock: Option<PathBuf>,
+    /// Strict multi-host mode: a service with no lock entry gets no VIP and is held
+    /// (reported by `status`, the logs and `check`), instead of being given a VIP another
+    /// host may give to a different service.
+    #[arg(long)]
+    pub require_lock: bool,
+    /// Node-local state: proxy ports, and the VIPs this host chose for services without a
+    /// lock entry. Written atomically by the daemon and a one-shot apply.
+    #[arg(long, default_value = DEFAULT_STATE_FILE)]
+    pub state_file: PathBuf,
 }
+
+/// Where the node state lives unless `--state-file` says otherwise.
+pub const DEFAULT_STATE_FILE: &str = "/var/lib/portald/state.json";
 
 impl EngineArgs {
     pub fn config(&self) -> Config {
@@ -285,6 +298,7 @@ impl EngineArgs {
             },
             mode,
             allow_external_ips: self.allow_external_ips,
+            require_lock: self.require_lock,
             ..Config::default()
         }
     }
@@ -353,6 +367,11 @@ pub struct CheckArgs {
     pub dir: PathBuf,
     #[arg(long, value_enum, default_value = "text")]
     pub format: ReportFormat,
+    /// Also fail (exit 1) unless the lock is exactly what `portald lock DIR` would write:
+    /// an entry for every service, none for a service that is gone, nothing to change.
+    /// The GitOps gate for CI.
+    #[arg(long)]
+    pub locked: bool,
     #[command(flatten)]
     pub engine: EngineArgs,
 }
@@ -397,8 +416,17 @@ pub struct PlanArgs {
 pub struct LockArgs {
     /// Services directory.
     pub dir: PathBuf,
-    #[command(flatten)]
-    pub live: LiveArgs,
+    /// Keep the VIPs a captured state (`portald snapshot`) serves for services the lock
+    /// does not name yet: adopting an existing host's addresses.
+    #[arg(long, conflicts_with = "from_kernel")]
+    pub live: Option<PathBuf>,
+    /// The same from this host's live kernel rules. Without `--live` or this flag, the lock
+    /// is a pure function of the directory and the current lock.
+    #[arg(long)]
+    pub from_kernel: bool,
+    /// Accepted for compatibility: reading no live state is the default.
+    #[arg(long, hide = true)]
+    pub no_live: bool,
     #[command(flatten)]
     pub engine: EngineArgs,
 }

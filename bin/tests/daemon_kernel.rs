@@ -960,7 +960,7 @@ fn foreign_process_on_proxy_port_is_replaced_make_before_break() {
 }
 
 #[test]
-fn the_daemons_own_allocation_record_write_starts_no_reconcile() {
+fn the_daemon_writes_its_node_state_not_the_lock_and_that_write_starts_no_reconcile() {
     let mut c = Cluster::new("ownlock");
     c.write(
         "web.yaml",
@@ -968,10 +968,13 @@ fn the_daemons_own_allocation_record_write_starts_no_reconcile() {
     );
     // No resync during the test: each reconcile after the first has a file event behind it.
     c.start_daemon(&["--resync-seconds", "600"]);
+    // The lock belongs to the repository: the daemon records its allocation elsewhere.
     assert!(
-        c.dir.join("portald.lock").exists(),
-        "the first reconcile wrote the allocation record"
+        !c.dir.join("portald.lock").exists(),
+        "the daemon wrote a lock into the watched directory"
     );
+    let state = std::fs::read_to_string(c.state_file()).expect("the node state was written");
+    assert!(state.contains("\"default/web\""), "{state}");
     // `start_daemon` waited until no reconcile had run for 600 ms (6 debounce periods).
     assert_eq!(
         c.status().reconciles,

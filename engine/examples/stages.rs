@@ -151,6 +151,7 @@ fn main() {
     let hints = LiveHints {
         nat: observed.live.owned.clone(),
         foreign_ports: observed.foreign_ports(),
+        ..Default::default()
     };
     let allocation = allocate(
         &assembled.catalog.services,

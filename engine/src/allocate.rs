@@ -1,5 +1,5 @@
-//! Stable VIPs and proxy ports: kept from the lock file, else from the live rules, else the
-//! first free one in order, so every host with the same directory and lock agrees.
+//! Stable VIPs and proxy ports: the lock file decides every VIP it names; otherwise this
+//! host's own record, the live rules, or the first free one in order.
 
 use crate::config::Config;
 use crate::diagnostics::{Diagnostic, Severity};
@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-/// The allocation record users commit next to their services (`portald.lock`).
+/// The allocation record users commit next to their services (`portald.lock`): an input the
+/// daemon reads and never writes. The same shape is the daemon's node state file.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lock {
     pub format_version: u32,
@@ -17,7 +18,8 @@ pub struct Lock {
     pub portal_cidr: String,
     #[serde(default)]
     pub vips: BTreeMap<String, Ipv4Addr>,
-    #[serde(default)]
+    /// Node-local: written to the node state file, not to the shared lock.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub proxy_ports: BTreeMap<String, u16>,
 }
 
@@ -78,6 +80,15 @@ impl Lock {
         text
     }
 
+    /// The part every host must share: the VIPs. Proxy ports are node-local and stay in
+    /// the node state file.
+    pub fn shared(&self) -> Lock {
+        Lock {
+            proxy_ports: BTreeMap::new(),
+            ..self.clone()
+        }
+    }
+
     /// The file `write` fills before renaming it over `path`.
     pub fn temporary(path: &std::path::Path) -> std::path::PathBuf {
         path.with_extension("lock.tmp")
@@ -107,18 +118,36 @@ pub struct LiveHints {
     pub nat: NatState,
     /// Ports held by processes other than portald.
     pub foreign_ports: BTreeSet<(Protocol, u16)>,
+    /// This host's own record (the node state file): proxy ports, and the VIPs it chose for
+    /// services the lock has no entry for. Same shape as a lock; never shared.
+    pub state: Lock,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Allocation {
     pub vips: BTreeMap<ObjectKey, Vip>,
     pub proxy_ports: BTreeMap<String, ProxyPort>,
+    /// Everything this allocation chose, as a record: the VIPs of services without an
+    /// explicit `clusterIP` and the proxy ports. The daemon keeps it as its node state;
+    /// `portald lock` writes its [`Lock::shared`] part.
     pub lock: Lock,
+    /// Services held because `require_lock` is set and the lock has no entry for them.
+    pub held: BTreeSet<ObjectKey>,
     pub diagnostics: Vec<Diagnostic>,
 }
 
-/// Allocates VIPs and proxy ports for `services`. `keep_absent` keeps lock entries of
-/// services not loaded (their file is broken: their addresses must not move).
+/// Allocates VIPs and proxy ports for `services`: a pure function of the services, the
+/// lock, `live` and `config`, where a lock entry decides alone.
+///
+/// A service without `clusterIP` gets, in this order: its lock entry (even when a removed
+/// service still holds that VIP live: the lock wins); with `config.require_lock`, nothing
+/// (held, warned); else the VIP this host gave it before (`live.state`), the one its live
+/// rules use, or the first address nobody holds or is locked to. Every lock entry is
+/// reserved whether or not its service is loaded here yet, so a newcomer never takes the
+/// VIP the repository gave a service whose file has not arrived. A locked VIP outside the
+/// CIDR, or shared by two entries, is an error naming the entries, and the service gets no
+/// VIP rather than a different one. `keep_absent` keeps the records of services not loaded
+/// (their file is broken: their addresses must not move).
 pub fn allocate(
     services: &BTreeMap<ObjectKey, Service>,
     lock: &Lock,
@@ -132,35 +161,74 @@ pub fn allocate(
     let live_vips = live_vips_by_service(&live.nat);
     let mut taken: BTreeMap<Ipv4Addr, ObjectKey> = BTreeMap::new();
 
-    // Live VIPs of services not loaded stay reserved until their rules are gone.
-    for (key, ip) in &live_vips {
-        if !services.contains_key(key) {
-            taken.insert(*ip, key.clone());
-        }
-    }
-    // So do the locked VIPs of services whose file is broken: when it is mended, they get
-    // their address back rather than finding it handed to a newcomer.
-    if keep_absent {
-        for (k, ip) in &lock.vips {
-            if let Some(key) = parse_key(k).filter(|key| !services.contains_key(key)) {
-                taken.entry(*ip).or_insert(key);
-            }
-        }
-    }
-    // Lock entries of services still present are honoured before explicit requests, so an
-    // explicit clusterIP cannot steal an address another service already has.
+    // The lock first, whole: it is the one input every host shares.
     let locked: BTreeMap<ObjectKey, Ipv4Addr> = lock
         .vips
         .iter()
         .filter_map(|(k, ip)| parse_key(k).map(|k| (k, *ip)))
         .collect();
+    let mut by_vip: BTreeMap<Ipv4Addr, Vec<&ObjectKey>> = BTreeMap::new();
+    for (key, ip) in &locked {
+        by_vip.entry(*ip).or_default().push(key);
+    }
+    let mut refused: BTreeMap<ObjectKey, String> = BTreeMap::new();
+    for (ip, keys) in &by_vip {
+        if !usable(*ip) {
+            for key in keys {
+                refused.insert(
+                    (*key).clone(),
+                    format!(
+                        "lock entry `{key}` holds VIP {ip}, outside the portal CIDR {cidr} (or its network or broadcast address)"
+                    ),
+                );
+            }
+            continue;
+        }
+        // Reserved even when shared: no third service may take it either.
+        taken.insert(*ip, keys[0].clone());
+        if keys.len() > 1 {
+            let names: Vec<String> = keys.iter().map(|k| format!("`{k}`")).collect();
+            for key in keys {
+                refused.insert(
+                    (*key).clone(),
+                    format!(
+                        "lock entries {} all hold VIP {ip}; fix the lock so each has its own",
+                        names.join(" and ")
+                    ),
+                );
+            }
+        }
+    }
     for (key, service) in services {
-        if service.vip == VipRequest::Auto {
-            if let Some(ip) = locked.get(key).copied().filter(|ip| usable(*ip)) {
-                if let std::collections::btree_map::Entry::Vacant(slot) = taken.entry(ip) {
-                    slot.insert(key.clone());
-                    out.vips.insert(key.clone(), Vip(ip));
-                }
+        if service.vip != VipRequest::Auto {
+            continue;
+        }
+        if let Some(message) = refused.get(key) {
+            out.diagnostics.push(Diagnostic {
+                file: service.source.file.clone(),
+                line: service.source.line,
+                severity: Severity::Error,
+                object: Some(format!("Service `{key}`")),
+                field: None,
+                message: message.clone(),
+            });
+        } else if let Some(ip) = locked.get(key) {
+            out.vips.insert(key.clone(), Vip(*ip));
+        }
+    }
+    // Live VIPs of services not loaded stay reserved until their rules are gone (unless the
+    // lock gave them to another service above).
+    for (key, ip) in &live_vips {
+        if !services.contains_key(key) {
+            taken.entry(*ip).or_insert_with(|| key.clone());
+        }
+    }
+    // So do the VIPs this host gave services whose file is broken: when it is mended, they
+    // get their address back rather than finding it handed to a newcomer.
+    if keep_absent {
+        for (k, ip) in &live.state.vips {
+            if let Some(key) = parse_key(k).filter(|key| !services.contains_key(key)) {
+                taken.entry(*ip).or_insert(key);
             }
         }
     }
@@ -198,47 +266,73 @@ pub fn allocate(
             }
         }
     }
-    // Then what the kernel already has (for every service, before any first-free pick can
-    // take a live address), then the first free address, in key order.
-    for (key, service) in services {
-        if service.vip != VipRequest::Auto || out.vips.contains_key(key) {
-            continue;
-        }
-        if let Some(ip) = live_vips
-            .get(key)
-            .copied()
-            .filter(|ip| usable(*ip) && !taken.contains_key(ip))
-        {
-            taken.insert(ip, key.clone());
-            out.vips.insert(key.clone(), Vip(ip));
-        }
-    }
-    let mut next = u32::from(cidr.network()) + 1;
-    let last = u32::from(cidr.broadcast());
-    for (key, service) in services {
-        if service.vip != VipRequest::Auto || out.vips.contains_key(key) {
-            continue;
-        }
-        while next < last && taken.contains_key(&Ipv4Addr::from(next)) {
-            next += 1;
-        }
-        if next >= last {
+    // A service the lock does not name: held in strict mode, else this host's own choice.
+    let unlocked: Vec<(&ObjectKey, &Service)> = services
+        .iter()
+        .filter(|(key, s)| s.vip == VipRequest::Auto && !locked.contains_key(*key))
+        .collect();
+    if config.require_lock {
+        for (key, service) in &unlocked {
+            out.held.insert((*key).clone());
             out.diagnostics.push(Diagnostic {
                 file: service.source.file.clone(),
                 line: service.source.line,
-                severity: Severity::Error,
+                severity: Severity::Warning,
                 object: Some(format!("Service `{key}`")),
                 field: None,
-                message: format!("portal CIDR {cidr} has no free address left"),
+                message: "held: the lock has no entry for it and --require-lock is set; run `portald lock` and commit the lock".into(),
             });
-            continue;
         }
-        let ip = Ipv4Addr::from(next);
-        taken.insert(ip, key.clone());
-        out.vips.insert(key.clone(), Vip(ip));
+    } else {
+        // What this host chose before, then what the kernel already has (for every
+        // service, before any first-free pick can take a live address).
+        for (key, _) in &unlocked {
+            let mine = live.state.vips.get(&key.to_string()).copied();
+            if let Some(ip) = mine.filter(|ip| usable(*ip) && !taken.contains_key(ip)) {
+                taken.insert(ip, (*key).clone());
+                out.vips.insert((*key).clone(), Vip(ip));
+            }
+        }
+        for (key, _) in &unlocked {
+            if out.vips.contains_key(*key) {
+                continue;
+            }
+            let serving = live_vips.get(*key).copied();
+            if let Some(ip) = serving.filter(|ip| usable(*ip) && !taken.contains_key(ip)) {
+                taken.insert(ip, (*key).clone());
+                out.vips.insert((*key).clone(), Vip(ip));
+            }
+        }
+        let mut next = u32::from(cidr.network()) + 1;
+        let last = u32::from(cidr.broadcast());
+        for (key, service) in &unlocked {
+            if out.vips.contains_key(*key) {
+                continue;
+            }
+            while next < last && taken.contains_key(&Ipv4Addr::from(next)) {
+                next += 1;
+            }
+            if next >= last {
+                out.diagnostics.push(Diagnostic {
+                    file: service.source.file.clone(),
+                    line: service.source.line,
+                    severity: Severity::Error,
+                    object: Some(format!("Service `{key}`")),
+                    field: None,
+                    message: format!("portal CIDR {cidr} has no free address left"),
+                });
+                continue;
+            }
+            let ip = Ipv4Addr::from(next);
+            taken.insert(ip, (*key).clone());
+            out.vips.insert((*key).clone(), Vip(ip));
+        }
     }
 
-    allocate_ports(services, lock, live, config, keep_absent, &mut out);
+    // Kernel mode DNATs straight to the endpoints: no listener, no proxy port.
+    if config.mode == crate::config::Mode::Userspace {
+        allocate_ports(services, lock, live, config, keep_absent, &mut out);
+    }
 
     out.lock = Lock {
         format_version: LOCK_FORMAT_VERSION,
@@ -256,18 +350,20 @@ pub fn allocate(
             .collect(),
     };
     if keep_absent {
-        for (k, ip) in &lock.vips {
-            if parse_key(k).is_some_and(|key| !services.contains_key(&key)) {
-                out.lock.vips.entry(k.clone()).or_insert(*ip);
+        for record in [lock, &live.state] {
+            for (k, ip) in &record.vips {
+                if parse_key(k).is_some_and(|key| !services.contains_key(&key)) {
+                    out.lock.vips.entry(k.clone()).or_insert(*ip);
+                }
             }
-        }
-        for (k, port) in &lock.proxy_ports {
-            let present = k
-                .split_once(':')
-                .and_then(|(key, _)| parse_key(key))
-                .is_some_and(|key| services.contains_key(&key));
-            if !present {
-                out.lock.proxy_ports.entry(k.clone()).or_insert(*port);
+            for (k, port) in &record.proxy_ports {
+                let present = k
+                    .split_once(':')
+                    .and_then(|(key, _)| parse_key(key))
+                    .is_some_and(|key| services.contains_key(&key));
+                if !present {
+                    out.lock.proxy_ports.entry(k.clone()).or_insert(*port);
+                }
             }
         }
     }
@@ -305,9 +401,9 @@ fn allocate_ports(
             }
         }
     }
-    // The locked ports of services whose file is broken stay theirs, like their VIPs.
+    // The recorded ports of services whose file is broken stay theirs, like their VIPs.
     if keep_absent {
-        for (id, port) in &lock.proxy_ports {
+        for (id, port) in lock.proxy_ports.iter().chain(&live.state.proxy_ports) {
             let owner = id.split_once(':').and_then(|(k, _)| parse_key(k));
             let protocol = match id.rsplit_once('/').map(|(_, p)| p) {
                 Some("tcp") => Some(Protocol::Tcp),
@@ -333,8 +429,9 @@ fn allocate_ports(
     let free = |taken: &BTreeSet<(Protocol, u16)>, proto: Protocol, port: u16| {
         range.contains(port) && !taken.contains(&(proto, port))
     };
-    // Lock first (the committed record), then live, then first free.
-    for preferred in [&lock.proxy_ports, &live_ports] {
+    // This host's record first (proxy ports are node-local), then a lock written before
+    // they moved out of it, then live, then first free.
+    for preferred in [&live.state.proxy_ports, &lock.proxy_ports, &live_ports] {
         for (id, proto, _) in &wanted {
             if out.proxy_ports.contains_key(id) {
                 continue;
@@ -574,5 +671,205 @@ mod tests {
         assert_ne!(newcomer.vips.values().next().unwrap().0, a_vip);
         assert!(newcomer.proxy_ports.values().all(|p| p.0 != a_port));
         assert_eq!(newcomer.lock.vips.len(), 2, "{:?}", newcomer.lock);
+    }
+    fn lock_of(entries: &[(&str, &str)]) -> Lock {
+        Lock {
+            format_version: LOCK_FORMAT_VERSION,
+            portal_cidr: "10.11.0.0/16".into(),
+            vips: entries
+                .iter()
+                .map(|(k, ip)| (format!("default/{k}"), ip.parse().unwrap()))
+                .collect(),
+            proxy_ports: BTreeMap::new(),
+        }
+    }
+
+    /// Live rules for `name` on `ip` port 80, as a running host would have them.
+    fn live_on(entries: &[(&str, &str)]) -> LiveHints {
+        let mut nat = NatState::default();
+        for (name, ip) in entries {
+            nat.insert_rule(planners::PortalRule {
+                key: planners::PortalKey {
+                    path: planners::Path::Container,
+                    vip: ip.parse().unwrap(),
+                    protocol: Protocol::Tcp,
+                    port: 80,
+                },
+                comment: planners::Comment::new(format!("default/{name}:80")).unwrap(),
+                action: Action::Redirect { to_port: 20000 },
+            });
+        }
+        LiveHints {
+            nat,
+            ..LiveHints::default()
+        }
+    }
+
+    fn vip_of(out: &Allocation, name: &str) -> Option<String> {
+        out.vips
+            .get(&ObjectKey::new("default", name))
+            .map(|v| v.0.to_string())
+    }
+
+    #[test]
+    fn a_locked_vip_is_honoured_while_a_removed_service_still_holds_it_live() {
+        // `old` was deleted and `new` added in one commit; the lock gives `new` the freed VIP.
+        let out = allocate(
+            &services(&[service("new", VipRequest::Auto)]),
+            &lock_of(&[("new", "10.11.0.1")]),
+            &live_on(&[("old", "10.11.0.1")]),
+            &config("10.11.0.0/16"),
+            false,
+        );
+        assert_eq!(vip_of(&out, "new").as_deref(), Some("10.11.0.1"));
+        assert!(out.diagnostics.is_empty(), "{:?}", out.diagnostics);
+    }
+
+    #[test]
+    fn the_lock_wins_over_a_vip_this_host_gave_another_service() {
+        // This host saw `b` first and gave it .1; the lock says .1 is `a`'s and .2 `b`'s.
+        let live = live_on(&[("b", "10.11.0.1")]);
+        let out = allocate(
+            &services(&[
+                service("a", VipRequest::Auto),
+                service("b", VipRequest::Auto),
+            ]),
+            &lock_of(&[("a", "10.11.0.1"), ("b", "10.11.0.2")]),
+            &live,
+            &config("10.11.0.0/16"),
+            false,
+        );
+        assert_eq!(vip_of(&out, "a").as_deref(), Some("10.11.0.1"));
+        assert_eq!(vip_of(&out, "b").as_deref(), Some("10.11.0.2"));
+    }
+
+    #[test]
+    fn a_newcomer_never_takes_the_vip_the_lock_gives_a_service_not_arrived_yet() {
+        let out = allocate(
+            &services(&[service("b", VipRequest::Auto)]),
+            &lock_of(&[("a", "10.11.0.1")]),
+            &LiveHints::default(),
+            &config("10.11.0.0/16"),
+            false,
+        );
+        assert_eq!(vip_of(&out, "b").as_deref(), Some("10.11.0.2"));
+    }
+
+    #[test]
+    fn require_lock_holds_a_service_without_an_entry_and_serves_the_others() {
+        let strict = Config {
+            require_lock: true,
+            ..config("10.11.0.0/16")
+        };
+        let out = allocate(
+            &services(&[
+                service("a", VipRequest::Auto),
+                service("b", VipRequest::Auto),
+            ]),
+            &lock_of(&[("a", "10.11.0.7")]),
+            &live_on(&[("b", "10.11.0.1")]),
+            &strict,
+            false,
+        );
+        assert_eq!(vip_of(&out, "a").as_deref(), Some("10.11.0.7"));
+        assert_eq!(vip_of(&out, "b"), None, "held, even though it is live");
+        assert_eq!(
+            out.held.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["default/b"]
+        );
+        assert!(out
+            .proxy_ports
+            .keys()
+            .all(|id| id.starts_with("default/a:")));
+        let warning = &out.diagnostics[0];
+        assert_eq!(warning.severity, Severity::Warning);
+        assert!(warning.message.contains("held"), "{warning}");
+    }
+
+    #[test]
+    fn two_services_locked_to_one_vip_is_an_error_naming_both_and_neither_gets_it() {
+        let out = allocate(
+            &services(&[
+                service("a", VipRequest::Auto),
+                service("b", VipRequest::Auto),
+                service("c", VipRequest::Auto),
+            ]),
+            &lock_of(&[("a", "10.11.0.1"), ("b", "10.11.0.1")]),
+            &LiveHints::default(),
+            &config("10.11.0.0/16"),
+            false,
+        );
+        assert_eq!(vip_of(&out, "a"), None);
+        assert_eq!(vip_of(&out, "b"), None);
+        assert_eq!(vip_of(&out, "c").as_deref(), Some("10.11.0.2"));
+        assert_eq!(out.diagnostics.len(), 2, "{:?}", out.diagnostics);
+        for d in &out.diagnostics {
+            assert!(d.is_error());
+            assert!(
+                d.message.contains("`default/a`") && d.message.contains("`default/b`"),
+                "{d}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_locked_vip_outside_the_cidr_is_an_error_not_a_new_address() {
+        let out = allocate(
+            &services(&[service("a", VipRequest::Auto)]),
+            &lock_of(&[("a", "192.168.0.1")]),
+            &LiveHints::default(),
+            &config("10.11.0.0/16"),
+            false,
+        );
+        assert_eq!(vip_of(&out, "a"), None);
+        assert!(out.diagnostics[0].is_error());
+        assert!(
+            out.diagnostics[0].message.contains("`default/a`"),
+            "{:?}",
+            out.diagnostics
+        );
+    }
+
+    #[test]
+    fn without_a_lock_the_vip_this_host_recorded_is_kept_across_a_restart() {
+        let b = service("b", VipRequest::Auto);
+        let first = allocate(
+            &services(std::slice::from_ref(&b)),
+            &Lock::default(),
+            &LiveHints::default(),
+            &config("10.11.0.0/16"),
+            false,
+        );
+        // Restarted with no rules left and a newcomer that sorts first: `b` keeps its VIP.
+        let again = allocate(
+            &services(&[service("a", VipRequest::Auto), b]),
+            &Lock::default(),
+            &LiveHints {
+                state: first.lock.clone(),
+                ..LiveHints::default()
+            },
+            &config("10.11.0.0/16"),
+            false,
+        );
+        assert_eq!(vip_of(&again, "b"), vip_of(&first, "b"));
+        assert_ne!(vip_of(&again, "a"), vip_of(&first, "b"));
+    }
+
+    #[test]
+    fn kernel_mode_allocates_no_proxy_port() {
+        let kernel = Config {
+            mode: crate::config::Mode::Kernel,
+            ..config("10.11.0.0/16")
+        };
+        let out = allocate(
+            &services(&[service("a", VipRequest::Auto)]),
+            &Lock::default(),
+            &LiveHints::default(),
+            &kernel,
+            false,
+        );
+        assert!(out.proxy_ports.is_empty());
+        assert!(out.lock.proxy_ports.is_empty());
+        assert_eq!(vip_of(&out, "a").as_deref(), Some("10.11.0.1"));
     }
 }

@@ -181,12 +181,14 @@ pub fn compile(
             let resolved = index.resolve(service, port);
             let proxy_port =
                 vip.and_then(|_| allocation.proxy_ports.get(&port_id(key, port)).copied());
-            if let (Some(vip), Some(proxy_port)) = (vip, proxy_port) {
+            // Kernel mode has no proxy port (none is allocated): the VIP is enough.
+            let served = config.mode == Mode::Kernel || proxy_port.is_some();
+            if let (true, Some(vip)) = (served, vip) {
                 let comment = portal_comment(key, port);
                 let kernel = kernel_action(&resolved.endpoints, service.affinity_seconds);
                 for address in &addresses {
-                    let actions = match config.mode {
-                        Mode::Userspace => [
+                    let actions = match (config.mode, proxy_port) {
+                        (Mode::Userspace, Some(proxy_port)) => [
                             Action::Redirect {
                                 to_port: proxy_port.0,
                             },
@@ -194,7 +196,7 @@ pub fn compile(
                                 to: SocketAddrV4::new(config.host_target, proxy_port.0),
                             },
                         ],
-                        Mode::Kernel => [kernel.clone(), kernel.clone()],
+                        _ => [kernel.clone(), kernel.clone()],
                     };
                     for (path, action) in Path::ALL.into_iter().zip(actions) {
                         intent.nat.insert_rule(PortalRule {
@@ -233,6 +235,9 @@ pub fn compile(
                     });
                     continue;
                 }
+                let Some(proxy_port) = proxy_port else {
+                    continue;
+                };
                 intent
                     .nat
                     .scaffold

@@ -121,6 +121,9 @@ pub struct Config {
     /// client on one of them could be answered by the endpoint directly, bypassing the
     /// host's reverse translation, so its connections to a portal are masqueraded.
     pub local_networks: Vec<planners::Net>,
+    /// Strict multi-host mode: a service with no lock entry gets no VIP and is held, rather
+    /// than given one another host may give to a different service.
+    pub require_lock: bool,
 }
 
 impl Default for Config {
@@ -133,6 +136,7 @@ impl Default for Config {
             allow_external_ips: false,
             host_target: Ipv4Addr::LOCALHOST,
             local_networks: Vec::new(),
+            require_lock: false,
         }
     }
 }

@@ -51,6 +51,7 @@ pub fn run(
     let hints = LiveHints {
         nat: observed.live.owned.clone(),
         foreign_ports: observed.foreign_ports(),
+        state: observed.node_state.clone(),
     };
     let allocation = allocate(
         &assembled.catalog.services,
@@ -143,5 +144,53 @@ fn foreign_conflicts(
             });
         }
     }
+    out
+}
+
+/// The lock `portald lock` writes for `files`: every service without an explicit
+/// `clusterIP` keeps its entry in `lock` and a newcomer gets the first address no entry
+/// holds. A pure function of the directory, the lock and the CIDR unless `observed`
+/// carries live state (`--live`, `--from-kernel`). Strict mode does not apply: this is the
+/// command that creates the entries.
+pub fn relock(
+    files: &[ParsedFile],
+    lock: &Lock,
+    observed: &Observed,
+    config: &Config,
+) -> (Lock, Outcome) {
+    let config = Config {
+        require_lock: false,
+        ..config.clone()
+    };
+    // Entries of services no file defines any more are dropped (their VIPs are free again),
+    // unless a file is broken: it may be the one defining them.
+    let mut current = lock.clone();
+    let assembled = assemble(files);
+    if assembled.broken_files.is_empty() {
+        current.vips.retain(|key, _| {
+            crate::allocate::parse_key(key)
+                .is_some_and(|k| assembled.catalog.services.contains_key(&k))
+        });
+    }
+    let lock = repaired(&current, &config);
+    let outcome = run(files, &lock, observed, &config, false);
+    (outcome.allocation.lock.shared(), outcome)
+}
+
+/// `lock` without the entries no host can honour, so that the services they name get a
+/// fresh address: a VIP outside the portal CIDR (or its network or broadcast address),
+/// and every entry but the first (in key order) of a VIP several entries hold.
+fn repaired(lock: &Lock, config: &Config) -> Lock {
+    let cidr = config.portal_cidr;
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = lock.clone();
+    out.vips.retain(|key, ip| {
+        let usable = cidr.contains(*ip) && *ip != cidr.network() && *ip != cidr.broadcast();
+        let keep = usable && seen.insert(*ip);
+        if !keep {
+            tracing::warn!("lock entry `{key}` ({ip}) cannot be honoured; it gets a new VIP");
+        }
+        keep
+    });
     out
 }

@@ -13,6 +13,7 @@ fn apply_once(args: &ApplyArgs, config: &engine::config::Config) -> Result<u8> {
     let (plan, batch_sent) = engine::daemon::apply_once(
         &args.target,
         &lock_path,
+        &args.engine.state_file,
         config,
         std::sync::Arc::new(engine::exec::SystemExec),
     )

@@ -1,13 +1,32 @@
-//! `portald check DIR`: validate only.
+//! `portald check DIR`: validate only; with `--locked`, also the GitOps gate on the lock.
 
 use crate::args::{CheckArgs, ReportFormat};
 use anyhow::Result;
-use engine::diagnostics::{render, ReportFormat as Format};
+use engine::allocate::{parse_key, Lock};
+use engine::diagnostics::{render, Diagnostic, ReportFormat as Format, Severity};
 
 pub fn run(args: CheckArgs) -> Result<u8> {
     let files = super::load_files(&args.dir)?;
     let lock = super::load_lock(&args.engine, &args.dir)?;
-    let diagnostics = engine::pipeline::check(&files, &lock, &args.engine.config());
+    let config = args.engine.config();
+    let mut diagnostics = engine::pipeline::check(&files, &lock, &config);
+    if args.locked {
+        let (expected, outcome) = engine::pipeline::relock(
+            &files,
+            &lock,
+            &engine::observe::Observed::default(),
+            &config,
+        );
+        let path = args.engine.lock_path(&args.dir);
+        let shown = path
+            .strip_prefix(&args.dir)
+            .unwrap_or(&path)
+            .display()
+            .to_string();
+        diagnostics.extend(lock_problems(&lock, &expected, &outcome, &shown));
+        diagnostics.sort();
+        diagnostics.dedup();
+    }
     let format = match args.format {
         ReportFormat::Text => Format::Text,
         ReportFormat::Json => Format::Json,
@@ -32,4 +51,78 @@ pub fn run(args: CheckArgs) -> Result<u8> {
         );
     }
     Ok(if errors > 0 { 1 } else { 0 })
+}
+
+/// How `actual` differs from the lock `portald lock` would write (`expected`): a missing
+/// entry, a stale one, one that would move, or any other change (CIDR, format, proxy
+/// ports that belong in the node state). Each an error on the lock file `shown`.
+fn lock_problems(
+    actual: &Lock,
+    expected: &Lock,
+    outcome: &engine::pipeline::Outcome,
+    shown: &str,
+) -> Vec<Diagnostic> {
+    let error = |object: Option<String>, field: Option<String>, message: String| Diagnostic {
+        file: shown.to_string(),
+        line: None,
+        severity: Severity::Error,
+        object,
+        field,
+        message,
+    };
+    let source = |key: &str| {
+        parse_key(key)
+            .and_then(|k| outcome.assembled.catalog.services.get(&k))
+            .map(|s| s.source.file.clone())
+            .unwrap_or_default()
+    };
+    let mut out = Vec::new();
+    for (key, ip) in &expected.vips {
+        match actual.vips.get(key) {
+            None => out.push(error(
+                Some(format!("Service `{key}`")),
+                Some(format!("vips.{key}")),
+                format!(
+                    "the lock has no entry for the service of `{}` (it would get {ip}); run `portald lock` and commit the lock",
+                    source(key)
+                ),
+            )),
+            Some(old) if old != ip => out.push(error(
+                Some(format!("Service `{key}`")),
+                Some(format!("vips.{key}")),
+                format!("the entry holds {old}, which no host can honour; `portald lock` would write {ip}"),
+            )),
+            Some(_) => {}
+        }
+    }
+    for (key, ip) in &actual.vips {
+        if !expected.vips.contains_key(key) {
+            out.push(error(
+                Some(format!("Service `{key}`")),
+                Some(format!("vips.{key}")),
+                format!("stale entry ({ip}): no file defines this service any more; run `portald lock` and commit the lock"),
+            ));
+        }
+    }
+    if out.is_empty() && actual != expected {
+        let mut what = Vec::new();
+        if actual.format_version != expected.format_version {
+            what.push(format!("format_version {}", expected.format_version));
+        }
+        if actual.portal_cidr != expected.portal_cidr {
+            what.push(format!(
+                "portal_cidr `{}` instead of `{}`",
+                expected.portal_cidr, actual.portal_cidr
+            ));
+        }
+        if !actual.proxy_ports.is_empty() {
+            what.push("no proxy_ports (they are node-local)".to_string());
+        }
+        out.push(error(
+            None,
+            None,
+            format!("`portald lock` would change the lock: {}", what.join(", ")),
+        ));
+    }
+    out
 }

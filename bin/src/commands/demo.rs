@@ -287,11 +287,15 @@ impl Demo {
             path_str(&self.dir)?,
             path_str(&self.socket)?,
         );
+        // The demo leaves nothing on the host: its node state lives with its namespaces.
+        let state = path_str(&self.bed.temp_dir().join("state.json"))?;
         let args = [
             "run",
             &dir,
             "--control-socket",
             &socket,
+            "--state-file",
+            &state,
             "--cleanup-on-exit",
             "--backend",
             self.backend_flag(),

@@ -55,6 +55,12 @@ pub fn load_lock(engine: &EngineArgs, dir: &Path) -> Result<Lock> {
     Lock::read(&path).with_context(|| format!("reading the allocation record `{}`", path.display()))
 }
 
+/// This host's node state (`--state-file`); a missing file is an empty state.
+pub fn load_state(engine: &EngineArgs) -> Result<Lock> {
+    let path = &engine.state_file;
+    Lock::read(path).with_context(|| format!("reading the node state `{}`", path.display()))
+}
+
 /// The running daemon's status, or `None` when no daemon answers; an error when the socket
 /// is there but this user may not use it (then whether a daemon runs is unknown).
 pub fn daemon_status(socket: &Path) -> Result<Option<engine::daemon::control::Status>> {

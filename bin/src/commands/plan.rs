@@ -46,6 +46,11 @@ pub fn run(args: PlanArgs) -> Result<u8> {
     };
     let lock = super::load_lock(&args.engine, &args.dir)?;
     let mut observed = super::observe(&args.live, config.backend)?;
+    // Against this host's kernel, this host's own record counts too, as in the daemon;
+    // a captured or empty live state is not this host's.
+    if args.live.live.is_none() && !args.live.no_live {
+        observed.node_state = super::load_state(&args.engine)?;
+    }
     // Against the kernel, the running daemon tells which listeners are open.
     let mut listeners_known = args.live.live.is_some();
     if args.live.live.is_none() && !args.live.no_live {

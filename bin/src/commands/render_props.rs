@@ -204,6 +204,7 @@ fn status() -> impl Strategy<Value = Status> {
                     backend: "iptables".into(),
                     mode,
                     reconciles: 3,
+                    held: Default::default(),
                     services,
                     listeners: vec![ListenerView {
                         protocol: Protocol::Udp,

@@ -14,6 +14,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
         .with_context(|| format!("services directory `{}`", args.dir.display()))?;
     let daemon = DaemonConfig {
         lock_path: args.engine.lock_path(&dir),
+        state_path: args.engine.state_file.clone(),
         dir,
         config,
         resync: Duration::from_secs(args.resync_seconds.max(1)),

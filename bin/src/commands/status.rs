@@ -78,6 +78,13 @@ pub fn render(status: &Status) -> String {
             }
         );
     }
+    if !status.held.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nHELD (no lock entry, --require-lock): {}",
+            escape::list_joined(&status.held, status.held.len(), ", ")
+        );
+    }
     if !status.diagnostics.is_empty() {
         out.push_str("\nPROBLEMS\n");
         for d in &status.diagnostics {

@@ -294,6 +294,8 @@ impl Cluster {
             "100".into(),
             "--dial-timeouts-ms".into(),
             "150,300".into(),
+            "--state-file".into(),
+            self.state_file().display().to_string(),
         ];
         // A flag given again in `extra` replaces the default above (clap refuses repeats).
         args = merge_flags(args, extra);
@@ -411,11 +413,21 @@ impl Cluster {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// `portald ARGS --control-socket S` in the node namespace.
+    /// The daemon's node state file: in the test's own directory, never the host's.
+    pub fn state_file(&self) -> PathBuf {
+        self.bed.temp_dir().join("state.json")
+    }
+
+    /// `portald ARGS --control-socket S` in the node namespace (and, for the commands that
+    /// read or write it, `--state-file` as the daemon's).
     pub fn portald(&self, args: &[&str]) -> Output {
         let mut all: Vec<&str> = args.to_vec();
         let socket = self.socket.display().to_string();
         all.extend(["--control-socket", &socket]);
+        let state = self.state_file().display().to_string();
+        if matches!(args.first(), Some(&("apply" | "plan" | "lock" | "check"))) {
+            all.extend(["--state-file", &state]);
+        }
         self.run(&self.node(), PORTALD, &all)
     }
 

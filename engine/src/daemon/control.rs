@@ -83,6 +83,9 @@ pub struct Status {
     pub open: Vec<crate::observe::ListenerEntry>,
     pub last_reconcile: Option<ReconcileResult>,
     pub diagnostics: Vec<Diagnostic>,
+    /// Services held by `--require-lock` (`ns/name`): no lock entry, so no VIP.
+    #[serde(default)]
+    pub held: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -22,7 +22,10 @@ use tokio::net::UnixListener;
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
     pub dir: PathBuf,
+    /// The shared allocation record: read and watched, never written.
     pub lock_path: PathBuf,
+    /// The node state file (`/var/lib/portald/state.json` by default).
+    pub state_path: PathBuf,
     pub config: Config,
     /// Full reconcile at least this often; also repairs drift.
     pub resync: Duration,
@@ -86,6 +89,7 @@ impl Trigger {
 pub fn apply_once(
     dir: &std::path::Path,
     lock_path: &std::path::Path,
+    state_path: &std::path::Path,
     config: &crate::config::Config,
     exec: Arc<dyn Exec>,
 ) -> Result<(crate::plan::Plan, bool), String> {
@@ -106,7 +110,8 @@ pub fn apply_once(
         exec,
         control,
         status.clone(),
-    );
+    )
+    .with_state_file(state_path.to_path_buf());
     let outcome = reconciler.apply_once();
     let diagnostics = status.lock().expect("status lock").diagnostics.clone();
     for d in diagnostics {
@@ -139,11 +144,9 @@ pub async fn run(cfg: DaemonConfig, exec: Arc<dyn Exec>) -> Result<(), DaemonErr
     let socket = bind_control_socket(&cfg.control_socket)?;
     let _watcher = {
         let tx = tx.clone();
-        // The allocation record lives in DIR by default; writing it is no news.
-        let own = [
-            cfg.lock_path.clone(),
-            crate::allocate::Lock::temporary(&cfg.lock_path),
-        ];
+        // The lock is an input like the files (the daemon never writes it); only the node
+        // state, should it be kept inside DIR, is the daemon's own write.
+        let own = [cfg.state_path.clone()];
         watch::watch(&cfg.dir, &own, cfg.debounce, move || {
             let _ = tx.send(Trigger::Files);
         })
@@ -151,6 +154,21 @@ pub async fn run(cfg: DaemonConfig, exec: Arc<dyn Exec>) -> Result<(), DaemonErr
             path: cfg.dir.display().to_string(),
             source,
         })?
+    };
+    // A lock kept outside DIR (`--lock FILE`) is watched on its own.
+    let _lock_watcher = if crate::daemon::watch::is_below(&cfg.lock_path, &cfg.dir) {
+        None
+    } else {
+        let tx = tx.clone();
+        Some(
+            watch::watch_file(&cfg.lock_path, cfg.debounce, move || {
+                let _ = tx.send(Trigger::Files);
+            })
+            .map_err(|source| DaemonError::Watch {
+                path: cfg.lock_path.display().to_string(),
+                source,
+            })?,
+        )
     };
     tx.send(Trigger::Start).expect("reconciler alive");
 
@@ -163,7 +181,8 @@ pub async fn run(cfg: DaemonConfig, exec: Arc<dyn Exec>) -> Result<(), DaemonErr
         exec,
         control.clone(),
         status.clone(),
-    );
+    )
+    .with_state_file(cfg.state_path.clone());
     let cleanup_on_exit = cfg.cleanup_on_exit;
     let worker =
         tokio::task::spawn_blocking(move || reconcile_loop(&mut reconciler, rx, cleanup_on_exit));

@@ -113,8 +113,11 @@ pub struct Reconciler {
     pub status: Arc<Mutex<Status>>,
     /// Last version of each file that had no error: what stays in force while it is broken.
     last_good: BTreeMap<String, ParsedFile>,
-    /// The lock, when the directory cannot be written (a read-only ConfigMap mount).
-    lock_in_memory: Option<Lock>,
+    /// The node state file (proxy ports, VIPs chosen without a lock entry); `None`: kept
+    /// in memory only.
+    state_path: Option<PathBuf>,
+    /// The node state as last read or written; loaded at the first pass.
+    state: Option<Lock>,
     last_intent: Intent,
     /// The problems of the last pass: each new one is logged once, not on every pass.
     reported: std::collections::BTreeSet<Diagnostic>,
@@ -137,10 +140,17 @@ impl Reconciler {
             control,
             status,
             last_good: BTreeMap::new(),
-            lock_in_memory: None,
+            state_path: None,
+            state: None,
             last_intent: Intent::default(),
             reported: Default::default(),
         }
+    }
+
+    /// Keeps the node state in `path` (read at the first pass, rewritten when it changes).
+    pub fn with_state_file(mut self, path: PathBuf) -> Self {
+        self.state_path = Some(path);
+        self
     }
 
     /// One full pass; the result also lands in the status.
@@ -255,16 +265,6 @@ impl Reconciler {
         // Until the pass gets further: what the files say on their own.
         diagnostics.extend(held.iter().cloned());
         diagnostics.sort();
-        for d in &diagnostics {
-            if !self.reported.contains(d) {
-                match d.severity {
-                    Severity::Error => tracing::error!("{d}"),
-                    Severity::Warning => tracing::warn!("{d}"),
-                    Severity::Note => tracing::info!("{d}"),
-                }
-            }
-        }
-        self.reported = diagnostics.iter().cloned().collect();
         self.status.lock().expect("status lock").diagnostics = diagnostics;
         Ok(Loaded {
             merged,
@@ -273,11 +273,27 @@ impl Reconciler {
         })
     }
 
+    /// The shared allocation record, read afresh every pass: an input like the files.
     fn lock(&self) -> Result<Lock, String> {
-        if let Some(lock) = &self.lock_in_memory {
-            return Ok(lock.clone());
-        }
         Lock::read(&self.lock_path).map_err(|e| error_chain(&e))
+    }
+
+    /// The node state: what this host recorded before, or empty when it cannot be read
+    /// (a first start; a broken file is only warned about, since the lock and the live
+    /// rules still keep the VIPs in place).
+    fn node_state(&mut self) -> Lock {
+        if let Some(state) = &self.state {
+            return state.clone();
+        }
+        let state = match &self.state_path {
+            Some(path) => Lock::read(path).unwrap_or_else(|e| {
+                tracing::warn!("{}; starting with an empty node state", error_chain(&e));
+                Lock::default()
+            }),
+            None => Lock::default(),
+        };
+        self.state = Some(state.clone());
+        state
     }
 
     fn observe(&self) -> Result<Observed, String> {
@@ -294,11 +310,13 @@ impl Reconciler {
     fn pass(&mut self) -> Result<(Plan, bool), String> {
         let loaded = self.load()?;
         let lock = self.lock()?;
+        let state = self.node_state();
         if self.config.mode == crate::config::Mode::Kernel {
             // Links come and go (a bridge added for new containers): read them every pass.
             self.config.local_networks = crate::observe::routes::local_networks();
         }
-        let observed = self.observe()?;
+        let mut observed = self.observe()?;
+        observed.node_state = state.clone();
         let outcome = pipeline::run(&loaded.merged, &lock, &observed, &self.config, true);
         let mut diagnostics = status_diagnostics(&loaded, &outcome, &lock, &self.config);
         if self.config.mode == crate::config::Mode::Kernel {
@@ -321,7 +339,27 @@ impl Reconciler {
                 }
             }
         }
-        self.status.lock().expect("status lock").diagnostics = diagnostics;
+        // Each problem is logged once, when a pass first sees it; `status` shows them all.
+        for d in &diagnostics {
+            if !self.reported.contains(d) {
+                match d.severity {
+                    Severity::Error => tracing::error!("{d}"),
+                    Severity::Warning => tracing::warn!("{d}"),
+                    Severity::Note => tracing::info!("{d}"),
+                }
+            }
+        }
+        self.reported = diagnostics.iter().cloned().collect();
+        {
+            let mut status = self.status.lock().expect("status lock");
+            status.held = outcome
+                .allocation
+                .held
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            status.diagnostics = diagnostics;
+        }
         self.last_intent = outcome.intent.clone();
         let report = apply(&outcome.plan, self.exec.as_ref(), self.control.as_ref())
             .map_err(|e| error_chain(&e))?;
@@ -330,7 +368,7 @@ impl Reconciler {
         if !outcome.plan.is_empty() {
             self.verify(&outcome.intent)?;
         }
-        self.save_lock(&lock, &outcome.allocation.lock);
+        self.save_state(&state, &outcome.allocation.lock);
         Ok((outcome.plan, report.batch_sent))
     }
 
@@ -350,15 +388,20 @@ impl Reconciler {
         Ok(())
     }
 
-    fn save_lock(&mut self, old: &Lock, new: &Lock) {
+    /// Records this host's allocation in the node state file (never in the lock, which
+    /// belongs to the repository). When the file cannot be written, the state is still kept
+    /// in memory for the next passes.
+    fn save_state(&mut self, old: &Lock, new: &Lock) {
+        self.state = Some(new.clone());
         if old == new {
             return;
         }
-        match new.write(&self.lock_path) {
-            Ok(()) => self.lock_in_memory = None,
-            Err(e) => {
-                tracing::warn!("{}; allocations are kept in memory only", error_chain(&e));
-                self.lock_in_memory = Some(new.clone());
+        if let Some(path) = &self.state_path {
+            if let Err(e) = write_state_file(path, new.render().as_bytes()) {
+                tracing::warn!(
+                    "cannot write the node state `{}`: {e}; kept in memory only",
+                    path.display()
+                );
             }
         }
     }
@@ -497,6 +540,41 @@ pub fn cleanup(
         ));
     }
     Ok(plan)
+}
+
+/// Writes the node state atomically: a temporary file created next to `path` with
+/// `O_CREAT|O_EXCL|O_NOFOLLOW` (never through a symlink planted there, never half written),
+/// flushed, then renamed over `path`. The parent directory is created if missing. Kept in
+/// one function so a shared safe-write helper can replace it.
+pub fn write_state_file(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no file name"))?
+        .to_os_string();
+    name.push(format!(".{}.tmp", std::process::id()));
+    let tmp = path.with_file_name(name);
+    // A temporary left by a crash of a process with our pid: unlinking never follows a link.
+    let _ = std::fs::remove_file(&tmp);
+    let result = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 fn now() -> u64 {

@@ -11,8 +11,8 @@ pub type Watcher = Debouncer<notify::RecommendedWatcher, RecommendedCache>;
 /// Calls `on_change` (debounced) whenever anything below `dir` changes: editors' atomic
 /// renames, partial writes and ConfigMap `..data` swaps all end in one call after the dust
 /// settles; the reconciler then reads the whole directory again. Changes only to the
-/// `own` files (the daemon's allocation record and its temporary file) are not a reason to
-/// look again: the daemon wrote them itself.
+/// `own` files (the daemon's node state, should it be kept inside `dir`) are not a reason
+/// to look again: the daemon wrote them itself. The lock is not among them: it is an input.
 pub fn watch(
     dir: &Path,
     own: &[PathBuf],
@@ -38,7 +38,7 @@ pub fn watch(
 }
 
 /// Whether `event` may change what the directory says. Reading the files ourselves makes
-/// access events; writing the allocation record makes events on `own` paths only.
+/// access events; writing the node state makes events on `own` paths only.
 fn is_change(event: &notify::Event, own: &[PathBuf]) -> bool {
     if matches!(event.kind, EventKind::Access(_)) {
         return false;
@@ -49,4 +49,86 @@ fn is_change(event: &notify::Event, own: &[PathBuf]) -> bool {
 
 fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// Whether `path` lies inside `dir` (both made absolute, not resolved).
+pub fn is_below(path: &Path, dir: &Path) -> bool {
+    absolute(path).starts_with(absolute(dir))
+}
+
+/// Calls `on_change` (debounced) whenever the file `path` is written, replaced (a rename
+/// over it, as `git checkout` and `portald lock` do), created or removed. Watches its parent
+/// directory, since a watch on the file itself would end with the first rename over it.
+pub fn watch_file(
+    path: &Path,
+    debounce: Duration,
+    on_change: impl Fn() + Send + 'static,
+) -> notify::Result<Watcher> {
+    let file = absolute(path);
+    let parent = file
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("/"));
+    let mut debouncer =
+        new_debouncer(
+            debounce,
+            None,
+            move |result: DebounceEventResult| match result {
+                Ok(events) => {
+                    let touched = events.iter().any(|e| {
+                        !matches!(e.kind, EventKind::Access(_))
+                            && (e.paths.is_empty() || e.paths.iter().any(|p| absolute(p) == file))
+                    });
+                    if touched {
+                        on_change();
+                    }
+                }
+                Err(errors) => {
+                    for e in errors {
+                        tracing::warn!(error = %e, "watching the lock file");
+                    }
+                    on_change();
+                }
+            },
+        )?;
+    debouncer.watch(&parent, RecursiveMode::NonRecursive)?;
+    Ok(debouncer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    #[test]
+    fn a_lock_outside_the_directory_replaced_by_a_rename_is_seen_and_its_neighbours_are_not() {
+        let dir = std::env::temp_dir().join(format!("portald-watch-file-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let lock = dir.join("portald.lock");
+        std::fs::write(&lock, "{}").unwrap();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let seen = calls.clone();
+        let _watcher = watch_file(&lock, Duration::from_millis(50), move || {
+            seen.fetch_add(1, Ordering::SeqCst);
+        })
+        .unwrap();
+        let wait = |want: usize| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while calls.load(Ordering::SeqCst) < want && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            calls.load(Ordering::SeqCst)
+        };
+        // A neighbour changes: no call.
+        std::fs::write(dir.join("other.txt"), "x").unwrap();
+        std::thread::sleep(Duration::from_millis(400));
+        assert_eq!(calls.load(Ordering::SeqCst), 0);
+        // `git checkout` style: a new file renamed over the lock.
+        std::fs::write(dir.join(".lock.new"), "{\"a\": 1}").unwrap();
+        std::fs::rename(dir.join(".lock.new"), &lock).unwrap();
+        assert!(wait(1) >= 1, "the replaced lock was not seen");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

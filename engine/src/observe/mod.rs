@@ -32,6 +32,9 @@ pub struct Observed {
     pub sockets: Vec<HeldSocket>,
     /// What portald owns through the other backend, when it owns anything there.
     pub other: Option<(Backend, Live)>,
+    /// This host's node state file (proxy ports, VIPs it chose without a lock entry): not
+    /// kernel state, but node-local like it, and read by allocation the same way.
+    pub node_state: crate::allocate::Lock,
 }
 
 impl Observed {
@@ -86,6 +89,7 @@ pub fn observe(
         listeners,
         sockets: sockets::read_sockets(),
         other: None,
+        node_state: Default::default(),
     })
 }
 
@@ -204,5 +208,6 @@ pub fn from_file_text(backend: Backend, text: &str, path: &str) -> Result<Observ
             .collect(),
         sockets: snapshot.sockets,
         other: None,
+        node_state: Default::default(),
     })
 }

@@ -16,6 +16,8 @@ pub fn build(steps: &[Step]) -> DiGraph<usize, ()> {
     let mut hook_remove: BTreeMap<Slot, NodeIndex> = BTreeMap::new();
     let mut opens: BTreeMap<(Protocol, u16), NodeIndex> = BTreeMap::new();
     let mut closes: BTreeMap<(Protocol, u16), NodeIndex> = BTreeMap::new();
+    // Removed rules by VIP, with the service they belonged to.
+    let mut removed_at: BTreeMap<std::net::Ipv4Addr, Vec<(&str, NodeIndex)>> = BTreeMap::new();
     for (i, step) in steps.iter().enumerate() {
         match step {
             Step::Kernel(Change::AddScaffold {
@@ -39,9 +41,29 @@ pub fn build(steps: &[Step]) -> DiGraph<usize, ()> {
             Step::CloseListener { key, .. } => {
                 closes.insert((key.protocol, key.port.0), nodes[i]);
             }
+            Step::Kernel(Change::RemoveRule { rule }) => {
+                removed_at
+                    .entry(rule.key.vip)
+                    .or_default()
+                    .push((owner(rule), nodes[i]));
+            }
             _ => {}
         }
     }
+    // A VIP handed from a removed service to another one (the lock moved it): make before
+    // break cannot hold across two services on one address, so the old service's rules go
+    // first, in the same batch; no moment sends one service's traffic to the other.
+    let handed_over = |rule: &PortalRule| -> Vec<NodeIndex> {
+        removed_at
+            .get(&rule.key.vip)
+            .map(|list| {
+                list.iter()
+                    .filter(|(service, _)| *service != owner(rule))
+                    .map(|(_, n)| *n)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
     // The local listener a userspace-mode rule sends traffic to.
     let target = |rule: &PortalRule| match rule.action {
         Action::Redirect { to_port } => Some((rule.key.protocol, to_port)),
@@ -62,11 +84,17 @@ pub fn build(steps: &[Step]) -> DiGraph<usize, ()> {
                 needs(chain_add.get(&scaffold.slot()))
             }
             Change::AddRule { rule } => {
+                for old in handed_over(rule) {
+                    needs(Some(&old));
+                }
                 needs(chain_add.get(&rule.slot()));
                 // The listener is open before a rule sends traffic to it.
                 needs(target(rule).and_then(|t| opens.get(&t)));
             }
             Change::ReplaceRule { old, new } => {
+                for gone in handed_over(new) {
+                    needs(Some(&gone));
+                }
                 needs(chain_add.get(&new.slot()));
                 needs(target(new).and_then(|t| opens.get(&t)));
                 if let Some(close) = target(old).and_then(|t| closes.get(&t)) {
@@ -109,6 +137,14 @@ pub fn build(steps: &[Step]) -> DiGraph<usize, ()> {
     graph
 }
 
+/// The service a rule belongs to: its comment up to the port (`ns/name:port`).
+fn owner(rule: &PortalRule) -> &str {
+    let comment = rule.comment.as_str();
+    comment
+        .split_once(':')
+        .map_or(comment, |(service, _)| service)
+}
+
 /// Kahn's algorithm, always taking the ready step with the smallest (phase, sort key): the
 /// same steps give the same order, whatever order they came in.
 pub fn linearize(steps: &[Step], graph: &DiGraph<usize, ()>) -> Vec<usize> {
@@ -135,4 +171,59 @@ pub fn linearize(steps: &[Step], graph: &DiGraph<usize, ()>) -> Vec<usize> {
     }
     assert_eq!(order.len(), steps.len(), "plan graph has a cycle");
     order
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use planners::{Comment, Path, PortalKey};
+
+    fn rule(service: &str, port: u16) -> PortalRule {
+        PortalRule {
+            key: PortalKey {
+                path: Path::Container,
+                vip: "10.11.0.1".parse().unwrap(),
+                protocol: Protocol::Tcp,
+                port,
+            },
+            comment: Comment::new(format!("default/{service}:{port}")).unwrap(),
+            action: Action::Reject,
+        }
+    }
+
+    #[test]
+    fn a_vip_handed_to_another_service_loses_the_old_rules_before_the_new_ones_come() {
+        let steps = vec![
+            Step::Kernel(Change::AddRule {
+                rule: rule("new", 81),
+            }),
+            Step::Kernel(Change::ReplaceRule {
+                old: rule("old", 80),
+                new: rule("new", 80),
+            }),
+            Step::Kernel(Change::RemoveRule {
+                rule: rule("old", 82),
+            }),
+        ];
+        let graph = build(&steps);
+        let n = NodeIndex::new;
+        assert!(graph.contains_edge(n(2), n(0)), "remove before add");
+        assert!(graph.contains_edge(n(2), n(1)), "remove before replace");
+        let order = linearize(&steps, &graph);
+        assert_eq!(order[0], 2);
+    }
+
+    #[test]
+    fn one_services_own_rules_on_its_vip_keep_make_before_break() {
+        let steps = vec![
+            Step::Kernel(Change::AddRule {
+                rule: rule("web", 81),
+            }),
+            Step::Kernel(Change::RemoveRule {
+                rule: rule("web", 80),
+            }),
+        ];
+        let graph = build(&steps);
+        assert_eq!(graph.edge_count(), 0);
+    }
 }
