@@ -102,7 +102,13 @@ pub fn compile(
     let mut diagnostics = Vec::new();
     // portald's scaffold stays while portald manages the host; `cleanup` removes it.
     let slots: &[Slot] = match config.mode {
-        Mode::Userspace => &[Slot::Container, Slot::Host],
+        // Userspace mode refuses in the kernel too (see below).
+        Mode::Userspace => &[
+            Slot::Container,
+            Slot::Host,
+            Slot::ContainerReject,
+            Slot::HostReject,
+        ],
         Mode::Kernel => &Slot::ALL,
     };
     for slot in slots {
@@ -152,8 +158,14 @@ pub fn compile(
             if let (Some(vip), Some(proxy_port)) = (vip, proxy_port) {
                 let comment = portal_comment(key, port);
                 let kernel = kernel_action(&resolved.endpoints, service.affinity_seconds);
+                // No ready endpoint: the kernel refuses in both modes, at once (a TCP reset, an
+                // ICMP port unreachable for UDP), rather than sending the client to a listener
+                // with nowhere to go (which accepts TCP only to reset it, and drops UDP
+                // silently). The listener returns with the endpoints, before the redirect.
+                let refuse = resolved.endpoints.is_empty();
                 for address in &addresses {
                     let actions = match config.mode {
+                        Mode::Userspace if refuse => [Action::Reject, Action::Reject],
                         Mode::Userspace => [
                             Action::Redirect {
                                 to_port: proxy_port.0,
@@ -186,6 +198,18 @@ pub fn compile(
                         target_port: port.target.clone(),
                         proxy_port: None,
                         endpoints: resolved.endpoints,
+                        notes: resolved.notes,
+                    });
+                    continue;
+                }
+                if refuse {
+                    view.ports.push(PortView {
+                        name: port.name.clone(),
+                        protocol: port.protocol,
+                        port: port.port,
+                        target_port: port.target.clone(),
+                        proxy_port: Some(proxy_port),
+                        endpoints: Vec::new(),
                         notes: resolved.notes,
                     });
                     continue;

@@ -422,18 +422,25 @@ fn change_against_live_keeps_one_service_changes_one_removes_one_and_adds_one() 
 fn touches_only_portald(line: &str) -> bool {
     let words: Vec<&str> = line.split_whitespace().collect();
     match words.as_slice() {
-        [] | ["*nat"] | ["COMMIT"] => true,
+        [] | ["*nat"] | ["*filter"] | ["COMMIT"] => true,
         [decl, ..] if decl.starts_with(':') => decl.starts_with(":PORTAL-"),
         [op, chain, ..] if matches!(*op, "-A" | "-D" | "-I" | "-R" | "-F" | "-X" | "-N") => {
             if chain.starts_with("PORTAL-") {
                 return true;
             }
             // A hook: inserted or deleted in a built-in chain, jumping into an owned chain.
-            matches!(*chain, "PREROUTING" | "OUTPUT")
+            matches!(*chain, "PREROUTING" | "OUTPUT" | "INPUT")
                 && matches!(*op, "-I" | "-D")
                 && matches!(
                     words.as_slice(),
-                    [.., "-j", "PORTAL-CONTAINER" | "PORTAL-HOST"]
+                    [
+                        ..,
+                        "-j",
+                        "PORTAL-CONTAINER"
+                            | "PORTAL-HOST"
+                            | "PORTAL-CONTAINER-REJECT"
+                            | "PORTAL-HOST-REJECT"
+                    ]
                 )
         }
         _ => false,
@@ -701,7 +708,11 @@ fn golden_batches_are_the_files_the_kernel_test_feeds_to_iptables_restore() {
         if text.is_empty() {
             continue;
         }
-        assert!(text.starts_with("*nat\n"), "{}", path.display());
+        assert!(
+            text.starts_with("*nat\n") || text.starts_with("*filter\n"),
+            "{}",
+            path.display()
+        );
         assert!(text.ends_with("COMMIT\n"), "{}", path.display());
     }
 }

@@ -8,7 +8,7 @@
 //! | --- | --- | --- | --- |
 //! | container | nat | `PORTAL-CONTAINER` | `PREROUTING` |
 //! | host | nat | `PORTAL-HOST` | `OUTPUT` |
-//! | container-reject | filter | `PORTAL-CONTAINER-REJECT` | `FORWARD` |
+//! | container-reject | filter | `PORTAL-CONTAINER-REJECT` | `INPUT` |
 //! | host-reject | filter | `PORTAL-HOST-REJECT` | `OUTPUT` |
 //! | masquerade | nat | `PORTAL-MASQUERADE` | `POSTROUTING` |
 //!
@@ -20,7 +20,10 @@
 //! `statistic` cascade of probabilities 1/n, 1/(n-1), ..., 1, and, with `ClientIP` affinity,
 //! remembered per client address by `recent` lists named after each endpoint), or
 //! `... -j REJECT --reject-with tcp-reset` (or `icmp-port-unreachable` for UDP) in the filter
-//! table (no endpoints).
+//! table (no endpoints). A refusal on the container path is two lines: a `-j REDIRECT` (port
+//! kept) in `PORTAL-CONTAINER` delivers the packet to this host, and `PORTAL-CONTAINER-REJECT`
+//! (from `INPUT`) refuses it by its original destination (`-m conntrack --ctorigdst VIP
+//! --ctorigdstport PORT`); see [`render::rule_spec`] for why it is not refused in `FORWARD`.
 //! Every chain whose name starts with `PORTAL-` is portald's space.
 //!
 //! Facts about `iptables-restore --noflush` (1.8.9, nf_tables backend) the batches rely on,
@@ -74,7 +77,8 @@ pub fn hook_chain(slot: Slot) -> &'static str {
     match slot {
         Slot::Container => "PREROUTING",
         Slot::Host | Slot::HostReject => "OUTPUT",
-        Slot::ContainerReject => "FORWARD",
+        // Not FORWARD: see `render::rule_spec`.
+        Slot::ContainerReject => "INPUT",
         Slot::Masquerade => "POSTROUTING",
     }
 }

@@ -6,7 +6,7 @@
 //! with a rule portald can read. Unknown matches, targets and options outside portald's
 //! space are never an error: they are carried as text.
 
-use super::render::{hook_spec, masquerade_spec, rule_spec, service_specs};
+use super::render::{hook_spec, local_redirect_spec, masquerade_spec, rule_spec, service_specs};
 use super::tokenize::split_words;
 use super::{hook_chain, service_chain, slot_of_chain, stray_location, table, CHAIN_PREFIX, TABLE};
 use crate::{
@@ -136,6 +136,9 @@ fn foreign(location: String, text: String, words: &[String]) -> ForeignRule {
 fn portal_rule(slot: Slot, words: &[String]) -> Option<PortalRule> {
     let path = slot.path()?;
     let w: Vec<&str> = words.iter().map(String::as_str).collect();
+    if slot == Slot::ContainerReject {
+        return container_refusal(&w, words);
+    }
     let (vip, protocol, comment, port, target) = match w.as_slice() {
         ["-d", vip, "-p", p, "-m", "comment", "--comment", comment, "-m", m, "--dport", port, "-j", target @ ..]
             if p == m =>
@@ -174,6 +177,50 @@ fn portal_rule(slot: Slot, words: &[String]) -> Option<PortalRule> {
     }
     // Leading zeros, other spellings: only what renders back identically is portald's.
     let rendered = split_words(&rule_spec(&rule)).ok()?;
+    (rendered == words).then_some(rule)
+}
+
+/// The INPUT half of a container-path refusal (see [`rule_spec`]).
+fn container_refusal(w: &[&str], words: &[String]) -> Option<PortalRule> {
+    let ["-p", protocol, "-m", "conntrack", "--ctorigdst", vip, "--ctorigdstport", port, "-m", "comment", "--comment", comment, ..] =
+        w
+    else {
+        return None;
+    };
+    let rule = PortalRule {
+        key: PortalKey {
+            path: crate::Path::Container,
+            vip: vip.parse().ok()?,
+            protocol: protocol_name(protocol)?,
+            port: port.parse().ok()?,
+        },
+        comment: Comment::new(*comment).ok()?,
+        action: Action::Reject,
+    };
+    let rendered = split_words(&rule_spec(&rule)).ok()?;
+    (rendered == words).then_some(rule)
+}
+
+/// The nat half of a container-path refusal: a `-j REDIRECT` that keeps the port, exactly as
+/// [`local_redirect_spec`] renders it.
+fn local_redirect(words: &[String]) -> Option<PortalRule> {
+    let w: Vec<&str> = words.iter().map(String::as_str).collect();
+    let ["-d", vip, "-p", protocol, "-m", "comment", "--comment", comment, "-m", _, "--dport", port, "-j", "REDIRECT"] =
+        w.as_slice()
+    else {
+        return None;
+    };
+    let rule = PortalRule {
+        key: PortalKey {
+            path: crate::Path::Container,
+            vip: vip.strip_suffix("/32")?.parse().ok()?,
+            protocol: protocol_name(protocol)?,
+            port: port.parse().ok()?,
+        },
+        comment: Comment::new(*comment).ok()?,
+        action: Action::Reject,
+    };
+    let rendered = split_words(&local_redirect_spec(&rule)?).ok()?;
     (rendered == words).then_some(rule)
 }
 
@@ -354,6 +401,10 @@ fn classify(declared: &[(String, String)], lines: &[Line]) -> Live {
         }
     }
     let mut used: BTreeSet<String> = BTreeSet::new();
+    // The two halves of each container-path refusal, with their dump text: a portal only
+    // when both are there and agree.
+    let mut redirects: BTreeMap<PortalKey, (PortalRule, StrayRule)> = BTreeMap::new();
+    let mut refusals: BTreeMap<PortalKey, (PortalRule, StrayRule)> = BTreeMap::new();
     for line in lines {
         let stray = |live: &mut Live| {
             live.stray.push(StrayRule {
@@ -366,6 +417,33 @@ fn classify(declared: &[(String, String)], lines: &[Line]) -> Live {
                 // A rule of a portal's own chain, or of an orphan: judged with its chain.
                 continue;
             };
+            let half = |rule: PortalRule| {
+                let text = StrayRule {
+                    chain: stray_location(&line.table, &line.chain),
+                    text: line.text.clone(),
+                };
+                (rule, text)
+            };
+            if slot == Slot::Container {
+                if let Some(rule) = local_redirect(&line.spec) {
+                    if redirects.contains_key(&rule.key) {
+                        stray(&mut live);
+                    } else {
+                        redirects.insert(rule.key, half(rule));
+                    }
+                    continue;
+                }
+            }
+            if slot == Slot::ContainerReject {
+                if let Some(rule) = portal_rule(slot, &line.spec) {
+                    if refusals.contains_key(&rule.key) {
+                        stray(&mut live);
+                    } else {
+                        refusals.insert(rule.key, half(rule));
+                    }
+                    continue;
+                }
+            }
             if slot == Slot::Masquerade {
                 match masquerade_rule(&line.spec) {
                     Some(m) if live.owned.scaffold.insert(Scaffold::Masquerade(m)) => {}
@@ -407,6 +485,16 @@ fn classify(declared: &[(String, String)], lines: &[Line]) -> Live {
             &line.spec,
         ));
     }
+    for (key, (rule, text)) in refusals {
+        match redirects.remove(&key) {
+            Some((other, _)) if other == rule && !live.owned.rules.contains_key(&key) => {
+                live.owned.insert_rule(rule);
+            }
+            Some((_, other_text)) => live.stray.extend([text, other_text]),
+            None => live.stray.push(text),
+        }
+    }
+    live.stray.extend(redirects.into_values().map(|(_, text)| text));
     // Owned chains that are neither a slot's nor in use by a portal go whole.
     for (table_name, name) in declared {
         let orphan = name.starts_with(CHAIN_PREFIX)
