@@ -429,7 +429,7 @@ fn touches_only_portald(line: &str) -> bool {
                 return true;
             }
             // A hook: inserted or deleted in a built-in chain, jumping into an owned chain.
-            matches!(*chain, "PREROUTING" | "OUTPUT" | "INPUT")
+            matches!(*chain, "PREROUTING" | "OUTPUT" | "INPUT" | "FORWARD")
                 && matches!(*op, "-I" | "-D")
                 && matches!(
                     words.as_slice(),

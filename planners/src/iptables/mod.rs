@@ -8,7 +8,7 @@
 //! | --- | --- | --- | --- |
 //! | container | nat | `PORTAL-CONTAINER` | `PREROUTING` |
 //! | host | nat | `PORTAL-HOST` | `OUTPUT` |
-//! | container-reject | filter | `PORTAL-CONTAINER-REJECT` | `INPUT` |
+//! | container-reject | filter | `PORTAL-CONTAINER-REJECT` | `FORWARD` and `INPUT` |
 //! | host-reject | filter | `PORTAL-HOST-REJECT` | `OUTPUT` |
 //! | masquerade | nat | `PORTAL-MASQUERADE` | `POSTROUTING` |
 //!
@@ -20,10 +20,10 @@
 //! `statistic` cascade of probabilities 1/n, 1/(n-1), ..., 1, and, with `ClientIP` affinity,
 //! remembered per client address by `recent` lists named after each endpoint), or
 //! `... -j REJECT --reject-with tcp-reset` (or `icmp-port-unreachable` for UDP) in the filter
-//! table (no endpoints). A refusal on the container path is two lines: a `-j REDIRECT` (port
-//! kept) in `PORTAL-CONTAINER` delivers the packet to this host, and `PORTAL-CONTAINER-REJECT`
-//! (from `INPUT`) refuses it by its original destination (`-m conntrack --ctorigdst VIP
-//! --ctorigdstport PORT`); see [`render::rule_spec`] for why it is not refused in `FORWARD`.
+//! table (no endpoints). A container-path refusal matches the original destination
+//! (`-m conntrack --ctorigdst VIP --ctorigdstport PORT`): TCP is reset where it is forwarded;
+//! UDP gets a second line, a `-j REDIRECT` (port kept) in `PORTAL-CONTAINER`, which delivers
+//! it to this host, to be refused from `INPUT` (see [`render::rule_spec`] for why).
 //! Every chain whose name starts with `PORTAL-` is portald's space.
 //!
 //! Facts about `iptables-restore --noflush` (1.8.9, nf_tables backend) the batches rely on,
@@ -77,10 +77,26 @@ pub fn hook_chain(slot: Slot) -> &'static str {
     match slot {
         Slot::Container => "PREROUTING",
         Slot::Host | Slot::HostReject => "OUTPUT",
-        // Not FORWARD: see `render::rule_spec`.
-        Slot::ContainerReject => "INPUT",
+        Slot::ContainerReject => "FORWARD",
         Slot::Masquerade => "POSTROUTING",
     }
+}
+
+/// A second built-in chain that jumps to the slot's chain with the same hook rule: INPUT
+/// for container-path refusals of UDP, redirected here (see [`render::rule_spec`]).
+pub fn second_hook_chain(slot: Slot) -> Option<&'static str> {
+    match slot {
+        Slot::ContainerReject => Some("INPUT"),
+        _ => None,
+    }
+}
+
+/// Every built-in chain that jumps to a slot's chain, in `iptables-save` order.
+pub fn hook_chains(slot: Slot) -> Vec<&'static str> {
+    second_hook_chain(slot)
+        .into_iter()
+        .chain([hook_chain(slot)])
+        .collect()
 }
 
 /// The comment that marks a slot's hook as portald's.

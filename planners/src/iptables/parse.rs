@@ -8,7 +8,9 @@
 
 use super::render::{hook_spec, local_redirect_spec, masquerade_spec, rule_spec, service_specs};
 use super::tokenize::split_words;
-use super::{hook_chain, service_chain, slot_of_chain, stray_location, table, CHAIN_PREFIX, TABLE};
+use super::{
+    hook_chains, service_chain, slot_of_chain, stray_location, table, CHAIN_PREFIX, TABLE,
+};
 use crate::{
     Action, Comment, ForeignRule, Live, Masquerade, ParseError, PortalKey, PortalRule, Protocol,
     Scaffold, Slot, StrayRule,
@@ -284,11 +286,12 @@ fn protocol_name(name: &str) -> Option<Protocol> {
     }
 }
 
-/// Which slot's hook these words are, if they are exactly a hook in its built-in chain.
+/// Which slot's hook these words are, if they are exactly a hook in one of its built-in
+/// chains.
 fn hook(table_name: &str, chain_name: &str, words: &[String]) -> Option<Slot> {
     Slot::ALL.into_iter().find(|slot| {
         table(*slot) == table_name
-            && hook_chain(*slot) == chain_name
+            && hook_chains(*slot).contains(&chain_name)
             && split_words(&hook_spec(*slot)).is_ok_and(|spec| spec == words)
     })
 }
@@ -405,6 +408,9 @@ fn classify(declared: &[(String, String)], lines: &[Line]) -> Live {
     // when both are there and agree.
     let mut redirects: BTreeMap<PortalKey, (PortalRule, StrayRule)> = BTreeMap::new();
     let mut refusals: BTreeMap<PortalKey, (PortalRule, StrayRule)> = BTreeMap::new();
+    // Hook jumps by slot, with their built-in chain: a hook is there when each of its
+    // chains jumps; a duplicate goes, and so does half a hook (it is redone whole).
+    let mut hooks: BTreeMap<Slot, Vec<(String, StrayRule)>> = BTreeMap::new();
     for line in lines {
         let stray = |live: &mut Live| {
             live.stray.push(StrayRule {
@@ -473,9 +479,15 @@ fn classify(declared: &[(String, String)], lines: &[Line]) -> Live {
         }
         if jumps_into_portald(&line.spec) {
             match hook(&line.table, &line.chain, &line.spec) {
-                Some(slot) if live.owned.scaffold.insert(Scaffold::Hook(slot)) => {}
-                // Not portald's spelling, or a duplicate hook: either way it must go.
-                _ => stray(&mut live),
+                Some(slot) => hooks.entry(slot).or_default().push((
+                    line.chain.clone(),
+                    StrayRule {
+                        chain: stray_location(&line.table, &line.chain),
+                        text: line.text.clone(),
+                    },
+                )),
+                // Not portald's spelling: it must go.
+                None => stray(&mut live),
             }
             continue;
         }
@@ -485,16 +497,39 @@ fn classify(declared: &[(String, String)], lines: &[Line]) -> Live {
             &line.spec,
         ));
     }
-    for (key, (rule, text)) in refusals {
-        match redirects.remove(&key) {
-            Some((other, _)) if other == rule && !live.owned.rules.contains_key(&key) => {
-                live.owned.insert_rule(rule);
+    for (slot, jumps) in hooks {
+        // The first jump of each chain counts; a duplicate is one the kernel never reaches.
+        let mut first: BTreeMap<String, StrayRule> = BTreeMap::new();
+        for (chain_name, text) in jumps {
+            if first.contains_key(&chain_name) {
+                live.stray.push(text);
+            } else {
+                first.insert(chain_name, text);
             }
-            Some((_, other_text)) => live.stray.extend([text, other_text]),
-            None => live.stray.push(text),
+        }
+        if hook_chains(slot).iter().all(|c| first.contains_key(*c)) {
+            live.owned.scaffold.insert(Scaffold::Hook(slot));
+        } else {
+            live.stray.extend(first.into_values());
         }
     }
-    live.stray.extend(redirects.into_values().map(|(_, text)| text));
+    for (key, (rule, text)) in refusals {
+        let needs_redirect = local_redirect_spec(&rule).is_some();
+        let redirect = redirects.remove(&key);
+        let whole = match &redirect {
+            Some((other, _)) => *other == rule,
+            None => !needs_redirect,
+        };
+        if whole && !live.owned.rules.contains_key(&key) {
+            live.owned.insert_rule(rule);
+        } else {
+            live.stray.push(text);
+            live.stray
+                .extend(redirect.map(|(_, other_text)| other_text));
+        }
+    }
+    live.stray
+        .extend(redirects.into_values().map(|(_, text)| text));
     // Owned chains that are neither a slot's nor in use by a portal go whole.
     for (table_name, name) in declared {
         let orphan = name.starts_with(CHAIN_PREFIX)

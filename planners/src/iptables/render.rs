@@ -2,7 +2,7 @@
 
 use super::tokenize::save_quote;
 use super::{
-    affinity_list, chain, hook_chain, hook_comment, service_chain, split_location, table, FILTER,
+    affinity_list, chain, hook_chains, hook_comment, service_chain, split_location, table, FILTER,
     TABLE,
 };
 use crate::{
@@ -15,7 +15,9 @@ use std::net::SocketAddrV4;
 /// A portal rule's match and target, without the `-A CHAIN` in front, in `iptables-save`'s
 /// own spelling and option order.
 ///
-/// A refusal on the container path is not refused where it is forwarded (FORWARD): the
+/// A refusal on the container path matches the original destination, so that one rule
+/// serves where the packet is forwarded (FORWARD: TCP, reset there) and where it is delivered
+/// after [`local_redirect_spec`] (INPUT: UDP). UDP is not refused in FORWARD: the
 /// kernel sends an ICMP redirect (`ip_forward`, before the FORWARD hook) whenever it routes
 /// a packet back out the interface it came in by (a client on the node's bridge asking for a
 /// VIP routed to that bridge), and that redirect stamps the client's inet_peer `rate_last`,
@@ -23,8 +25,10 @@ use std::net::SocketAddrV4;
 /// unreachable is in the default `icmp_ratemask`) and is never sent: the UDP client hears
 /// nothing. iptables' REJECT cannot run in PREROUTING (xt_REJECT allows INPUT, FORWARD and
 /// OUTPUT only), so [`local_redirect_spec`] REDIRECTs the packet to this host (no
-/// forwarding, no redirect) and this rule, in a chain hooked from INPUT, refuses it by its
-/// original destination. Host sysctls (`send_redirects`, `icmp_ratelimit`) are not portald's
+/// forwarding, no redirect) and this rule, in a chain hooked from INPUT too, refuses it by
+/// its original destination. TCP stays in FORWARD: a reset needs no ICMP token, and a reset
+/// sent from INPUT after a REDIRECT never reached the client here (Linux 6.18: measured by
+/// `tests/refusals.rs`). Host sysctls (`send_redirects`, `icmp_ratelimit`) are not portald's
 /// to change.
 pub fn rule_spec(rule: &PortalRule) -> String {
     let key = &rule.key;
@@ -67,11 +71,14 @@ fn reject_target(protocol: crate::Protocol) -> String {
     }
 }
 
-/// The nat half of a container-path refusal, in `PORTAL-CONTAINER`: REDIRECT with the port
-/// kept, so the packet is delivered here and refused in INPUT (see [`rule_spec`]). `None`
-/// for every other rule.
+/// The nat half of a container-path refusal of UDP, in `PORTAL-CONTAINER`: REDIRECT with
+/// the port kept, so the packet is delivered here and refused in INPUT (see [`rule_spec`]).
+/// `None` for every other rule.
 pub fn local_redirect_spec(rule: &PortalRule) -> Option<String> {
-    if !(rule.action == Action::Reject && rule.key.path == crate::Path::Container) {
+    let refused_udp = rule.action == Action::Reject
+        && rule.key.path == crate::Path::Container
+        && rule.key.protocol == crate::Protocol::Udp;
+    if !refused_udp {
         return None;
     }
     let key = &rule.key;
@@ -231,10 +238,9 @@ pub fn state(state: &NatState) -> String {
     ];
     for slot in hook_order {
         if state.scaffold.contains(&Scaffold::Hook(slot)) {
-            hooks.push(
-                table(slot),
-                format!("-A {} {}", hook_chain(slot), hook_spec(slot)),
-            );
+            for built_in in hook_chains(slot) {
+                hooks.push(table(slot), format!("-A {built_in} {}", hook_spec(slot)));
+            }
         }
     }
     for slot in Slot::ALL {
@@ -357,10 +363,14 @@ fn change_lines(change: &Change, out: &mut Sections) {
         } => out.push(table(*slot), declaration(chain(*slot))),
         Change::AddScaffold {
             scaffold: Scaffold::Hook(slot),
-        } => out.push(
-            table(*slot),
-            format!("-I {} 1 {}", hook_chain(*slot), hook_spec(*slot)),
-        ),
+        } => {
+            for built_in in hook_chains(*slot) {
+                out.push(
+                    table(*slot),
+                    format!("-I {built_in} 1 {}", hook_spec(*slot)),
+                );
+            }
+        }
         Change::AddScaffold {
             scaffold: Scaffold::Masquerade(m),
         } => out.push(
@@ -372,10 +382,11 @@ fn change_lines(change: &Change, out: &mut Sections) {
         } => out.push(table(*slot), format!("-X {}", chain(*slot))),
         Change::RemoveScaffold {
             scaffold: Scaffold::Hook(slot),
-        } => out.push(
-            table(*slot),
-            format!("-D {} {}", hook_chain(*slot), hook_spec(*slot)),
-        ),
+        } => {
+            for built_in in hook_chains(*slot) {
+                out.push(table(*slot), format!("-D {built_in} {}", hook_spec(*slot)));
+            }
+        }
         Change::RemoveScaffold {
             scaffold: Scaffold::Masquerade(m),
         } => out.push(

@@ -185,9 +185,7 @@ pub(crate) fn hook_spec(slot: Slot) -> &'static str {
     match slot {
         Slot::Container => "type nat hook prerouting priority dstnat - 10; policy accept;",
         Slot::Host => "type nat hook output priority -110; policy accept;",
-        Slot::ContainerReject => {
-            "type filter hook prerouting priority dstnat - 10; policy accept;"
-        }
+        Slot::ContainerReject => "type filter hook prerouting priority dstnat - 10; policy accept;",
         Slot::HostReject => "type filter hook output priority filter - 10; policy accept;",
         Slot::Masquerade => "type nat hook postrouting priority srcnat - 10; policy accept;",
     }
