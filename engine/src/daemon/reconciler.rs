@@ -114,6 +114,9 @@ pub struct Reconciler {
     /// The lock, when the directory cannot be written (a read-only ConfigMap mount).
     lock_in_memory: Option<Lock>,
     last_intent: Intent,
+    /// The conflicts the last pass saw: a conflict is logged on the pass that first sees
+    /// it, not on every pass while it lasts (and again if it goes and comes back).
+    conflicts_seen: std::collections::BTreeSet<String>,
 }
 
 impl Reconciler {
@@ -134,6 +137,7 @@ impl Reconciler {
             status,
             last_good: BTreeMap::new(),
             lock_in_memory: None,
+            conflicts_seen: Default::default(),
             last_intent: Intent::default(),
         }
     }
@@ -248,6 +252,12 @@ impl Reconciler {
         )
         .map_err(|e| error_chain(&e))?;
         observed.other = observe_other(self.config.backend, self.exec.as_ref());
+        let other_flavour = crate::observe::observe_other_flavour(
+            self.config.backend,
+            &observed.dump,
+            self.exec.as_ref(),
+        );
+        observed.live.foreign.extend(other_flavour);
         Ok(observed)
     }
 
@@ -262,12 +272,23 @@ impl Reconciler {
         let outcome = pipeline::run(&files, &lock, &observed, &self.config, true);
         {
             let mut status = self.status.lock().expect("status lock");
-            for d in &outcome.allocation.diagnostics {
+            for d in outcome
+                .allocation
+                .diagnostics
+                .iter()
+                .chain(&outcome.conflicts)
+            {
                 if !status.diagnostics.contains(d) {
                     status.diagnostics.push(d.clone());
                 }
             }
         }
+        let conflicts: std::collections::BTreeSet<String> =
+            outcome.conflicts.iter().map(ToString::to_string).collect();
+        for new in conflicts.difference(&self.conflicts_seen) {
+            tracing::warn!("{new}");
+        }
+        self.conflicts_seen = conflicts;
         self.last_intent = outcome.intent.clone();
         let report = apply(&outcome.plan, self.exec.as_ref(), self.control.as_ref())
             .map_err(|e| error_chain(&e))?;

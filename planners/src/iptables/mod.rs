@@ -41,7 +41,7 @@ pub mod tokenize;
 
 use crate::{Change, Dialect, Invocation, Live, NatState, ParseError, PortalKey, Slot};
 
-pub use parse::is_terminal_target;
+pub use parse::{is_terminal_target, other_flavour_foreign};
 pub use render::rule_spec;
 
 /// The table of portald's NAT chains.

@@ -12,8 +12,8 @@ use super::{
     hook_chains, service_chain, slot_of_chain, stray_location, table, CHAIN_PREFIX, TABLE,
 };
 use crate::{
-    Action, Comment, ForeignRule, Live, Masquerade, ParseError, PortalKey, PortalRule, Protocol,
-    Scaffold, Slot, StrayRule,
+    Action, Comment, ForeignRule, Live, Masquerade, Net, ParseError, PortalKey, PortalRule,
+    Protocol, Scaffold, Slot, StrayRule,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -66,6 +66,30 @@ fn single_address(value: &str) -> Option<Ipv4Addr> {
     addr.parse().ok()
 }
 
+/// `A`, `A/LEN` or `A/MASK` as an IPv4 network (host bits cleared, as iptables does).
+fn network(value: &str) -> Option<Net> {
+    let (addr, len) = match value.split_once('/') {
+        None => (value, 32),
+        Some((addr, len)) => match len.parse::<u8>() {
+            Ok(len) => (addr, len),
+            Err(_) => {
+                let mask: Ipv4Addr = len.parse().ok()?;
+                let bits = u32::from(mask);
+                if bits.leading_ones() + bits.trailing_zeros() != 32 {
+                    return None;
+                }
+                (addr, bits.leading_ones() as u8)
+            }
+        },
+    };
+    let addr: Ipv4Addr = addr.parse().ok()?;
+    if len > 32 {
+        return None;
+    }
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    Net::new(Ipv4Addr::from(u32::from(addr) & mask), len).ok()
+}
+
 fn protocol(value: &str) -> Option<Protocol> {
     match value {
         "tcp" | "6" => Some(Protocol::Tcp),
@@ -83,6 +107,10 @@ fn foreign(location: String, text: String, words: &[String]) -> ForeignRule {
         protocol: None,
         dport: None,
         terminal: false,
+        dst_net: None,
+        dst_unread: false,
+        dport_unread: false,
+        ahead_of: Vec::new(),
     };
     let mut module = "";
     let mut negated = false;
@@ -102,12 +130,22 @@ fn foreign(location: String, text: String, words: &[String]) -> ForeignRule {
                 if !negated {
                     rule.dst = value.and_then(single_address);
                 }
+                rule.dst_net = value.and_then(network).filter(|_| !negated);
+                rule.dst_unread = rule.dst_net.is_none();
             }
             "-p" | "--protocol" => {
                 consumed = 2;
                 if !negated {
                     rule.protocol = value.and_then(protocol);
                 }
+                // Another protocol (or a negation) has no TCP or UDP port of a VIP.
+                if rule.protocol.is_none() && value != Some("all") {
+                    rule.dport_unread = true;
+                }
+            }
+            "--dports" | "--destination-ports" => {
+                consumed = 2;
+                rule.dport_unread = true;
             }
             "-m" | "--match" => {
                 consumed = 2;
@@ -118,6 +156,7 @@ fn foreign(location: String, text: String, words: &[String]) -> ForeignRule {
                 if !negated {
                     rule.dport = value.and_then(|v| v.parse().ok());
                 }
+                rule.dport_unread = rule.dport.is_none();
             }
             "-j" | "--jump" => {
                 consumed = 2;
@@ -130,6 +169,15 @@ fn foreign(location: String, text: String, words: &[String]) -> ForeignRule {
         i += consumed;
     }
     rule
+}
+
+/// Whether a rule can match a connection's first packet: not when its state match
+/// (`-m conntrack --ctstate`, `-m state --state`) leaves NEW out.
+fn catches_new(words: &[String]) -> bool {
+    words.windows(3).all(|w| {
+        let state = matches!(w[1].as_str(), "--ctstate" | "--state");
+        !state || w[0] == "!" || w[2].split(',').any(|s| s == "NEW")
+    })
 }
 
 /// A portal rule of a slot's chain, if the words are exactly what [`rule_spec`] renders for
@@ -411,7 +459,23 @@ fn classify(declared: &[(String, String)], lines: &[Line]) -> Live {
     // Hook jumps by slot, with their built-in chain: a hook is there when each of its
     // chains jumps; a duplicate goes, and so does half a hook (it is redone whole).
     let mut hooks: BTreeMap<Slot, Vec<(String, StrayRule)>> = BTreeMap::new();
-    for line in lines {
+    // Where each slot's first hook jump sits, by (table, chain) and line index: a foreign
+    // rule above it runs first.
+    let mut hook_at: BTreeMap<(&str, &str), Vec<(usize, Slot)>> = BTreeMap::new();
+    for (index, line) in lines.iter().enumerate() {
+        if !jumps_into_portald(&line.spec) {
+            continue;
+        }
+        if let Some(slot) = hook(&line.table, &line.chain, &line.spec) {
+            let at = hook_at
+                .entry((line.table.as_str(), line.chain.as_str()))
+                .or_default();
+            if !at.iter().any(|(_, s)| *s == slot) {
+                at.push((index, slot));
+            }
+        }
+    }
+    for (index, line) in lines.iter().enumerate() {
         let stray = |live: &mut Live| {
             live.stray.push(StrayRule {
                 chain: stray_location(&line.table, &line.chain),
@@ -491,11 +555,21 @@ fn classify(declared: &[(String, String)], lines: &[Line]) -> Live {
             }
             continue;
         }
-        live.foreign.push(foreign(
+        let mut rule = foreign(
             format!("{}/{}", line.table, line.chain),
             line.text.clone(),
             &line.spec,
-        ));
+        );
+        if rule.terminal && catches_new(&line.spec) {
+            let hooked = hook_at.get(&(line.table.as_str(), line.chain.as_str()));
+            rule.ahead_of = hooked
+                .into_iter()
+                .flatten()
+                .filter(|(at, slot)| *at > index && *slot != Slot::Masquerade)
+                .map(|(_, slot)| *slot)
+                .collect();
+        }
+        live.foreign.push(rule);
     }
     for (slot, jumps) in hooks {
         // The first jump of each chain counts; a duplicate is one the kernel never reaches.
@@ -543,6 +617,39 @@ fn classify(declared: &[(String, String)], lines: &[Line]) -> Live {
         }
     }
     live
+}
+
+/// The foreign rules of a dump of the iptables flavour portald does not drive
+/// (`iptables-legacy-save` beside iptables-nft, or the reverse), named `FLAVOUR table/chain`.
+/// The two flavours' tables sit side by side on the same netfilter hooks, so a rule there
+/// that drops, rejects or rewrites a new connection can take it whatever portald's own
+/// chains say (an ACCEPT there ends only that flavour's table: not counted).
+pub fn other_flavour_foreign(dump: &str, flavour: &str) -> Result<Vec<ForeignRule>, ParseError> {
+    let mut lines = Vec::new();
+    for raw in live(dump)?.foreign {
+        let (table_name, chain_name) = raw.location.split_once('/').unwrap_or(("", ""));
+        let words = split_words(&raw.text).unwrap_or_default();
+        let target = words
+            .windows(2)
+            .find(|w| matches!(w[0].as_str(), "-j" | "--jump"))
+            .map(|w| w[1].clone())
+            .unwrap_or_default();
+        let mut rule = raw.clone();
+        rule.location = format!("{flavour} {}", raw.location);
+        let ends = matches!(target.as_str(), "DROP" | "REJECT" | "DNAT" | "REDIRECT");
+        if ends && catches_new(&words) {
+            rule.ahead_of = match (table_name, chain_name) {
+                (TABLE, "PREROUTING") => vec![Slot::Container],
+                (TABLE, "OUTPUT") => vec![Slot::Host],
+                (TABLE, _) => vec![Slot::Container, Slot::Host],
+                (_, "INPUT" | "FORWARD") => vec![Slot::ContainerReject],
+                (_, "OUTPUT") => vec![Slot::HostReject],
+                _ => vec![Slot::ContainerReject, Slot::HostReject],
+            };
+        }
+        lines.push(rule);
+    }
+    Ok(lines)
 }
 
 #[cfg(test)]
