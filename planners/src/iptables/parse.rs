@@ -15,6 +15,7 @@ use crate::{
     Action, Comment, ForeignRule, Live, Masquerade, Net, ParseError, PortalKey, PortalRule,
     Protocol, Scaffold, Slot, StrayRule,
 };
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -496,20 +497,22 @@ fn classify(declared: &[(String, String)], lines: &[Line]) -> Live {
             };
             if slot == Slot::Container {
                 if let Some(rule) = local_redirect(&line.spec) {
-                    if redirects.contains_key(&rule.key) {
-                        stray(&mut live);
-                    } else {
-                        redirects.insert(rule.key, half(rule));
+                    match redirects.entry(rule.key) {
+                        Entry::Occupied(_) => stray(&mut live),
+                        Entry::Vacant(slot) => {
+                            slot.insert(half(rule));
+                        }
                     }
                     continue;
                 }
             }
             if slot == Slot::ContainerReject {
                 if let Some(rule) = portal_rule(slot, &line.spec) {
-                    if refusals.contains_key(&rule.key) {
-                        stray(&mut live);
-                    } else {
-                        refusals.insert(rule.key, half(rule));
+                    match refusals.entry(rule.key) {
+                        Entry::Occupied(_) => stray(&mut live),
+                        Entry::Vacant(slot) => {
+                            slot.insert(half(rule));
+                        }
                     }
                     continue;
                 }
@@ -575,10 +578,11 @@ fn classify(declared: &[(String, String)], lines: &[Line]) -> Live {
         // The first jump of each chain counts; a duplicate is one the kernel never reaches.
         let mut first: BTreeMap<String, StrayRule> = BTreeMap::new();
         for (chain_name, text) in jumps {
-            if first.contains_key(&chain_name) {
-                live.stray.push(text);
-            } else {
-                first.insert(chain_name, text);
+            match first.entry(chain_name) {
+                Entry::Occupied(_) => live.stray.push(text),
+                Entry::Vacant(slot) => {
+                    slot.insert(text);
+                }
             }
         }
         if hook_chains(slot).iter().all(|c| first.contains_key(*c)) {
@@ -767,6 +771,98 @@ mod tests {
             let dump = format!("*nat\n-A PORTAL-HOST {escaped}\n-A OUTPUT {escaped}\nCOMMIT\n");
             proptest::prop_assert!(live(&dump).is_ok());
         }
+    }
+
+    #[test]
+    fn only_foreign_rules_above_a_hook_are_ahead_of_it_and_a_prefix_covers_its_vips() {
+        let dump = "*filter\n\
+            -A FORWARD -d 10.11.0.0/16 -j DROP\n\
+            -A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n\
+            -A FORWARD -m conntrack --ctstate NEW -m comment --comment \"portald:container-rejects\" -j PORTAL-CONTAINER-REJECT\n\
+            -A INPUT -m conntrack --ctstate NEW -m comment --comment \"portald:container-rejects\" -j PORTAL-CONTAINER-REJECT\n\
+            -A FORWARD -j DROP\nCOMMIT\n";
+        let live = live(dump).unwrap();
+        assert!(live
+            .owned
+            .scaffold
+            .contains(&Scaffold::Hook(Slot::ContainerReject)));
+        let ahead: Vec<(&str, &[Slot])> = live
+            .foreign
+            .iter()
+            .map(|f| (f.text.as_str(), f.ahead_of.as_slice()))
+            .collect();
+        assert_eq!(
+            ahead,
+            [
+                (
+                    "-A FORWARD -d 10.11.0.0/16 -j DROP",
+                    &[Slot::ContainerReject][..]
+                ),
+                (
+                    "-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+                    &[][..]
+                ),
+                ("-A FORWARD -j DROP", &[][..]),
+            ]
+        );
+        let key = PortalKey {
+            path: crate::Path::Container,
+            vip: Ipv4Addr::new(10, 11, 0, 41),
+            protocol: Protocol::Tcp,
+            port: 80,
+        };
+        assert!(live.foreign[0].covers(&key));
+        let elsewhere = PortalKey {
+            vip: Ipv4Addr::new(10, 12, 0, 1),
+            ..key
+        };
+        assert!(!live.foreign[0].covers(&elsewhere));
+    }
+
+    #[test]
+    fn the_other_flavour_counts_only_rules_that_end_a_packet_across_tables() {
+        let dump = "*nat\n-A PREROUTING -d 10.11.0.41/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.244.1.7:80\nCOMMIT\n\
+            *filter\n-A FORWARD -d 10.11.0.41/32 -j ACCEPT\n-A OUTPUT -p udp -m udp ! --dport 53 -j DROP\nCOMMIT\n";
+        let rules = other_flavour_foreign(dump, "iptables-legacy").unwrap();
+        let got: Vec<(&str, &[Slot], bool)> = rules
+            .iter()
+            .map(|r| (r.location.as_str(), r.ahead_of.as_slice(), r.dport_unread))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "iptables-legacy nat/PREROUTING",
+                    &[Slot::Container][..],
+                    false
+                ),
+                ("iptables-legacy filter/FORWARD", &[][..], false),
+                (
+                    "iptables-legacy filter/OUTPUT",
+                    &[Slot::HostReject][..],
+                    true
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn half_a_container_refusal_of_udp_is_a_stray() {
+        let refusal = "-A PORTAL-CONTAINER-REJECT -p udp -m conntrack --ctorigdst 10.11.0.53 \
+            --ctorigdstport 53 -m comment --comment \"a/dns:53\" -j REJECT --reject-with icmp-port-unreachable";
+        let redirect =
+            "-A PORTAL-CONTAINER -d 10.11.0.53/32 -p udp -m comment --comment \"a/dns:53\" \
+            -m udp --dport 53 -j REDIRECT";
+        let whole = format!(
+            "*nat\n:PORTAL-CONTAINER - [0:0]\n{redirect}\nCOMMIT\n*filter\n:PORTAL-CONTAINER-REJECT - [0:0]\n{refusal}\nCOMMIT\n"
+        );
+        let read = live(&whole).unwrap();
+        assert_eq!(read.owned.rules.len(), 1, "{read:?}");
+        assert!(read.stray.is_empty(), "{:?}", read.stray);
+        let half = format!("*filter\n:PORTAL-CONTAINER-REJECT - [0:0]\n{refusal}\nCOMMIT\n");
+        let read = live(&half).unwrap();
+        assert!(read.owned.rules.is_empty());
+        assert_eq!(read.stray.len(), 1);
     }
 
     #[test]

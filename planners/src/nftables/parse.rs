@@ -642,3 +642,32 @@ fn scalar(value: &Value) -> String {
         other => other.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_foreign_base_chain_before_portalds_hook_is_ahead_of_it_and_accept_never_is() {
+        let dump = r#"{"nftables": [
+            {"chain": {"family": "ip", "table": "early", "name": "pre", "type": "filter", "hook": "prerouting", "prio": -300, "policy": "accept"}},
+            {"chain": {"family": "ip", "table": "late", "name": "pre", "type": "filter", "hook": "prerouting", "prio": 0, "policy": "accept"}},
+            {"rule": {"family": "ip", "table": "early", "chain": "pre", "expr": [
+                {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": {"prefix": {"addr": "10.11.0.0", "len": 16}}}},
+                {"drop": null}]}},
+            {"rule": {"family": "ip", "table": "early", "chain": "pre", "expr": [{"accept": null}]}},
+            {"rule": {"family": "ip", "table": "late", "chain": "pre", "expr": [{"drop": null}]}}
+        ]}"#;
+        let live = parse_live(dump).unwrap();
+        let ahead: Vec<&[Slot]> = live.foreign.iter().map(|f| f.ahead_of.as_slice()).collect();
+        assert_eq!(
+            ahead,
+            [
+                &[Slot::Container, Slot::ContainerReject][..],
+                &[][..],
+                &[][..]
+            ]
+        );
+        assert_eq!(live.foreign[0].dst_net, "10.11.0.0/16".parse().ok());
+    }
+}
