@@ -105,8 +105,11 @@ pub fn apply_once(
     );
     let outcome = reconciler.apply_once();
     let diagnostics = status.lock().expect("status lock").diagnostics.clone();
+    // Conflicts were logged by the pass that saw them.
     for d in diagnostics {
-        tracing::warn!("{d}");
+        if !reconciler.conflict_logged(&d) {
+            tracing::warn!("{d}");
+        }
     }
     outcome
 }

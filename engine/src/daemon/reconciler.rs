@@ -237,6 +237,11 @@ impl Reconciler {
         Ok(merged)
     }
 
+    /// Whether the last pass saw (and so logged) this diagnostic as a conflict.
+    pub fn conflict_logged(&self, diagnostic: &crate::diagnostics::Diagnostic) -> bool {
+        self.conflicts_seen.contains(&diagnostic.to_string())
+    }
+
     fn lock(&self) -> Result<Lock, String> {
         if let Some(lock) = &self.lock_in_memory {
             return Ok(lock.clone());

@@ -27,8 +27,8 @@ use std::net::SocketAddrV4;
 /// OUTPUT only), so [`local_redirect_spec`] REDIRECTs the packet to this host (no
 /// forwarding, no redirect) and this rule, in a chain hooked from INPUT too, refuses it by
 /// its original destination. TCP stays in FORWARD: a reset needs no ICMP token, and a reset
-/// sent from INPUT after a REDIRECT never reached the client here (Linux 6.18: measured by
-/// `tests/refusals.rs`). Host sysctls (`send_redirects`, `icmp_ratelimit`) are not portald's
+/// sent from INPUT after a REDIRECT never reached the client (Linux 6.18, iptables 1.8.9:
+/// the connect of `bin/tests/refusals.rs` timed out when TCP took the UDP route). Host sysctls (`send_redirects`, `icmp_ratelimit`) are not portald's
 /// to change.
 pub fn rule_spec(rule: &PortalRule) -> String {
     let key = &rule.key;
