@@ -158,7 +158,9 @@ fn plan_detailed_exitcode_is_0_without_changes_2_with_changes_1_on_errors() {
         "--detailed-exitcode",
     ]);
     assert_eq!(code(&changes), 2, "{}", text(&changes.stderr));
-    assert!(text(&changes.stdout).contains("Plan: 10 to add, 0 to change, 0 to remove."));
+    // 7 for the seed service and its NAT scaffold, 4 for the refusal chains and hooks, 3 for
+    // the proxy guard's chain, hook and entry.
+    assert!(text(&changes.stdout).contains("Plan: 14 to add, 0 to change, 0 to remove."));
     let without = portald(&["plan", &services("seed-apache"), "--no-live"]);
     assert_eq!(code(&without), 0, "without the flag, changes exit 0");
     let errors = portald(&[

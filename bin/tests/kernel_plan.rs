@@ -161,7 +161,8 @@ fn applied_plan_leaves_only_listener_opens_against_the_real_kernel() {
         );
         let plan = json(&first);
         let batch = plan["batch"].as_str().expect("batch").to_string();
-        assert!(batch.starts_with("*nat\n"), "{case}: {batch}");
+        // The refusal chains are declared first, in their own filter transaction.
+        assert!(batch.starts_with("*filter\n"), "{case}: {batch}");
         ns.restore(&batch, true);
         ns.restore(&batch, false);
 

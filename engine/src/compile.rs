@@ -101,10 +101,17 @@ pub fn compile(
     let mut intent = Intent::default();
     let mut diagnostics = Vec::new();
     // portald's scaffold stays while portald manages the host; `cleanup` removes it.
-    // The forward accept only where it can work: an accept in portald's own nft table does
-    // not stop another base chain (Docker's iptables FORWARD policy) from dropping.
+    // Userspace mode refuses in the kernel too (see below). The forward accept only where it
+    // can work: an accept in portald's own nft table does not stop another base chain
+    // (Docker's iptables FORWARD policy) from dropping.
     let slots: &[Slot] = match (config.mode, config.backend) {
-        (Mode::Userspace, _) => &[Slot::Container, Slot::Host, Slot::ProxyGuard],
+        (Mode::Userspace, _) => &[
+            Slot::Container,
+            Slot::Host,
+            Slot::ContainerReject,
+            Slot::HostReject,
+            Slot::ProxyGuard,
+        ],
         (Mode::Kernel, Backend::Iptables) => &[
             Slot::Container,
             Slot::Host,
@@ -186,8 +193,14 @@ pub fn compile(
             if let (true, Some(vip)) = (served, vip) {
                 let comment = portal_comment(key, port);
                 let kernel = kernel_action(&resolved.endpoints, service.affinity_seconds);
+                // No ready endpoint: the kernel refuses in both modes, at once (a TCP reset, an
+                // ICMP port unreachable for UDP), rather than sending the client to a listener
+                // with nowhere to go (which accepts TCP only to reset it, and drops UDP
+                // silently). The listener returns with the endpoints, before the redirect.
+                let refuse = resolved.endpoints.is_empty();
                 for address in &addresses {
                     let actions = match (config.mode, proxy_port) {
+                        (Mode::Userspace, _) if refuse => [Action::Reject, Action::Reject],
                         (Mode::Userspace, Some(proxy_port)) => [
                             Action::Redirect {
                                 to_port: proxy_port.0,
@@ -238,6 +251,18 @@ pub fn compile(
                 let Some(proxy_port) = proxy_port else {
                     continue;
                 };
+                if refuse {
+                    view.ports.push(PortView {
+                        name: port.name.clone(),
+                        protocol: port.protocol,
+                        port: port.port,
+                        target_port: port.target.clone(),
+                        proxy_port: Some(proxy_port),
+                        endpoints: Vec::new(),
+                        notes: resolved.notes,
+                    });
+                    continue;
+                }
                 intent
                     .nat
                     .scaffold

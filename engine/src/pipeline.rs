@@ -9,6 +9,7 @@ use crate::diff::{diff, ChangeSet, DiffOptions};
 use crate::load::ParsedFile;
 use crate::observe::Observed;
 use crate::plan::{make_plan, Plan};
+use planners::Slot;
 
 /// Everything one pass computed, for output and for apply.
 #[derive(Debug, Clone)]
@@ -20,6 +21,9 @@ pub struct Outcome {
     pub plan: Plan,
     /// All diagnostics, sorted by file and line.
     pub diagnostics: Vec<Diagnostic>,
+    /// The foreign rules that conflict with a portal (also among `diagnostics`), for the
+    /// daemon's status and log.
+    pub conflicts: Vec<Diagnostic>,
 }
 
 impl Outcome {
@@ -64,7 +68,8 @@ pub fn run(
     let mut diagnostics = assembled.diagnostics.clone();
     diagnostics.extend(allocation.diagnostics.iter().cloned());
     diagnostics.extend(compile_diagnostics);
-    diagnostics.extend(foreign_conflicts(&intent, &assembled, observed));
+    let conflicts = foreign_conflicts(&intent, &assembled, observed);
+    diagnostics.extend(conflicts.iter().cloned());
     diagnostics.sort();
     let has_errors = diagnostics.iter().any(Diagnostic::is_error);
     let changes = diff(
@@ -91,10 +96,27 @@ pub fn run(
         changes,
         plan,
         diagnostics,
+        conflicts,
     }
 }
 
+/// Whether a foreign rule runs before one of the hooks a portal rule relies on and can take
+/// its traffic: the path's NAT hook for every portal, and its refusal hook for a refusal.
+fn ahead_of(foreign: &planners::ForeignRule, rule: &planners::PortalRule) -> Option<Slot> {
+    let mut slots = vec![Slot::nat(rule.key.path)];
+    if rule.action == planners::Action::Reject {
+        slots.push(Slot::reject(rule.key.path));
+    }
+    let covers = foreign.covers(&rule.key);
+    slots
+        .into_iter()
+        .find(|slot| covers && foreign.ahead_of.contains(slot))
+}
+
 /// Foreign rules that catch a VIP:port before or instead of portald: reported, never touched.
+/// First those that run ahead of portald's hooks (see [`planners::ForeignRule::ahead_of`])
+/// with destination, protocol and port matches that cover the portal; then any other
+/// terminal rule naming the VIP:port exactly.
 fn foreign_conflicts(
     intent: &Intent,
     assembled: &Assembled,
@@ -102,6 +124,25 @@ fn foreign_conflicts(
 ) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
+    for rule in intent.nat.rules.values() {
+        for foreign in &observed.live.foreign {
+            let Some(slot) = ahead_of(foreign, rule) else {
+                continue;
+            };
+            if !seen.insert((rule.comment.clone(), foreign.text.clone())) {
+                continue;
+            }
+            let service = service_of(rule);
+            out.push(conflict(
+                assembled,
+                service,
+                format!(
+                    "a foreign rule in `{}` runs before portald's {slot} hook and takes {}:{}/{} (service `{service}`): {}",
+                    foreign.location, rule.key.vip, rule.key.port, rule.key.protocol, foreign.text
+                ),
+            ));
+        }
+    }
     for rule in intent.nat.rules.values() {
         for foreign in &observed.live.foreign {
             // portald's own iptables chains, as nft lists them (iptables-nft): the other
@@ -119,29 +160,15 @@ fn foreign_conflicts(
             if !hits || !seen.insert((rule.comment.clone(), foreign.text.clone())) {
                 continue;
             }
-            let service = rule
-                .comment
-                .as_str()
-                .split_once(':')
-                .map(|(k, _)| k)
-                .unwrap_or_default();
-            let source = assembled
-                .catalog
-                .services
-                .values()
-                .find(|s| s.key.to_string() == service)
-                .map(|s| s.source.clone());
-            out.push(Diagnostic {
-                file: source.as_ref().map(|s| s.file.clone()).unwrap_or_default(),
-                line: source.and_then(|s| s.line),
-                severity: crate::diagnostics::Severity::Warning,
-                object: Some(format!("Service `{service}`")),
-                field: None,
-                message: format!(
+            let service = service_of(rule);
+            out.push(conflict(
+                assembled,
+                service,
+                format!(
                     "a foreign rule in `{}` also catches {}:{}/{} and may take its traffic first: {}",
                     foreign.location, rule.key.vip, rule.key.port, rule.key.protocol, foreign.text
                 ),
-            });
+            ));
         }
     }
     out
@@ -193,4 +220,31 @@ fn repaired(lock: &Lock, config: &Config) -> Lock {
         keep
     });
     out
+}
+
+/// `ns/name` of the service a portal rule serves, from its comment.
+fn service_of(rule: &planners::PortalRule) -> &str {
+    rule.comment
+        .as_str()
+        .split_once(':')
+        .map(|(k, _)| k)
+        .unwrap_or_default()
+}
+
+/// A conflict warning on a service, at its file and line.
+fn conflict(assembled: &Assembled, service: &str, message: String) -> Diagnostic {
+    let source = assembled
+        .catalog
+        .services
+        .values()
+        .find(|s| s.key.to_string() == service)
+        .map(|s| s.source.clone());
+    Diagnostic {
+        file: source.as_ref().map(|s| s.file.clone()).unwrap_or_default(),
+        line: source.and_then(|s| s.line),
+        severity: crate::diagnostics::Severity::Warning,
+        object: Some(format!("Service `{service}`")),
+        field: None,
+        message,
+    }
 }

@@ -385,7 +385,7 @@ proptest! {
         if moved.plan.kernel_changes().is_empty() {
             prop_assert!(moved.plan.batch.is_empty());
         } else {
-            prop_assert!(moved.plan.batch.starts_with("*nat\n") && moved.plan.batch.ends_with("COMMIT\n"));
+            prop_assert!((moved.plan.batch.starts_with("*nat\n") || moved.plan.batch.starts_with("*filter\n")) && moved.plan.batch.ends_with("COMMIT\n"));
         }
     }
 

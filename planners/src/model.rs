@@ -473,6 +473,34 @@ pub struct ForeignRule {
     pub dport: Option<u16>,
     /// Whether the rule rewrites or ends the packet's path (DNAT, REDIRECT, DROP, ...).
     pub terminal: bool,
+    /// The destination network the rule matches (a /32 for one address); `None` when it
+    /// has no destination match, or one that [`ForeignRule::dst_unread`] marks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst_net: Option<Net>,
+    /// A destination match portald does not read (negated, IPv6, a set, a range): such a
+    /// rule is never judged to cover a VIP.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dst_unread: bool,
+    /// A destination port match portald does not read (negated, a list, a range, a set).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dport_unread: bool,
+    /// portald's hooks this rule runs before and can end the packet's way to: it sits above
+    /// the hook's jump in the same built-in chain (iptables), in a base chain at the same
+    /// hook with a smaller priority (nftables), or in the other iptables flavour. Empty for
+    /// a rule that cannot take portald's new connections.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ahead_of: Vec<Slot>,
+}
+
+impl ForeignRule {
+    /// Whether every packet to `key`'s VIP, protocol and port can match the rule's
+    /// destination, protocol and port matches (it may have others, such as an interface).
+    pub fn covers(&self, key: &PortalKey) -> bool {
+        let dst = !self.dst_unread && self.dst_net.is_none_or(|n| n.contains(key.vip));
+        let protocol = self.protocol.is_none_or(|p| p == key.protocol);
+        let port = !self.dport_unread && self.dport.is_none_or(|p| p == key.port);
+        dst && protocol && port
+    }
 }
 
 /// A parsed live dump.

@@ -88,6 +88,9 @@ pub fn observe(live: &LiveArgs, backend: Backend) -> Result<Observed> {
         "observing the kernel (use --live FILE or --no-live to plan without kernel access)",
     )?;
     observed.other = engine::observe::observe_other(backend, &SystemExec);
+    let other_flavour =
+        engine::observe::observe_other_flavour(backend, &observed.dump, &SystemExec);
+    observed.live.foreign.extend(other_flavour);
     Ok(observed)
 }
 

@@ -114,8 +114,11 @@ pub fn apply_once(
     .with_state_file(state_path.to_path_buf());
     let outcome = reconciler.apply_once();
     let diagnostics = status.lock().expect("status lock").diagnostics.clone();
+    // What the pass saw was logged by it, once; what it never reached is logged here.
     for d in diagnostics {
-        tracing::warn!("{d}");
+        if !reconciler.logged(&d) {
+            tracing::warn!("{d}");
+        }
     }
     outcome
 }

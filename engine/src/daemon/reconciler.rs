@@ -273,6 +273,11 @@ impl Reconciler {
         })
     }
 
+    /// Whether a pass already logged this diagnostic (each is logged once, when first seen).
+    pub fn logged(&self, diagnostic: &crate::diagnostics::Diagnostic) -> bool {
+        self.reported.contains(diagnostic)
+    }
+
     /// The shared allocation record, read afresh every pass: an input like the files.
     fn lock(&self) -> Result<Lock, String> {
         Lock::read(&self.lock_path).map_err(|e| error_chain(&e))
@@ -304,6 +309,12 @@ impl Reconciler {
         )
         .map_err(|e| error_chain(&e))?;
         observed.other = observe_other(self.config.backend, self.exec.as_ref());
+        let other_flavour = crate::observe::observe_other_flavour(
+            self.config.backend,
+            &observed.dump,
+            self.exec.as_ref(),
+        );
+        observed.live.foreign.extend(other_flavour);
         Ok(observed)
     }
 

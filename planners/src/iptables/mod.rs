@@ -8,7 +8,7 @@
 //! | --- | --- | --- | --- |
 //! | container | nat | `PORTAL-CONTAINER` | `PREROUTING` |
 //! | host | nat | `PORTAL-HOST` | `OUTPUT` |
-//! | container-reject | filter | `PORTAL-CONTAINER-REJECT` | `FORWARD` |
+//! | container-reject | filter | `PORTAL-CONTAINER-REJECT` | `FORWARD` and `INPUT` |
 //! | host-reject | filter | `PORTAL-HOST-REJECT` | `OUTPUT` |
 //! | masquerade | nat | `PORTAL-MASQUERADE` | `POSTROUTING` |
 //! | proxy-guard | filter | `PORTAL-PROXY-GUARD` | `INPUT` (new connections) |
@@ -22,7 +22,10 @@
 //! `statistic` cascade of probabilities 1/n, 1/(n-1), ..., 1, and, with `ClientIP` affinity,
 //! remembered per client address by `recent` lists named after each endpoint), or
 //! `... -j REJECT --reject-with tcp-reset` (or `icmp-port-unreachable` for UDP) in the filter
-//! table (no endpoints).
+//! table (no endpoints). A container-path refusal matches the original destination
+//! (`-m conntrack --ctorigdst VIP --ctorigdstport PORT`): TCP is reset where it is forwarded;
+//! UDP gets a second line, a `-j REDIRECT` (port kept) in `PORTAL-CONTAINER`, which delivers
+//! it to this host, to be refused from `INPUT` (see [`render::rule_spec`] for why).
 //! Every chain whose name starts with `PORTAL-` is portald's space.
 //!
 //! Facts about `iptables-restore --noflush` (1.8.9, nf_tables backend) the batches rely on,
@@ -40,7 +43,7 @@ pub mod tokenize;
 
 use crate::{Change, Dialect, Invocation, Live, NatState, ParseError, PortalKey, Slot};
 
-pub use parse::is_terminal_target;
+pub use parse::{is_terminal_target, other_flavour_foreign};
 pub use render::rule_spec;
 
 /// The table of portald's NAT chains.
@@ -82,6 +85,23 @@ pub fn hook_chain(slot: Slot) -> &'static str {
         Slot::Masquerade => "POSTROUTING",
         Slot::ProxyGuard => "INPUT",
     }
+}
+
+/// A second built-in chain that jumps to the slot's chain with the same hook rule: INPUT
+/// for container-path refusals of UDP, redirected here (see [`render::rule_spec`]).
+pub fn second_hook_chain(slot: Slot) -> Option<&'static str> {
+    match slot {
+        Slot::ContainerReject => Some("INPUT"),
+        _ => None,
+    }
+}
+
+/// Every built-in chain that jumps to a slot's chain, in `iptables-save` order.
+pub fn hook_chains(slot: Slot) -> Vec<&'static str> {
+    second_hook_chain(slot)
+        .into_iter()
+        .chain([hook_chain(slot)])
+        .collect()
 }
 
 /// The comment that marks a slot's hook as portald's.

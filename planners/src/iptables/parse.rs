@@ -6,13 +6,18 @@
 //! with a rule portald can read. Unknown matches, targets and options outside portald's
 //! space are never an error: they are carried as text.
 
-use super::render::{entry_spec, hook_spec, masquerade_spec, rule_spec, service_specs};
-use super::tokenize::split_words;
-use super::{hook_chain, service_chain, slot_of_chain, stray_location, table, CHAIN_PREFIX, TABLE};
-use crate::{
-    Action, Comment, ForeignRule, GuardedPort, Live, Masquerade, ParseError, PortalKey, PortalRule,
-    Protocol, Scaffold, Slot, StrayRule,
+use super::render::{
+    entry_spec, hook_spec, local_redirect_spec, masquerade_spec, rule_spec, service_specs,
 };
+use super::tokenize::split_words;
+use super::{
+    hook_chains, service_chain, slot_of_chain, stray_location, table, CHAIN_PREFIX, TABLE,
+};
+use crate::{
+    Action, Comment, ForeignRule, GuardedPort, Live, Masquerade, Net, ParseError, PortalKey,
+    PortalRule, Protocol, Scaffold, Slot, StrayRule,
+};
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -64,6 +69,30 @@ fn single_address(value: &str) -> Option<Ipv4Addr> {
     addr.parse().ok()
 }
 
+/// `A`, `A/LEN` or `A/MASK` as an IPv4 network (host bits cleared, as iptables does).
+fn network(value: &str) -> Option<Net> {
+    let (addr, len) = match value.split_once('/') {
+        None => (value, 32),
+        Some((addr, len)) => match len.parse::<u8>() {
+            Ok(len) => (addr, len),
+            Err(_) => {
+                let mask: Ipv4Addr = len.parse().ok()?;
+                let bits = u32::from(mask);
+                if bits.leading_ones() + bits.trailing_zeros() != 32 {
+                    return None;
+                }
+                (addr, bits.leading_ones() as u8)
+            }
+        },
+    };
+    let addr: Ipv4Addr = addr.parse().ok()?;
+    if len > 32 {
+        return None;
+    }
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    Net::new(Ipv4Addr::from(u32::from(addr) & mask), len).ok()
+}
+
 fn protocol(value: &str) -> Option<Protocol> {
     match value {
         "tcp" | "6" => Some(Protocol::Tcp),
@@ -81,6 +110,10 @@ fn foreign(location: String, text: String, words: &[String]) -> ForeignRule {
         protocol: None,
         dport: None,
         terminal: false,
+        dst_net: None,
+        dst_unread: false,
+        dport_unread: false,
+        ahead_of: Vec::new(),
     };
     let mut module = "";
     let mut negated = false;
@@ -100,12 +133,22 @@ fn foreign(location: String, text: String, words: &[String]) -> ForeignRule {
                 if !negated {
                     rule.dst = value.and_then(single_address);
                 }
+                rule.dst_net = value.and_then(network).filter(|_| !negated);
+                rule.dst_unread = rule.dst_net.is_none();
             }
             "-p" | "--protocol" => {
                 consumed = 2;
                 if !negated {
                     rule.protocol = value.and_then(protocol);
                 }
+                // Another protocol (or a negation) has no TCP or UDP port of a VIP.
+                if rule.protocol.is_none() && value != Some("all") {
+                    rule.dport_unread = true;
+                }
+            }
+            "--dports" | "--destination-ports" => {
+                consumed = 2;
+                rule.dport_unread = true;
             }
             "-m" | "--match" => {
                 consumed = 2;
@@ -116,6 +159,7 @@ fn foreign(location: String, text: String, words: &[String]) -> ForeignRule {
                 if !negated {
                     rule.dport = value.and_then(|v| v.parse().ok());
                 }
+                rule.dport_unread = rule.dport.is_none();
             }
             "-j" | "--jump" => {
                 consumed = 2;
@@ -130,12 +174,24 @@ fn foreign(location: String, text: String, words: &[String]) -> ForeignRule {
     rule
 }
 
+/// Whether a rule can match a connection's first packet: not when its state match
+/// (`-m conntrack --ctstate`, `-m state --state`) leaves NEW out.
+fn catches_new(words: &[String]) -> bool {
+    words.windows(3).all(|w| {
+        let state = matches!(w[1].as_str(), "--ctstate" | "--state");
+        !state || w[0] == "!" || w[2].split(',').any(|s| s == "NEW")
+    })
+}
+
 /// A portal rule of a slot's chain, if the words are exactly what [`rule_spec`] renders for
 /// it. A Balance rule comes back with no endpoints: its chain says which (see
 /// [`service_action`]).
 fn portal_rule(slot: Slot, words: &[String]) -> Option<PortalRule> {
     let path = slot.path()?;
     let w: Vec<&str> = words.iter().map(String::as_str).collect();
+    if slot == Slot::ContainerReject {
+        return container_refusal(&w, words);
+    }
     let (vip, protocol, comment, port, target) = match w.as_slice() {
         ["-d", vip, "-p", p, "-m", "comment", "--comment", comment, "-m", m, "--dport", port, "-j", target @ ..]
             if p == m =>
@@ -174,6 +230,50 @@ fn portal_rule(slot: Slot, words: &[String]) -> Option<PortalRule> {
     }
     // Leading zeros, other spellings: only what renders back identically is portald's.
     let rendered = split_words(&rule_spec(&rule)).ok()?;
+    (rendered == words).then_some(rule)
+}
+
+/// The INPUT half of a container-path refusal (see [`rule_spec`]).
+fn container_refusal(w: &[&str], words: &[String]) -> Option<PortalRule> {
+    let ["-p", protocol, "-m", "conntrack", "--ctorigdst", vip, "--ctorigdstport", port, "-m", "comment", "--comment", comment, ..] =
+        w
+    else {
+        return None;
+    };
+    let rule = PortalRule {
+        key: PortalKey {
+            path: crate::Path::Container,
+            vip: vip.parse().ok()?,
+            protocol: protocol_name(protocol)?,
+            port: port.parse().ok()?,
+        },
+        comment: Comment::new(*comment).ok()?,
+        action: Action::Reject,
+    };
+    let rendered = split_words(&rule_spec(&rule)).ok()?;
+    (rendered == words).then_some(rule)
+}
+
+/// The nat half of a container-path refusal: a `-j REDIRECT` that keeps the port, exactly as
+/// [`local_redirect_spec`] renders it.
+fn local_redirect(words: &[String]) -> Option<PortalRule> {
+    let w: Vec<&str> = words.iter().map(String::as_str).collect();
+    let ["-d", vip, "-p", protocol, "-m", "comment", "--comment", comment, "-m", _, "--dport", port, "-j", "REDIRECT"] =
+        w.as_slice()
+    else {
+        return None;
+    };
+    let rule = PortalRule {
+        key: PortalKey {
+            path: crate::Path::Container,
+            vip: vip.strip_suffix("/32")?.parse().ok()?,
+            protocol: protocol_name(protocol)?,
+            port: port.parse().ok()?,
+        },
+        comment: Comment::new(*comment).ok()?,
+        action: Action::Reject,
+    };
+    let rendered = split_words(&local_redirect_spec(&rule)?).ok()?;
     (rendered == words).then_some(rule)
 }
 
@@ -264,11 +364,12 @@ fn protocol_name(name: &str) -> Option<Protocol> {
     }
 }
 
-/// Which slot's hook these words are, if they are exactly a hook in its built-in chain.
+/// Which slot's hook these words are, if they are exactly a hook in one of its built-in
+/// chains.
 fn hook(table_name: &str, chain_name: &str, words: &[String]) -> Option<Slot> {
     Slot::ALL.into_iter().find(|slot| {
         table(*slot) == table_name
-            && hook_chain(*slot) == chain_name
+            && hook_chains(*slot).contains(&chain_name)
             && split_words(&hook_spec(*slot)).is_ok_and(|spec| spec == words)
     })
 }
@@ -381,7 +482,30 @@ fn classify(declared: &[(String, String)], lines: &[Line]) -> Live {
         }
     }
     let mut used: BTreeSet<String> = BTreeSet::new();
-    for line in lines {
+    // The two halves of each container-path refusal, with their dump text: a portal only
+    // when both are there and agree.
+    let mut redirects: BTreeMap<PortalKey, (PortalRule, StrayRule)> = BTreeMap::new();
+    let mut refusals: BTreeMap<PortalKey, (PortalRule, StrayRule)> = BTreeMap::new();
+    // Hook jumps by slot, with their built-in chain: a hook is there when each of its
+    // chains jumps; a duplicate goes, and so does half a hook (it is redone whole).
+    let mut hooks: BTreeMap<Slot, Vec<(String, StrayRule)>> = BTreeMap::new();
+    // Where each slot's first hook jump sits, by (table, chain) and line index: a foreign
+    // rule above it runs first.
+    let mut hook_at: BTreeMap<(&str, &str), Vec<(usize, Slot)>> = BTreeMap::new();
+    for (index, line) in lines.iter().enumerate() {
+        if !jumps_into_portald(&line.spec) {
+            continue;
+        }
+        if let Some(slot) = hook(&line.table, &line.chain, &line.spec) {
+            let at = hook_at
+                .entry((line.table.as_str(), line.chain.as_str()))
+                .or_default();
+            if !at.iter().any(|(_, s)| *s == slot) {
+                at.push((index, slot));
+            }
+        }
+    }
+    for (index, line) in lines.iter().enumerate() {
         let stray = |live: &mut Live| {
             live.stray.push(StrayRule {
                 chain: stray_location(&line.table, &line.chain),
@@ -393,6 +517,35 @@ fn classify(declared: &[(String, String)], lines: &[Line]) -> Live {
                 // A rule of a portal's own chain, or of an orphan: judged with its chain.
                 continue;
             };
+            let half = |rule: PortalRule| {
+                let text = StrayRule {
+                    chain: stray_location(&line.table, &line.chain),
+                    text: line.text.clone(),
+                };
+                (rule, text)
+            };
+            if slot == Slot::Container {
+                if let Some(rule) = local_redirect(&line.spec) {
+                    match redirects.entry(rule.key) {
+                        Entry::Occupied(_) => stray(&mut live),
+                        Entry::Vacant(slot) => {
+                            slot.insert(half(rule));
+                        }
+                    }
+                    continue;
+                }
+            }
+            if slot == Slot::ContainerReject {
+                if let Some(rule) = portal_rule(slot, &line.spec) {
+                    match refusals.entry(rule.key) {
+                        Entry::Occupied(_) => stray(&mut live),
+                        Entry::Vacant(slot) => {
+                            slot.insert(half(rule));
+                        }
+                    }
+                    continue;
+                }
+            }
             if matches!(slot, Slot::Masquerade | Slot::ProxyGuard | Slot::Forward) {
                 // A duplicate entry is a stray: the kernel would never reach it.
                 match entry_rule(slot, &line.spec) {
@@ -423,18 +576,68 @@ fn classify(declared: &[(String, String)], lines: &[Line]) -> Live {
         }
         if jumps_into_portald(&line.spec) {
             match hook(&line.table, &line.chain, &line.spec) {
-                Some(slot) if live.owned.scaffold.insert(Scaffold::Hook(slot)) => {}
-                // Not portald's spelling, or a duplicate hook: either way it must go.
-                _ => stray(&mut live),
+                Some(slot) => hooks.entry(slot).or_default().push((
+                    line.chain.clone(),
+                    StrayRule {
+                        chain: stray_location(&line.table, &line.chain),
+                        text: line.text.clone(),
+                    },
+                )),
+                // Not portald's spelling: it must go.
+                None => stray(&mut live),
             }
             continue;
         }
-        live.foreign.push(foreign(
+        let mut rule = foreign(
             format!("{}/{}", line.table, line.chain),
             line.text.clone(),
             &line.spec,
-        ));
+        );
+        if rule.terminal && catches_new(&line.spec) {
+            let hooked = hook_at.get(&(line.table.as_str(), line.chain.as_str()));
+            rule.ahead_of = hooked
+                .into_iter()
+                .flatten()
+                .filter(|(at, slot)| *at > index && *slot != Slot::Masquerade)
+                .map(|(_, slot)| *slot)
+                .collect();
+        }
+        live.foreign.push(rule);
     }
+    for (slot, jumps) in hooks {
+        // The first jump of each chain counts; a duplicate is one the kernel never reaches.
+        let mut first: BTreeMap<String, StrayRule> = BTreeMap::new();
+        for (chain_name, text) in jumps {
+            match first.entry(chain_name) {
+                Entry::Occupied(_) => live.stray.push(text),
+                Entry::Vacant(slot) => {
+                    slot.insert(text);
+                }
+            }
+        }
+        if hook_chains(slot).iter().all(|c| first.contains_key(*c)) {
+            live.owned.scaffold.insert(Scaffold::Hook(slot));
+        } else {
+            live.stray.extend(first.into_values());
+        }
+    }
+    for (key, (rule, text)) in refusals {
+        let needs_redirect = local_redirect_spec(&rule).is_some();
+        let redirect = redirects.remove(&key);
+        let whole = match &redirect {
+            Some((other, _)) => *other == rule,
+            None => !needs_redirect,
+        };
+        if whole && !live.owned.rules.contains_key(&key) {
+            live.owned.insert_rule(rule);
+        } else {
+            live.stray.push(text);
+            live.stray
+                .extend(redirect.map(|(_, other_text)| other_text));
+        }
+    }
+    live.stray
+        .extend(redirects.into_values().map(|(_, text)| text));
     // Owned chains that are neither a slot's nor in use by a portal go whole.
     for (table_name, name) in declared {
         let orphan = name.starts_with(CHAIN_PREFIX)
@@ -448,6 +651,39 @@ fn classify(declared: &[(String, String)], lines: &[Line]) -> Live {
         }
     }
     live
+}
+
+/// The foreign rules of a dump of the iptables flavour portald does not drive
+/// (`iptables-legacy-save` beside iptables-nft, or the reverse), named `FLAVOUR table/chain`.
+/// The two flavours' tables sit side by side on the same netfilter hooks, so a rule there
+/// that drops, rejects or rewrites a new connection can take it whatever portald's own
+/// chains say (an ACCEPT there ends only that flavour's table: not counted).
+pub fn other_flavour_foreign(dump: &str, flavour: &str) -> Result<Vec<ForeignRule>, ParseError> {
+    let mut lines = Vec::new();
+    for raw in live(dump)?.foreign {
+        let (table_name, chain_name) = raw.location.split_once('/').unwrap_or(("", ""));
+        let words = split_words(&raw.text).unwrap_or_default();
+        let target = words
+            .windows(2)
+            .find(|w| matches!(w[0].as_str(), "-j" | "--jump"))
+            .map(|w| w[1].clone())
+            .unwrap_or_default();
+        let mut rule = raw.clone();
+        rule.location = format!("{flavour} {}", raw.location);
+        let ends = matches!(target.as_str(), "DROP" | "REJECT" | "DNAT" | "REDIRECT");
+        if ends && catches_new(&words) {
+            rule.ahead_of = match (table_name, chain_name) {
+                (TABLE, "PREROUTING") => vec![Slot::Container],
+                (TABLE, "OUTPUT") => vec![Slot::Host],
+                (TABLE, _) => vec![Slot::Container, Slot::Host],
+                (_, "INPUT" | "FORWARD") => vec![Slot::ContainerReject],
+                (_, "OUTPUT") => vec![Slot::HostReject],
+                _ => vec![Slot::ContainerReject, Slot::HostReject],
+            };
+        }
+        lines.push(rule);
+    }
+    Ok(lines)
 }
 
 #[cfg(test)]
@@ -599,6 +835,98 @@ mod tests {
             let dump = format!("*nat\n-A PORTAL-HOST {escaped}\n-A OUTPUT {escaped}\nCOMMIT\n");
             proptest::prop_assert!(live(&dump).is_ok());
         }
+    }
+
+    #[test]
+    fn only_foreign_rules_above_a_hook_are_ahead_of_it_and_a_prefix_covers_its_vips() {
+        let dump = "*filter\n\
+            -A FORWARD -d 10.11.0.0/16 -j DROP\n\
+            -A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n\
+            -A FORWARD -m conntrack --ctstate NEW -m comment --comment \"portald:container-rejects\" -j PORTAL-CONTAINER-REJECT\n\
+            -A INPUT -m conntrack --ctstate NEW -m comment --comment \"portald:container-rejects\" -j PORTAL-CONTAINER-REJECT\n\
+            -A FORWARD -j DROP\nCOMMIT\n";
+        let live = live(dump).unwrap();
+        assert!(live
+            .owned
+            .scaffold
+            .contains(&Scaffold::Hook(Slot::ContainerReject)));
+        let ahead: Vec<(&str, &[Slot])> = live
+            .foreign
+            .iter()
+            .map(|f| (f.text.as_str(), f.ahead_of.as_slice()))
+            .collect();
+        assert_eq!(
+            ahead,
+            [
+                (
+                    "-A FORWARD -d 10.11.0.0/16 -j DROP",
+                    &[Slot::ContainerReject][..]
+                ),
+                (
+                    "-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+                    &[][..]
+                ),
+                ("-A FORWARD -j DROP", &[][..]),
+            ]
+        );
+        let key = PortalKey {
+            path: crate::Path::Container,
+            vip: Ipv4Addr::new(10, 11, 0, 41),
+            protocol: Protocol::Tcp,
+            port: 80,
+        };
+        assert!(live.foreign[0].covers(&key));
+        let elsewhere = PortalKey {
+            vip: Ipv4Addr::new(10, 12, 0, 1),
+            ..key
+        };
+        assert!(!live.foreign[0].covers(&elsewhere));
+    }
+
+    #[test]
+    fn the_other_flavour_counts_only_rules_that_end_a_packet_across_tables() {
+        let dump = "*nat\n-A PREROUTING -d 10.11.0.41/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.244.1.7:80\nCOMMIT\n\
+            *filter\n-A FORWARD -d 10.11.0.41/32 -j ACCEPT\n-A OUTPUT -p udp -m udp ! --dport 53 -j DROP\nCOMMIT\n";
+        let rules = other_flavour_foreign(dump, "iptables-legacy").unwrap();
+        let got: Vec<(&str, &[Slot], bool)> = rules
+            .iter()
+            .map(|r| (r.location.as_str(), r.ahead_of.as_slice(), r.dport_unread))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "iptables-legacy nat/PREROUTING",
+                    &[Slot::Container][..],
+                    false
+                ),
+                ("iptables-legacy filter/FORWARD", &[][..], false),
+                (
+                    "iptables-legacy filter/OUTPUT",
+                    &[Slot::HostReject][..],
+                    true
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn half_a_container_refusal_of_udp_is_a_stray() {
+        let refusal = "-A PORTAL-CONTAINER-REJECT -p udp -m conntrack --ctorigdst 10.11.0.53 \
+            --ctorigdstport 53 -m comment --comment \"a/dns:53\" -j REJECT --reject-with icmp-port-unreachable";
+        let redirect =
+            "-A PORTAL-CONTAINER -d 10.11.0.53/32 -p udp -m comment --comment \"a/dns:53\" \
+            -m udp --dport 53 -j REDIRECT";
+        let whole = format!(
+            "*nat\n:PORTAL-CONTAINER - [0:0]\n{redirect}\nCOMMIT\n*filter\n:PORTAL-CONTAINER-REJECT - [0:0]\n{refusal}\nCOMMIT\n"
+        );
+        let read = live(&whole).unwrap();
+        assert_eq!(read.owned.rules.len(), 1, "{read:?}");
+        assert!(read.stray.is_empty(), "{:?}", read.stray);
+        let half = format!("*filter\n:PORTAL-CONTAINER-REJECT - [0:0]\n{refusal}\nCOMMIT\n");
+        let read = live(&half).unwrap();
+        assert!(read.owned.rules.is_empty());
+        assert_eq!(read.stray.len(), 1);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use super::tokenize::save_quote;
 use super::{
-    affinity_list, chain, hook_chain, hook_comment, service_chain, split_location, table, FILTER,
+    affinity_list, chain, hook_chains, hook_comment, service_chain, split_location, table, FILTER,
     TABLE,
 };
 use crate::{
@@ -15,9 +15,34 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 /// A portal rule's match and target, without the `-A CHAIN` in front, in `iptables-save`'s
 /// own spelling and option order.
+///
+/// A refusal on the container path matches the original destination, so that one rule
+/// serves where the packet is forwarded (FORWARD: TCP, reset there) and where it is delivered
+/// after [`local_redirect_spec`] (INPUT: UDP). UDP is not refused in FORWARD: the
+/// kernel sends an ICMP redirect (`ip_forward`, before the FORWARD hook) whenever it routes
+/// a packet back out the interface it came in by (a client on the node's bridge asking for a
+/// VIP routed to that bridge), and that redirect stamps the client's inet_peer `rate_last`,
+/// so the ICMP port unreachable that follows finds no token (`icmp_ratelimit`, 1 s; destination
+/// unreachable is in the default `icmp_ratemask`) and is never sent: the UDP client hears
+/// nothing. iptables' REJECT cannot run in PREROUTING (xt_REJECT allows INPUT, FORWARD and
+/// OUTPUT only), so [`local_redirect_spec`] REDIRECTs the packet to this host (no
+/// forwarding, no redirect) and this rule, in a chain hooked from INPUT too, refuses it by
+/// its original destination. TCP stays in FORWARD: a reset needs no ICMP token, and a reset
+/// sent from INPUT after a REDIRECT never reached the client (Linux 6.18, iptables 1.8.9:
+/// the connect of `bin/tests/refusals.rs` timed out when TCP took the UDP route). Host sysctls (`send_redirects`, `icmp_ratelimit`) are not portald's
+/// to change.
 pub fn rule_spec(rule: &PortalRule) -> String {
     let key = &rule.key;
     let proto = key.protocol.as_str();
+    if rule.action == Action::Reject && key.path == crate::Path::Container {
+        return format!(
+            "-p {proto} -m conntrack --ctorigdst {} --ctorigdstport {} -m comment --comment {}{}",
+            key.vip,
+            key.port,
+            save_quote(rule.comment.as_str()),
+            reject_target(key.protocol)
+        );
+    }
     let mut spec = format!(
         "-d {}/32 -p {proto} -m comment --comment {} -m {proto} --dport {}",
         key.vip,
@@ -34,14 +59,37 @@ pub fn rule_spec(rule: &PortalRule) -> String {
         Action::Balance { .. } => {
             let _ = write!(spec, " -j {}", service_chain(key));
         }
-        // A reset for TCP: ICMP errors are rate limited per destination host, and a router
-        // forwarding back out the same link has just spent that on an ICMP redirect.
-        Action::Reject => match key.protocol {
-            Protocol::Tcp => spec.push_str(" -j REJECT --reject-with tcp-reset"),
-            Protocol::Udp => spec.push_str(" -j REJECT --reject-with icmp-port-unreachable"),
-        },
+        Action::Reject => spec.push_str(&reject_target(key.protocol)),
     }
     spec
+}
+
+/// A reset for TCP: no ICMP error, so no per-host ICMP rate limit in the way.
+fn reject_target(protocol: crate::Protocol) -> String {
+    match protocol {
+        crate::Protocol::Tcp => " -j REJECT --reject-with tcp-reset".into(),
+        crate::Protocol::Udp => " -j REJECT --reject-with icmp-port-unreachable".into(),
+    }
+}
+
+/// The nat half of a container-path refusal of UDP, in `PORTAL-CONTAINER`: REDIRECT with
+/// the port kept, so the packet is delivered here and refused in INPUT (see [`rule_spec`]).
+/// `None` for every other rule.
+pub fn local_redirect_spec(rule: &PortalRule) -> Option<String> {
+    let refused_udp = rule.action == Action::Reject
+        && rule.key.path == crate::Path::Container
+        && rule.key.protocol == crate::Protocol::Udp;
+    if !refused_udp {
+        return None;
+    }
+    let key = &rule.key;
+    let proto = key.protocol.as_str();
+    Some(format!(
+        "-d {}/32 -p {proto} -m comment --comment {} -m {proto} --dport {} -j REDIRECT",
+        key.vip,
+        save_quote(rule.comment.as_str()),
+        key.port
+    ))
 }
 
 /// A masquerade rule's spec.
@@ -172,10 +220,14 @@ fn declaration(name: &str) -> String {
     format!(":{name} - [0:0]")
 }
 
-/// Lines of a batch or dump, by table: `nat` first, then `filter`; each table is one
-/// `*table ... COMMIT` section, left out when it has no lines.
+/// Lines of a batch or dump, by table: `filter_first`, then `nat`, then `filter`; each is
+/// one `*table ... COMMIT` section (one transaction), left out when it has no lines.
+/// `filter_first` holds the INPUT refusals of container-path portals being added, so that a
+/// REDIRECT to this host never exists without the refusal that keeps the packet from a local
+/// socket on the same port; their removal comes after the REDIRECT's, in `filter`.
 #[derive(Default)]
 struct Sections {
+    filter_first: Vec<String>,
     nat: Vec<String>,
     filter: Vec<String>,
 }
@@ -191,7 +243,11 @@ impl Sections {
 
     fn render(self, always_nat: bool) -> String {
         let mut out = String::new();
-        for (name, lines) in [(TABLE, self.nat), (FILTER, self.filter)] {
+        for (name, lines) in [
+            (FILTER, self.filter_first),
+            (TABLE, self.nat),
+            (FILTER, self.filter),
+        ] {
             if lines.is_empty() && !(always_nat && name == TABLE) {
                 continue;
             }
@@ -235,10 +291,9 @@ pub fn state(state: &NatState) -> String {
     ];
     for slot in hook_order {
         if state.scaffold.contains(&Scaffold::Hook(slot)) {
-            hooks.push(
-                table(slot),
-                format!("-A {} {}", hook_chain(slot), hook_spec(slot)),
-            );
+            for built_in in hook_chains(slot) {
+                hooks.push(table(slot), format!("-A {built_in} {}", hook_spec(slot)));
+            }
         }
     }
     for slot in Slot::ALL {
@@ -247,6 +302,11 @@ pub fn state(state: &NatState) -> String {
                 table(slot),
                 format!("-A {} {}", chain(slot), rule_spec(rule)),
             );
+        }
+        if slot == Slot::Container {
+            for spec in state.rules.values().filter_map(local_redirect_spec) {
+                rules.push(TABLE, format!("-A {} {spec}", chain(slot)));
+            }
         }
         for scaffold in state.scaffold.iter().filter(|s| s.slot() == slot) {
             if let Some(spec) = entry_spec(scaffold) {
@@ -270,6 +330,7 @@ pub fn state(state: &NatState) -> String {
     for part in [declarations, hooks, rules] {
         all.nat.extend(part.nat);
         all.filter.extend(part.filter);
+        all.filter_first.extend(part.filter_first);
     }
     all.render(true)
 }
@@ -315,14 +376,21 @@ fn fill_service(out: &mut Sections, rule: &PortalRule) {
 fn add_rule(out: &mut Sections, rule: &PortalRule) {
     fill_service(out, rule);
     let slot = rule.slot();
-    out.push(
-        table(slot),
-        format!("-A {} {}", chain(slot), rule_spec(rule)),
-    );
+    let line = format!("-A {} {}", chain(slot), rule_spec(rule));
+    match local_redirect_spec(rule) {
+        Some(redirect) => {
+            out.filter_first.push(line);
+            out.push(TABLE, format!("-A {} {redirect}", chain(Slot::Container)));
+        }
+        None => out.push(table(slot), line),
+    }
 }
 
 fn remove_rule(out: &mut Sections, rule: &PortalRule) {
     let slot = rule.slot();
+    if let Some(redirect) = local_redirect_spec(rule) {
+        out.push(TABLE, format!("-D {} {redirect}", chain(Slot::Container)));
+    }
     out.push(
         table(slot),
         format!("-D {} {}", chain(slot), rule_spec(rule)),
@@ -337,24 +405,33 @@ fn remove_rule(out: &mut Sections, rule: &PortalRule) {
 /// One change as batch lines, in the order the kernel must see them.
 fn change_lines(change: &Change, out: &mut Sections) {
     match change {
+        // Before any refusal that `filter_first` adds to it.
+        Change::AddScaffold {
+            scaffold: Scaffold::Chain(slot),
+        } if table(*slot) == FILTER => out.filter_first.push(declaration(chain(*slot))),
         Change::AddScaffold {
             scaffold: Scaffold::Chain(slot),
         } => out.push(table(*slot), declaration(chain(*slot))),
         Change::AddScaffold {
             scaffold: Scaffold::Hook(slot),
-        } => out.push(
-            table(*slot),
-            format!("-I {} 1 {}", hook_chain(*slot), hook_spec(*slot)),
-        ),
+        } => {
+            for built_in in hook_chains(*slot) {
+                out.push(
+                    table(*slot),
+                    format!("-I {built_in} 1 {}", hook_spec(*slot)),
+                );
+            }
+        }
         Change::RemoveScaffold {
             scaffold: Scaffold::Chain(slot),
         } => out.push(table(*slot), format!("-X {}", chain(*slot))),
         Change::RemoveScaffold {
             scaffold: Scaffold::Hook(slot),
-        } => out.push(
-            table(*slot),
-            format!("-D {} {}", hook_chain(*slot), hook_spec(*slot)),
-        ),
+        } => {
+            for built_in in hook_chains(*slot) {
+                out.push(table(*slot), format!("-D {built_in} {}", hook_spec(*slot)));
+            }
+        }
         Change::AddScaffold { scaffold } | Change::RemoveScaffold { scaffold } => {
             let verb = match change {
                 Change::AddScaffold { .. } => "-A",
@@ -430,6 +507,7 @@ pub fn batch(changes: &[Change]) -> String {
     }
     out.nat.extend(late.nat);
     out.filter.extend(late.filter);
+    out.filter_first.extend(late.filter_first);
     out.render(false)
 }
 

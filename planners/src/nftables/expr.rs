@@ -170,6 +170,15 @@ pub(crate) struct Facts {
     pub protocol: Option<Protocol>,
     pub dport: Option<u16>,
     pub terminal: bool,
+    /// `ip daddr` as a network, when it is one (a /32 for one address).
+    pub dst_net: Option<crate::Net>,
+    /// An `ip daddr` match that is not one address or prefix (`!=`, a set, a range).
+    pub dst_unread: bool,
+    /// A port match that is not one port, or a protocol other than TCP and UDP.
+    pub dport_unread: bool,
+    /// Whether the rule ends the packet's way for every later base chain too: drop,
+    /// reject, or a destination rewrite. `accept` ends only its own base chain.
+    pub ends: bool,
 }
 
 /// Reads `ip daddr X`, `meta l4proto tcp` / `ip protocol tcp`, `tcp dport N` / `th dport N`
@@ -183,9 +192,6 @@ pub(crate) fn facts(exprs: &[Value]) -> Facts {
         match name {
             "match" => {
                 let op = body["op"].as_str().unwrap_or("==");
-                if op != "==" {
-                    continue;
-                }
                 let left = &body["left"];
                 let right = &body["right"];
                 let field = |proto: &str| {
@@ -193,28 +199,43 @@ pub(crate) fn facts(exprs: &[Value]) -> Facts {
                         .filter(|p| p["protocol"] == proto)
                         .and_then(|p| p["field"].as_str())
                 };
+                let is_dport = left.get("payload").is_some_and(|p| p["field"] == "dport");
+                if op != "==" {
+                    facts.dst_unread |= field("ip") == Some("daddr");
+                    facts.dport_unread |= is_dport;
+                    continue;
+                }
                 if field("ip") == Some("daddr") {
                     facts.dst = single_address(right).or(facts.dst);
+                    facts.dst_net = network(right);
+                    facts.dst_unread |= facts.dst_net.is_none();
                 } else if field("ip") == Some("protocol")
                     || left.get("meta").is_some_and(|m| m["key"] == "l4proto")
                 {
                     facts.protocol = protocol(right).or(facts.protocol);
+                    facts.dport_unread |= protocol(right).is_none();
                 } else if let Some(p) = left.get("payload") {
                     if p["field"] == "dport" {
-                        if let Some(port) = right.as_u64().and_then(|n| u16::try_from(n).ok()) {
-                            facts.dport = Some(port);
+                        match right.as_u64().and_then(|n| u16::try_from(n).ok()) {
+                            Some(port) => facts.dport = Some(port),
+                            None => facts.dport_unread = true,
                         }
                         let proto = p["protocol"].as_str().unwrap_or_default();
                         facts.protocol = protocol(&Value::from(proto)).or(facts.protocol);
                     }
                 }
             }
-            "dnat" | "redirect" | "drop" | "reject" | "accept" => facts.terminal = true,
+            "dnat" | "redirect" | "drop" | "reject" => {
+                facts.terminal = true;
+                facts.ends = true;
+            }
+            "accept" => facts.terminal = true,
             "xt" if body["type"] == "target" => {
                 let target = body["name"].as_str().unwrap_or_default();
                 if matches!(target, "DNAT" | "REDIRECT" | "DROP" | "REJECT" | "ACCEPT") {
                     facts.terminal = true;
                 }
+                facts.ends |= matches!(target, "DNAT" | "REDIRECT" | "DROP" | "REJECT");
             }
             _ => {}
         }
@@ -233,6 +254,19 @@ fn single_address(value: &Value) -> Option<Ipv4Addr> {
             } else {
                 None
             }
+        }
+        _ => None,
+    }
+}
+
+/// An address or prefix as a network: `10.0.0.1`, `{"prefix": {"addr": .., "len": ..}}`.
+fn network(value: &Value) -> Option<crate::Net> {
+    match value {
+        Value::String(s) => s.parse().ok(),
+        Value::Object(_) => {
+            let prefix = value.get("prefix")?;
+            let len = u8::try_from(prefix["len"].as_u64()?).ok()?;
+            crate::Net::new(prefix["addr"].as_str()?.parse().ok()?, len).ok()
         }
         _ => None,
     }

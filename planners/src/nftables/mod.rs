@@ -27,7 +27,7 @@
 //!         meta l4proto tcp numgen random mod 2 0 dnat ip to 10.244.1.2:80
 //!         meta l4proto tcp dnat ip to 10.244.1.3:80
 //!     }
-//!     set container_no_endpoints { ... }  # Action::Reject: keys refused in filter FORWARD
+//!     set container_no_endpoints { ... }  # Action::Reject: keys refused in filter PREROUTING
 //!     set masquerade_pairs { ... }        # Scaffold::Masquerade: source . portal range
 //!     set hairpin_endpoints { ... }       # Scaffold::Hairpin: endpoint . endpoint
 //!     set proxy_ports { ... }             # Scaffold::ProxyGuard: protocol . port (filter input)
@@ -213,7 +213,7 @@ pub(crate) fn hook_chain(slot: Slot) -> &'static str {
     match slot {
         Slot::Container => "prerouting",
         Slot::Host => "output",
-        Slot::ContainerReject => "forward",
+        Slot::ContainerReject => "filter_prerouting",
         Slot::HostReject => "filter_output",
         Slot::Masquerade => "postrouting",
         Slot::ProxyGuard => "filter_input",
@@ -226,7 +226,7 @@ pub(crate) fn hook_facts(slot: Slot) -> (&'static str, &'static str, i64) {
     match slot {
         Slot::Container => ("nat", "prerouting", -110),
         Slot::Host => ("nat", "output", -110),
-        Slot::ContainerReject => ("filter", "forward", -10),
+        Slot::ContainerReject => ("filter", "prerouting", -110),
         Slot::HostReject => ("filter", "output", -10),
         Slot::Masquerade => ("nat", "postrouting", 90),
         Slot::ProxyGuard => ("filter", "input", -10),
@@ -236,14 +236,20 @@ pub(crate) fn hook_facts(slot: Slot) -> (&'static str, &'static str, i64) {
 
 /// The base chain's declaration. NAT lookups sit at `dstnat - 10` (-110): before the usual
 /// dstnat rules (iptables-nft's nat PREROUTING/OUTPUT, Docker's, an admin's), so a foreign
-/// DNAT of the same address cannot shadow a portal. Refusals sit at `filter - 10`, source NAT
-/// at `srcnat - 10`. nft accepts the name `dstnat` only at prerouting, so output spells it
+/// DNAT of the same address cannot shadow a portal. Host-path refusals sit at `filter - 10`
+/// of output; container-path ones in prerouting at `dstnat - 10` too, before the routing
+/// decision: a refusal in forward comes after the ICMP redirect the kernel sends when it
+/// routes a packet back out the interface it came in by (`ip_forward` sends it before the
+/// forward hook), and that redirect stamps the client's inet_peer `rate_last`, so the ICMP
+/// port unreachable that follows is suppressed by `icmp_ratelimit` (destination unreachable
+/// is in the default `icmp_ratemask`): a UDP client on the node's bridge would hear nothing.
+/// `reject` in prerouting needs Linux 5.10 or later. Source NAT sits at `srcnat - 10`. nft accepts the name `dstnat` only at prerouting, so output spells it
 /// as a number; all are listed back exactly as written here.
 pub(crate) fn hook_spec(slot: Slot) -> &'static str {
     match slot {
         Slot::Container => "type nat hook prerouting priority dstnat - 10; policy accept;",
         Slot::Host => "type nat hook output priority -110; policy accept;",
-        Slot::ContainerReject => "type filter hook forward priority filter - 10; policy accept;",
+        Slot::ContainerReject => "type filter hook prerouting priority dstnat - 10; policy accept;",
         Slot::HostReject => "type filter hook output priority filter - 10; policy accept;",
         Slot::Masquerade => "type nat hook postrouting priority srcnat - 10; policy accept;",
         Slot::ProxyGuard => "type filter hook input priority filter - 10; policy accept;",

@@ -128,6 +128,11 @@ pub(crate) fn parse_live(dump: &str) -> Result<Live, ParseError> {
     };
     let mut table = Table::default();
     let mut live = Live::default();
+    // Foreign base chains (family, table, name) -> (hook, priority), and the foreign rules
+    // that end a packet's way, by index: those in a base chain that runs before one of
+    // portald's hooks are ahead of it.
+    let mut foreign_hooks: BTreeMap<(String, String, String), (String, i64)> = BTreeMap::new();
+    let mut ending: Vec<(usize, (String, String, String))> = Vec::new();
     for raw in root.nftables {
         let Ok(Value::Object(mut item)) = serde_json::from_str::<Value>(raw.get()) else {
             continue;
@@ -141,6 +146,18 @@ pub(crate) fn parse_live(dump: &str) -> Result<Live, ParseError> {
                 table.maps.insert(name, (kind, body));
             }
         } else if let Some(chain) = item.get("chain") {
+            if let (false, Some(hook), Some(prio)) = (
+                ours(chain),
+                str_of(chain, "hook"),
+                chain.get("prio").and_then(Value::as_i64),
+            ) {
+                let place = (
+                    str_of(chain, "family").unwrap_or_default().to_string(),
+                    str_of(chain, "table").unwrap_or_default().to_string(),
+                    str_of(chain, "name").unwrap_or_default().to_string(),
+                );
+                foreign_hooks.insert(place, (hook.to_string(), prio));
+            }
             if let (true, Some(name)) = (ours(chain), str_of(chain, "name")) {
                 let info = Chain {
                     hook: str_of(chain, "hook").map(str::to_string),
@@ -171,6 +188,14 @@ pub(crate) fn parse_live(dump: &str) -> Result<Live, ParseError> {
                     .map(Vec::as_slice)
                     .unwrap_or_default();
                 let facts = facts(exprs);
+                if facts.ends && matches!(family, "ip" | "inet") && catches_new(exprs) {
+                    let place = (
+                        family.to_string(),
+                        table_name.to_string(),
+                        chain.to_string(),
+                    );
+                    ending.push((live.foreign.len(), place));
+                }
                 live.foreign.push(ForeignRule {
                     location: format!("{family} {table_name}/{chain}"),
                     text: rule_text(exprs, str_of(rule, "comment")),
@@ -178,9 +203,27 @@ pub(crate) fn parse_live(dump: &str) -> Result<Live, ParseError> {
                     protocol: facts.protocol,
                     dport: facts.dport,
                     terminal: facts.terminal,
+                    dst_net: facts.dst_net,
+                    dst_unread: facts.dst_unread,
+                    dport_unread: facts.dport_unread,
+                    ahead_of: Vec::new(),
                 });
             }
         }
+    }
+
+    for (index, place) in ending {
+        let Some((hook, prio)) = foreign_hooks.get(&place) else {
+            continue;
+        };
+        live.foreign[index].ahead_of = Slot::ALL
+            .into_iter()
+            .filter(|slot| *slot != Slot::Masquerade)
+            .filter(|slot| {
+                let (_, portald_hook, portald_prio) = hook_facts(*slot);
+                portald_hook == hook && *prio < portald_prio
+            })
+            .collect();
     }
 
     let mut used_chains: BTreeSet<String> = BTreeSet::new();
@@ -269,6 +312,30 @@ pub(crate) fn parse_live(dump: &str) -> Result<Live, ParseError> {
         }
     }
     Ok(live)
+}
+
+/// Whether a rule can match a connection's first packet: not when it matches `ct state`
+/// values that leave `new` out.
+fn catches_new(exprs: &[Value]) -> bool {
+    exprs.iter().all(|stmt| {
+        let Some(m) = stmt.get("match") else {
+            return true;
+        };
+        if m["left"].get("ct").is_none_or(|ct| ct["key"] != "state") {
+            return true;
+        }
+        let states: Vec<&str> = match &m["right"] {
+            Value::String(s) => vec![s.as_str()],
+            Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+            other => other
+                .get("set")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default(),
+        };
+        let op = m["op"].as_str().unwrap_or("==");
+        op == "!=" || states.contains(&"new")
+    })
 }
 
 /// Whether every expected rule is among the chain's rules.
@@ -600,5 +667,34 @@ fn scalar(value: &Value) -> String {
     match value {
         Value::String(s) => s.clone(),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_foreign_base_chain_before_portalds_hook_is_ahead_of_it_and_accept_never_is() {
+        let dump = r#"{"nftables": [
+            {"chain": {"family": "ip", "table": "early", "name": "pre", "type": "filter", "hook": "prerouting", "prio": -300, "policy": "accept"}},
+            {"chain": {"family": "ip", "table": "late", "name": "pre", "type": "filter", "hook": "prerouting", "prio": 0, "policy": "accept"}},
+            {"rule": {"family": "ip", "table": "early", "chain": "pre", "expr": [
+                {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": {"prefix": {"addr": "10.11.0.0", "len": 16}}}},
+                {"drop": null}]}},
+            {"rule": {"family": "ip", "table": "early", "chain": "pre", "expr": [{"accept": null}]}},
+            {"rule": {"family": "ip", "table": "late", "chain": "pre", "expr": [{"drop": null}]}}
+        ]}"#;
+        let live = parse_live(dump).unwrap();
+        let ahead: Vec<&[Slot]> = live.foreign.iter().map(|f| f.ahead_of.as_slice()).collect();
+        assert_eq!(
+            ahead,
+            [
+                &[Slot::Container, Slot::ContainerReject][..],
+                &[][..],
+                &[][..]
+            ]
+        );
+        assert_eq!(live.foreign[0].dst_net, "10.11.0.0/16".parse().ok());
     }
 }
