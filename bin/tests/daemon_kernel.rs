@@ -983,3 +983,46 @@ fn the_daemons_own_allocation_record_write_starts_no_reconcile() {
     c.settle();
     assert_eq!(c.status().reconciles, 2, "{}", c.daemon_logs());
 }
+
+#[test]
+fn the_daemons_lock_write_replaces_planted_symlinks_and_leaves_their_victims_byte_identical() {
+    let mut c = Cluster::new("locklink");
+    c.write(
+        "web.yaml",
+        &service_yaml("web", None, "web", "TCP", 80, 8080),
+    );
+    // Victims outside the services directory: one behind the old fixed temporary name, one
+    // behind the lock itself (a valid empty lock, so reading it succeeds).
+    let victim_tmp = c.temp().join("victim-passwd");
+    let victim_lock = c.temp().join("victim-lock");
+    std::fs::write(&victim_tmp, "root:x:0:0::/root:/bin/sh\n").unwrap();
+    std::fs::write(&victim_lock, "{\"format_version\": 1}\n").unwrap();
+    std::os::unix::fs::symlink(&victim_tmp, c.dir.join("portald.lock.tmp")).unwrap();
+    std::os::unix::fs::symlink(&victim_lock, c.dir.join("portald.lock")).unwrap();
+
+    c.start_daemon(&[]);
+
+    assert_eq!(
+        std::fs::read_to_string(&victim_tmp).unwrap(),
+        "root:x:0:0::/root:/bin/sh\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&victim_lock).unwrap(),
+        "{\"format_version\": 1}\n"
+    );
+    let lock_path = c.dir.join("portald.lock");
+    assert!(
+        !std::fs::symlink_metadata(&lock_path)
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "the lock is still a symlink"
+    );
+    let lock = engine::allocate::Lock::read(&lock_path).expect("the written lock parses");
+    let vip = service(&c.status(), "default/web").unwrap().vip;
+    assert_eq!(
+        lock.vips.get("default/web").copied(),
+        vip.map(|v| v.0),
+        "the lock holds the VIP the daemon serves"
+    );
+}

@@ -38,7 +38,7 @@ pub enum LockError {
     Write {
         path: String,
         #[source]
-        source: std::io::Error,
+        source: crate::safe_write::SafeWriteError,
     },
 }
 
@@ -78,20 +78,15 @@ impl Lock {
         text
     }
 
-    /// The file `write` fills before renaming it over `path`.
-    pub fn temporary(path: &std::path::Path) -> std::path::PathBuf {
-        path.with_extension("lock.tmp")
-    }
-
-    /// Writes atomically (temp file + rename) so a crash never leaves half a lock.
+    /// Writes atomically through [`crate::safe_write`], so a crash never leaves half a lock
+    /// and a symlink planted at `path` or beside it is never written through.
     pub fn write(&self, path: &std::path::Path) -> Result<(), LockError> {
-        let tmp = Self::temporary(path);
-        let err = |source| LockError::Write {
-            path: path.display().to_string(),
-            source,
-        };
-        std::fs::write(&tmp, self.render()).map_err(err)?;
-        std::fs::rename(&tmp, path).map_err(err)
+        crate::safe_write::write(path, self.render().as_bytes()).map_err(|source| {
+            LockError::Write {
+                path: path.display().to_string(),
+                source,
+            }
+        })
     }
 }
 

@@ -243,7 +243,8 @@ impl Demo {
         ];
         for (name, text) in files {
             let path = self.dir.join(name);
-            std::fs::write(&path, text).with_context(|| format!("writing `{}`", path.display()))?;
+            engine::safe_write::write(&path, text.as_bytes())
+                .with_context(|| format!("writing `{}`", path.display()))?;
         }
         println!("{}:", self.dir.display());
         println!("  apache-service.json  the seed's v1beta1 service: 12345 -> containerPort 80, name=apache");

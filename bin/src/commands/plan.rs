@@ -60,9 +60,9 @@ pub fn run(args: PlanArgs) -> Result<u8> {
         summary: outcome.plan.summary,
     };
     if let Some(out) = &args.out {
-        let file = std::fs::File::create(out)
-            .with_context(|| format!("writing plan `{}`", out.display()))?;
-        write_json(std::io::BufWriter::new(file), &document)
+        let mut bytes = Vec::new();
+        write_json(&mut bytes, &document).context("rendering the plan")?;
+        engine::safe_write::write(out, &bytes)
             .with_context(|| format!("writing plan `{}`", out.display()))?;
     }
     if args.json {

@@ -134,10 +134,7 @@ pub async fn run(cfg: DaemonConfig, exec: Arc<dyn Exec>) -> Result<(), DaemonErr
     let _watcher = {
         let tx = tx.clone();
         // The allocation record lives in DIR by default; writing it is no news.
-        let own = [
-            cfg.lock_path.clone(),
-            crate::allocate::Lock::temporary(&cfg.lock_path),
-        ];
+        let own = [cfg.lock_path.clone()];
         watch::watch(&cfg.dir, &own, cfg.debounce, move || {
             let _ = tx.send(Trigger::Files);
         })
