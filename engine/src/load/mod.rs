@@ -151,6 +151,20 @@ enum Shortcuts {
 }
 
 fn parse_file_with(file: &SourceFile, shortcuts: Shortcuts) -> ParsedFile {
+    // A UTF-8 byte-order mark (editors on Windows write one) is no content: YAML allows it
+    // at the start of a stream (YAML 1.2 §5.2) and RFC 8259 §8.1 lets a JSON parser ignore
+    // it. Dropped here, every reader and line count below sees the same text.
+    let unmarked;
+    let file = match file.text.strip_prefix('\u{feff}') {
+        Some(text) => {
+            unmarked = SourceFile {
+                path: file.path.clone(),
+                text: text.to_string(),
+            };
+            &unmarked
+        }
+        None => file,
+    };
     let json = file.path.ends_with(".json");
     let mut parsed = ParsedFile {
         path: file.path.clone(),
@@ -286,6 +300,63 @@ mod tests {
                 );
             }
         }
+    }
+
+    fn service_names(parsed: &ParsedFile) -> Vec<String> {
+        parsed
+            .objects
+            .iter()
+            .filter_map(|o| match o {
+                Object::Service(s) => Some(s.key.name.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_leading_byte_order_mark_is_accepted_in_yaml_and_json() {
+        let yaml = SourceFile {
+            path: "web.yaml".into(),
+            text: "\u{feff}apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  ports:\n  - port: 80\n    protocol: TCPX\n".into(),
+        };
+        let json = SourceFile {
+            path: "api.json".into(),
+            text: "\u{feff}{\"apiVersion\": \"v1\", \"kind\": \"Service\",\n \"metadata\": {\"name\": \"api\"},\n \"spec\": {\"ports\": [{\"port\": 80}]}}\n".into(),
+        };
+        let parsed = parse_file(&json);
+        assert!(!parsed.has_errors(), "{:?}", parsed.diagnostics);
+        assert_eq!(service_names(&parsed), ["api"]);
+        // The bad protocol on line 8 is still reported on line 8: the mark moves no line.
+        let parsed = parse_file(&yaml);
+        let lines: Vec<_> = parsed
+            .diagnostics
+            .iter()
+            .map(|d| (d.line, d.message.contains("malformed")))
+            .collect();
+        assert_eq!(lines, [(Some(8), false)], "{:?}", parsed.diagnostics);
+        let fixed = SourceFile {
+            text: yaml.text.replace("TCPX", "TCP"),
+            ..yaml
+        };
+        let parsed = parse_file(&fixed);
+        assert!(!parsed.has_errors(), "{:?}", parsed.diagnostics);
+        assert_eq!(service_names(&parsed), ["web"]);
+    }
+
+    #[test]
+    fn a_duplicate_key_in_a_json_object_is_an_error_naming_file_line_and_key() {
+        let file = SourceFile {
+            path: "sub/web.json".into(),
+            text: "{\n  \"apiVersion\": \"v1\",\n  \"kind\": \"Service\",\n  \"metadata\": {\"name\": \"web\"},\n  \"spec\": {\"ports\": [{\"port\": 80}]},\n  \"kind\": \"Pod\"\n}\n".into(),
+        };
+        let parsed = parse_file(&file);
+        assert_eq!(parsed.diagnostics.len(), 1, "{:?}", parsed.diagnostics);
+        let d = &parsed.diagnostics[0];
+        assert!(d.is_error());
+        assert_eq!(d.file, "sub/web.json");
+        assert_eq!(d.line, Some(6));
+        assert!(d.message.contains("duplicate key `kind`"), "{d}");
+        assert!(parsed.objects.is_empty());
     }
 
     #[test]
