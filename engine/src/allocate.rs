@@ -30,7 +30,7 @@ pub enum LockError {
     Read {
         path: String,
         #[source]
-        source: std::io::Error,
+        source: crate::load::file::ReadError,
     },
     #[error("lock file `{path}` is not valid: {message}")]
     Parse { path: String, message: String },
@@ -60,13 +60,26 @@ impl Lock {
         Ok(lock)
     }
 
-    /// Reads a lock file; a missing file is an empty lock.
+    /// Reads a lock file within the default size limit; a missing file is an empty lock.
     pub fn read(path: &std::path::Path) -> Result<Lock, LockError> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => Lock::parse(&text, &path.display().to_string()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Lock::default()),
+        Lock::read_limited(path, crate::config::DEFAULT_MAX_FILE_BYTES)
+    }
+
+    /// Reads a lock file of at most `max_bytes`; a missing file is an empty lock. A lock that
+    /// is not a regular file (a FIFO, `/dev/zero`) or is larger is an error, never a hang.
+    pub fn read_limited(path: &std::path::Path, max_bytes: u64) -> Result<Lock, LockError> {
+        let name = || path.display().to_string();
+        match crate::load::file::read_limited(path, max_bytes) {
+            Ok(bytes) => {
+                let text = String::from_utf8(bytes).map_err(|_| LockError::Parse {
+                    path: name(),
+                    message: "not UTF-8 text".to_string(),
+                })?;
+                Lock::parse(&text, &name())
+            }
+            Err(e) if e.is_not_found() => Ok(Lock::default()),
             Err(source) => Err(LockError::Read {
-                path: path.display().to_string(),
+                path: name(),
                 source,
             }),
         }

@@ -106,6 +106,33 @@ pub const DEFAULT_PROXY_PORTS: PortRange = PortRange {
     high: 32767,
 };
 
+/// Bounds on what one input file (a services file or the lock) may cost to read: a file
+/// past them is reported and skipped, and the others load as usual.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputLimits {
+    /// Largest file read, in bytes (`--max-file-bytes`).
+    pub max_file_bytes: u64,
+    /// Deepest nesting of collections in a services file, in levels: block indentation
+    /// levels plus open `[`/`{` (`--max-nesting-depth`). Kept under serde_yaml's own
+    /// recursion limit of 128, so whatever passes can be parsed.
+    pub max_nesting_depth: usize,
+}
+
+/// 4 MiB: a thousand times a large manifest, well under what the daemon should hold for
+/// one file.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
+/// Kubernetes objects nest a few dozen levels at most (a CRD's schema is among the deepest).
+pub const DEFAULT_MAX_NESTING_DEPTH: usize = 64;
+
+impl Default for InputLimits {
+    fn default() -> Self {
+        InputLimits {
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
+            max_nesting_depth: DEFAULT_MAX_NESTING_DEPTH,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub portal_cidr: Ipv4Network,
@@ -121,6 +148,8 @@ pub struct Config {
     /// client on one of them could be answered by the endpoint directly, bypassing the
     /// host's reverse translation, so its connections to a portal are masqueraded.
     pub local_networks: Vec<planners::Net>,
+    /// What reading one input file may cost.
+    pub input_limits: InputLimits,
 }
 
 impl Default for Config {
@@ -133,6 +162,7 @@ impl Default for Config {
             allow_external_ips: false,
             host_target: Ipv4Addr::LOCALHOST,
             local_networks: Vec::new(),
+            input_limits: InputLimits::default(),
         }
     }
 }

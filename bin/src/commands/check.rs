@@ -5,7 +5,7 @@ use anyhow::Result;
 use engine::diagnostics::{render, ReportFormat as Format};
 
 pub fn run(args: CheckArgs) -> Result<u8> {
-    let files = super::load_files(&args.dir)?;
+    let files = super::load_files(&args.engine, &args.dir)?;
     let lock = super::load_lock(&args.engine, &args.dir)?;
     let diagnostics = engine::pipeline::check(&files, &lock, &args.engine.config());
     let format = match args.format {

@@ -34,7 +34,7 @@ fn write_json(mut out: impl std::io::Write, document: &PlanDocument) -> Result<(
 
 pub fn run(args: PlanArgs) -> Result<u8> {
     let config = args.engine.config();
-    let files = super::load_files(&args.dir)?;
+    let files = super::load_files(&args.engine, &args.dir)?;
     let lock = super::load_lock(&args.engine, &args.dir)?;
     let mut observed = super::observe(&args.live, config.backend)?;
     // Against the kernel, the running daemon tells which listeners are open.

@@ -8,7 +8,7 @@ use crate::compile::{Intent, Listener, ListenerKey};
 use crate::config::Config;
 use crate::dataplane::{Backends, DataPlane, ListenerSpec};
 use crate::exec::Exec;
-use crate::load::{load_dir, ParsedFile};
+use crate::load::{load_dir_with, ParsedFile};
 use crate::observe::{observe, observe_other, Observed};
 use crate::pipeline;
 use crate::plan::render::plan_text;
@@ -205,7 +205,8 @@ impl Reconciler {
 
     /// Files as they are now, with each broken file replaced by its last good version.
     fn load(&mut self) -> Result<Vec<ParsedFile>, String> {
-        let files = load_dir(&self.dir).map_err(|e| error_chain(&e))?;
+        let files =
+            load_dir_with(&self.dir, &self.config.input_limits).map_err(|e| error_chain(&e))?;
         let mut diagnostics = Vec::new();
         let mut merged = Vec::new();
         let present: std::collections::BTreeSet<String> =
@@ -237,7 +238,8 @@ impl Reconciler {
         if let Some(lock) = &self.lock_in_memory {
             return Ok(lock.clone());
         }
-        Lock::read(&self.lock_path).map_err(|e| error_chain(&e))
+        Lock::read_limited(&self.lock_path, self.config.input_limits.max_file_bytes)
+            .map_err(|e| error_chain(&e))
     }
 
     fn observe(&self) -> Result<Observed, String> {

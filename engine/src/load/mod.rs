@@ -4,11 +4,14 @@
 //! file never hides the good ones.
 
 mod convert;
+pub mod depth;
 mod fast;
+pub mod file;
 pub mod positions;
 pub mod spec;
 pub mod yaml;
 
+use crate::config::InputLimits;
 use crate::diagnostics::{Diagnostic, Severity};
 use crate::model::{EndpointGroup, Pod, Service};
 use std::path::{Path, PathBuf};
@@ -62,8 +65,18 @@ fn is_skipped(name: &str) -> bool {
     name.starts_with('.')
 }
 
-/// Reads every service file below `dir`, sorted by path. Unreadable files become diagnostics.
+/// Reads every service file below `dir`, sorted by path, within the default limits.
 pub fn read_dir(dir: &Path) -> Result<(Vec<SourceFile>, Vec<Diagnostic>), LoadError> {
+    read_dir_with(dir, &InputLimits::default())
+}
+
+/// Reads every service file below `dir`, sorted by path. Unreadable files, files that are
+/// not regular (a FIFO, a device, a socket) and files over `limits.max_file_bytes` become
+/// diagnostics naming the file.
+pub fn read_dir_with(
+    dir: &Path,
+    limits: &InputLimits,
+) -> Result<(Vec<SourceFile>, Vec<Diagnostic>), LoadError> {
     let mut files = Vec::new();
     let mut diagnostics = Vec::new();
     let mut pending = vec![dir.to_path_buf()];
@@ -89,8 +102,8 @@ pub fn read_dir(dir: &Path) -> Result<(Vec<SourceFile>, Vec<Diagnostic>), LoadEr
             // `metadata` follows symlinks: a ConfigMap's `svc.yaml -> ..data/svc.yaml` is read.
             match std::fs::metadata(&path) {
                 Ok(meta) if meta.is_dir() => pending.push(path),
-                Ok(meta) if meta.is_file() && is_service_file(&name) => {
-                    match std::fs::read(&path) {
+                Ok(_) if is_service_file(&name) => {
+                    match file::read_limited(&path, limits.max_file_bytes) {
                         Ok(bytes) => match String::from_utf8(bytes) {
                             Ok(text) => files.push(SourceFile {
                                 path: relative,
@@ -100,8 +113,10 @@ pub fn read_dir(dir: &Path) -> Result<(Vec<SourceFile>, Vec<Diagnostic>), LoadEr
                                 diagnostics.push(file_error(&relative, "file is not UTF-8 text"))
                             }
                         },
-                        Err(e) => diagnostics
-                            .push(file_error(&relative, &format!("cannot read file: {e}"))),
+                        Err(e @ file::ReadError::Io(_)) => {
+                            diagnostics.push(file_error(&relative, &e.to_string()))
+                        }
+                        Err(e) => diagnostics.push(file_error(&relative, &format!("{e}: skipped"))),
                     }
                 }
                 Ok(_) => {}
@@ -136,8 +151,28 @@ fn file_error(path: &str, message: &str) -> Diagnostic {
     }
 }
 
-/// Parses one file into objects and diagnostics. Pure.
+/// Parses one file into objects and diagnostics, within the default limits. Pure.
 pub fn parse_file(file: &SourceFile) -> ParsedFile {
+    parse_file_limited(file, &InputLimits::default())
+}
+
+/// Parses one file into objects and diagnostics; a file nested deeper than
+/// `limits.max_nesting_depth` is one error, found before any parser sees it. Pure.
+pub fn parse_file_limited(file: &SourceFile, limits: &InputLimits) -> ParsedFile {
+    if let Err(e) = depth::check_nesting(&file.text, limits.max_nesting_depth) {
+        return ParsedFile {
+            path: file.path.clone(),
+            objects: Vec::new(),
+            diagnostics: vec![Diagnostic {
+                line: Some(e.line),
+                message: format!(
+                    "nested deeper than {} levels (`--max-nesting-depth`): not parsed",
+                    e.limit
+                ),
+                ..file_error(&file.path, "")
+            }],
+        };
+    }
     parse_file_with(file, Shortcuts::On)
 }
 
@@ -202,8 +237,14 @@ fn parse_file_with(file: &SourceFile, shortcuts: Shortcuts) -> ParsedFile {
     parsed
 }
 
-/// Parses files on every core; files are independent, and the result keeps their order.
+/// Parses files on every core, within the default limits.
 pub fn parse_all(files: &[SourceFile]) -> Vec<ParsedFile> {
+    parse_all_with(files, &InputLimits::default())
+}
+
+/// Parses files on every core; files are independent, and the result keeps their order.
+pub fn parse_all_with(files: &[SourceFile], limits: &InputLimits) -> Vec<ParsedFile> {
+    let parse_file = |file| parse_file_limited(file, limits);
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     if workers < 2 || files.len() < 8 {
         return files.iter().map(parse_file).collect();
@@ -221,10 +262,15 @@ pub fn parse_all(files: &[SourceFile]) -> Vec<ParsedFile> {
     })
 }
 
-/// Reads and parses a whole directory.
+/// Reads and parses a whole directory within the default limits.
 pub fn load_dir(dir: &Path) -> Result<Vec<ParsedFile>, LoadError> {
-    let (files, read_errors) = read_dir(dir)?;
-    let mut parsed = parse_all(&files);
+    load_dir_with(dir, &InputLimits::default())
+}
+
+/// Reads and parses a whole directory; a file past `limits` is an error of its own.
+pub fn load_dir_with(dir: &Path, limits: &InputLimits) -> Result<Vec<ParsedFile>, LoadError> {
+    let (files, read_errors) = read_dir_with(dir, limits)?;
+    let mut parsed = parse_all_with(&files, limits);
     for diagnostic in read_errors {
         parsed.push(ParsedFile {
             path: diagnostic.file.clone(),
