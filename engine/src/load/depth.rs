@@ -22,6 +22,8 @@ pub struct TooDeep {
 
 /// `Err` at the first line where the nesting exceeds `limit` levels.
 pub fn check_nesting(text: &str, limit: usize) -> Result<(), TooDeep> {
+    // A byte-order mark is no content (the loader drops it too).
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut blocks: Vec<usize> = Vec::new();
     let mut flow = 0usize;
     let mut quote: Option<u8> = None;
@@ -192,7 +194,7 @@ mod tests {
     fn reports_the_line_where_the_limit_is_passed() {
         let text = "a:\n  b: [[[[[[\n";
         assert_eq!(check_nesting(text, 5), Err(TooDeep { line: 2, limit: 5 }));
-        let deep = "{a: ".repeat(100_000);
+        let deep = "\u{feff}".to_string() + &"{a: ".repeat(100_000);
         assert_eq!(
             check_nesting(&deep, 64),
             Err(TooDeep { line: 1, limit: 64 })
