@@ -1,7 +1,7 @@
 //! Command-line arguments.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use engine::config::{Backend, Config, Mode, PortRange};
+use engine::config::{Backend, Config, InputLimits, Mode, PortRange};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
@@ -273,6 +273,14 @@ pub struct EngineArgs {
     /// lock entry. Written atomically by the daemon and a one-shot apply.
     #[arg(long, default_value = DEFAULT_STATE_FILE)]
     pub state_file: PathBuf,
+    /// Largest services file or lock read, in bytes; a larger one is reported and skipped.
+    #[arg(long, default_value_t = engine::config::DEFAULT_MAX_FILE_BYTES)]
+    pub max_file_bytes: u64,
+    /// Deepest nesting (block levels plus open `[`/`{`) of a services file; a deeper one is
+    /// reported and not parsed. At most 120 (the YAML parser's own limit is 128).
+    #[arg(long, default_value_t = engine::config::DEFAULT_MAX_NESTING_DEPTH as u16,
+          value_parser = clap::value_parser!(u16).range(1..=120))]
+    pub max_nesting_depth: u16,
 }
 
 /// Where the node state lives unless `--state-file` says otherwise.
@@ -299,7 +307,15 @@ impl EngineArgs {
             mode,
             allow_external_ips: self.allow_external_ips,
             require_lock: self.require_lock,
+            input_limits: self.input_limits(),
             ..Config::default()
+        }
+    }
+
+    pub fn input_limits(&self) -> InputLimits {
+        InputLimits {
+            max_file_bytes: self.max_file_bytes,
+            max_nesting_depth: usize::from(self.max_nesting_depth),
         }
     }
 

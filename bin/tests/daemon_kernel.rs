@@ -1370,3 +1370,108 @@ fn saved_iptables_plan_is_applied_only_untampered_from_the_daemons_directory_and
 fn saved_nftables_plan_is_applied_only_untampered_from_the_daemons_directory_and_lock() {
     saved_plan_is_checked("nftables");
 }
+
+#[test]
+fn the_daemons_lock_write_replaces_planted_symlinks_and_leaves_their_victims_byte_identical() {
+    let mut c = Cluster::new("locklink");
+    c.write(
+        "web.yaml",
+        &service_yaml("web", None, "web", "TCP", 80, 8080),
+    );
+    // Victims outside the services directory: one behind the old fixed temporary name, one
+    // behind the lock itself (a valid empty lock, so reading it succeeds).
+    let victim_tmp = c.temp().join("victim-passwd");
+    let victim_lock = c.temp().join("victim-lock");
+    std::fs::write(&victim_tmp, "root:x:0:0::/root:/bin/sh\n").unwrap();
+    std::fs::write(&victim_lock, "{\"format_version\": 1}\n").unwrap();
+    std::os::unix::fs::symlink(&victim_tmp, c.dir.join("portald.lock.tmp")).unwrap();
+    std::os::unix::fs::symlink(&victim_lock, c.dir.join("portald.lock")).unwrap();
+
+    c.start_daemon(&[]);
+
+    assert_eq!(
+        std::fs::read_to_string(&victim_tmp).unwrap(),
+        "root:x:0:0::/root:/bin/sh\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&victim_lock).unwrap(),
+        "{\"format_version\": 1}\n"
+    );
+    let lock_path = c.dir.join("portald.lock");
+    assert!(
+        !std::fs::symlink_metadata(&lock_path)
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "the lock is still a symlink"
+    );
+    let lock = engine::allocate::Lock::read(&lock_path).expect("the written lock parses");
+    let vip = service(&c.status(), "default/web").unwrap().vip;
+    assert_eq!(
+        lock.vips.get("default/web").copied(),
+        vip.map(|v| v.0),
+        "the lock holds the VIP the daemon serves"
+    );
+}
+
+#[test]
+fn hostile_files_do_not_hold_back_another_files_change_and_a_broken_file_keeps_its_last_good_version(
+) {
+    let mut c = Cluster::new("hostile");
+    c.write(
+        "web.yaml",
+        &service_yaml("web", None, "web", "TCP", 80, 8080),
+    );
+    c.write(
+        "old.yaml",
+        &service_yaml("old", None, "old", "TCP", 82, 8082),
+    );
+    let fifo = std::ffi::CString::new(c.dir.join("fifo.yaml").to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo on a NUL-terminated path inside the test's own directory.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    std::os::unix::fs::symlink("/dev/zero", c.dir.join("zero.yaml")).unwrap();
+    c.start_daemon(&["--resync-seconds", "600"]);
+
+    // `old.yaml` turns into 400 KB of nested brackets: refused, its last good version stays.
+    let n = 200_000;
+    c.write("old.yaml", &("[".repeat(n) + &"]".repeat(n)));
+    c.write(
+        "maps.yaml",
+        &("{a: ".repeat(n / 2) + "1" + &"}".repeat(n / 2)),
+    );
+    let started = std::time::Instant::now();
+    c.write(
+        "api.yaml",
+        &service_yaml("api", None, "api", "TCP", 81, 8081),
+    );
+    let status = c.wait_status("the new file's service", |s| {
+        service(s, "default/api")?;
+        Ok(s.clone())
+    });
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(3),
+        "api.yaml took {took:?} to be served\n{}",
+        c.daemon_logs()
+    );
+    assert!(
+        service(&status, "default/old").is_ok(),
+        "old's last good version is gone"
+    );
+    assert!(service(&status, "default/web").is_ok());
+    let message = |file: &str| {
+        status
+            .diagnostics
+            .iter()
+            .find(|d| d.file == file)
+            .map(|d| d.message.clone())
+            .unwrap_or_else(|| panic!("no diagnostic for {file}: {:?}", status.diagnostics))
+    };
+    assert!(message("old.yaml").contains("nested deeper than 64 levels"));
+    assert!(message("maps.yaml").contains("nested deeper than 64 levels"));
+    assert_eq!(message("fifo.yaml"), "not a regular file (a FIFO): skipped");
+    assert_eq!(
+        message("zero.yaml"),
+        "not a regular file (a character device): skipped"
+    );
+}

@@ -32,7 +32,7 @@ pub enum LockError {
     Read {
         path: String,
         #[source]
-        source: std::io::Error,
+        source: crate::load::file::ReadError,
     },
     #[error("lock file `{path}` is not valid: {message}")]
     Parse { path: String, message: String },
@@ -40,7 +40,7 @@ pub enum LockError {
     Write {
         path: String,
         #[source]
-        source: std::io::Error,
+        source: crate::safe_write::SafeWriteError,
     },
 }
 
@@ -62,13 +62,26 @@ impl Lock {
         Ok(lock)
     }
 
-    /// Reads a lock file; a missing file is an empty lock.
+    /// Reads a lock file within the default size limit; a missing file is an empty lock.
     pub fn read(path: &std::path::Path) -> Result<Lock, LockError> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => Lock::parse(&text, &path.display().to_string()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Lock::default()),
+        Lock::read_limited(path, crate::config::DEFAULT_MAX_FILE_BYTES)
+    }
+
+    /// Reads a lock file of at most `max_bytes`; a missing file is an empty lock. A lock that
+    /// is not a regular file (a FIFO, `/dev/zero`) or is larger is an error, never a hang.
+    pub fn read_limited(path: &std::path::Path, max_bytes: u64) -> Result<Lock, LockError> {
+        let name = || path.display().to_string();
+        match crate::load::file::read_limited(path, max_bytes) {
+            Ok(bytes) => {
+                let text = String::from_utf8(bytes).map_err(|_| LockError::Parse {
+                    path: name(),
+                    message: "not UTF-8 text".to_string(),
+                })?;
+                Lock::parse(&text, &name())
+            }
+            Err(e) if e.is_not_found() => Ok(Lock::default()),
             Err(source) => Err(LockError::Read {
-                path: path.display().to_string(),
+                path: name(),
                 source,
             }),
         }
@@ -89,20 +102,15 @@ impl Lock {
         }
     }
 
-    /// The file `write` fills before renaming it over `path`.
-    pub fn temporary(path: &std::path::Path) -> std::path::PathBuf {
-        path.with_extension("lock.tmp")
-    }
-
-    /// Writes atomically (temp file + rename) so a crash never leaves half a lock.
+    /// Writes atomically through [`crate::safe_write`], so a crash never leaves half a lock
+    /// and a symlink planted at `path` or beside it is never written through.
     pub fn write(&self, path: &std::path::Path) -> Result<(), LockError> {
-        let tmp = Self::temporary(path);
-        let err = |source| LockError::Write {
-            path: path.display().to_string(),
-            source,
-        };
-        std::fs::write(&tmp, self.render()).map_err(err)?;
-        std::fs::rename(&tmp, path).map_err(err)
+        crate::safe_write::write(path, self.render().as_bytes()).map_err(|source| {
+            LockError::Write {
+                path: path.display().to_string(),
+                source,
+            }
+        })
     }
 }
 

@@ -106,6 +106,33 @@ pub const DEFAULT_PROXY_PORTS: PortRange = PortRange {
     high: 32767,
 };
 
+/// Bounds on what one input file (a services file or the lock) may cost to read: a file
+/// past them is reported and skipped, and the others load as usual.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputLimits {
+    /// Largest file read, in bytes (`--max-file-bytes`).
+    pub max_file_bytes: u64,
+    /// Deepest nesting of collections in a services file, in levels: block indentation
+    /// levels plus open `[`/`{` (`--max-nesting-depth`). Kept under serde_yaml's own
+    /// recursion limit of 128, so whatever passes can be parsed.
+    pub max_nesting_depth: usize,
+}
+
+/// 4 MiB: a thousand times a large manifest, well under what the daemon should hold for
+/// one file.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
+/// Kubernetes objects nest a few dozen levels at most (a CRD's schema is among the deepest).
+pub const DEFAULT_MAX_NESTING_DEPTH: usize = 64;
+
+impl Default for InputLimits {
+    fn default() -> Self {
+        InputLimits {
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
+            max_nesting_depth: DEFAULT_MAX_NESTING_DEPTH,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub portal_cidr: Ipv4Network,
@@ -124,6 +151,8 @@ pub struct Config {
     /// Strict multi-host mode: a service with no lock entry gets no VIP and is held, rather
     /// than given one another host may give to a different service.
     pub require_lock: bool,
+    /// What reading one input file may cost.
+    pub input_limits: InputLimits,
 }
 
 impl Default for Config {
@@ -137,6 +166,7 @@ impl Default for Config {
             host_target: Ipv4Addr::LOCALHOST,
             local_networks: Vec::new(),
             require_lock: false,
+            input_limits: InputLimits::default(),
         }
     }
 }

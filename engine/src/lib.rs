@@ -18,3 +18,4 @@ pub mod netns;
 pub mod observe;
 pub mod pipeline;
 pub mod plan;
+pub mod safe_write;

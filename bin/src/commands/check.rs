@@ -6,7 +6,7 @@ use engine::allocate::{parse_key, Lock};
 use engine::diagnostics::{render, Diagnostic, ReportFormat as Format, Severity};
 
 pub fn run(args: CheckArgs) -> Result<u8> {
-    let files = super::load_files(&args.dir)?;
+    let files = super::load_files(&args.engine, &args.dir)?;
     let lock = super::load_lock(&args.engine, &args.dir)?;
     let config = args.engine.config();
     let mut diagnostics = engine::pipeline::check(&files, &lock, &config);

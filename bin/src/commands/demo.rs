@@ -234,6 +234,12 @@ impl Demo {
         self.socket = self.bed.temp_dir().join("portald.sock");
         std::fs::create_dir_all(&self.dir)
             .with_context(|| format!("creating `{}`", self.dir.display()))?;
+        // Whatever the umask: portald refuses to write into a directory others may write.
+        std::fs::set_permissions(
+            &self.dir,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .with_context(|| format!("making `{}` writable by root only", self.dir.display()))?;
         let files = [
             ("apache-service.json", APACHE_SERVICE.to_string()),
             ("web.yaml", WEB_SERVICE.to_string()),
@@ -243,7 +249,8 @@ impl Demo {
         ];
         for (name, text) in files {
             let path = self.dir.join(name);
-            std::fs::write(&path, text).with_context(|| format!("writing `{}`", path.display()))?;
+            engine::safe_write::write(&path, text.as_bytes())
+                .with_context(|| format!("writing `{}`", path.display()))?;
         }
         println!("{}:", self.dir.display());
         println!("  apache-service.json  the seed's v1beta1 service: 12345 -> containerPort 80, name=apache");

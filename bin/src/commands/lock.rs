@@ -6,7 +6,7 @@ use engine::diagnostics::{render, ReportFormat};
 
 pub fn run(args: LockArgs) -> Result<u8> {
     let config = args.engine.config();
-    let files = super::load_files(&args.dir)?;
+    let files = super::load_files(&args.engine, &args.dir)?;
     let lock = super::load_lock(&args.engine, &args.dir)?;
     let observed = if args.live.is_some() || args.from_kernel {
         let live = LiveArgs {

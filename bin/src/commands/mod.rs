@@ -44,15 +44,16 @@ pub fn dispatch(command: Command) -> Result<u8> {
     }
 }
 
-/// Reads and parses the services directory.
-pub fn load_files(dir: &Path) -> Result<Vec<ParsedFile>> {
-    engine::load::load_dir(dir)
+/// Reads and parses the services directory within the limits of `engine`'s flags.
+pub fn load_files(engine: &EngineArgs, dir: &Path) -> Result<Vec<ParsedFile>> {
+    engine::load::load_dir_with(dir, &engine.input_limits())
         .with_context(|| format!("loading services from `{}`", dir.display()))
 }
 
 pub fn load_lock(engine: &EngineArgs, dir: &Path) -> Result<Lock> {
     let path = engine.lock_path(dir);
-    Lock::read(&path).with_context(|| format!("reading the allocation record `{}`", path.display()))
+    Lock::read_limited(&path, engine.max_file_bytes)
+        .with_context(|| format!("reading the allocation record `{}`", path.display()))
 }
 
 /// This host's node state (`--state-file`); a missing file is an empty state.

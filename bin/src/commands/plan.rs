@@ -35,8 +35,9 @@ fn write_json(mut out: impl std::io::Write, document: &PlanDocument) -> Result<(
 
 pub fn run(args: PlanArgs) -> Result<u8> {
     let config = args.engine.config();
-    let (files, services_digest) = engine::load::load_dir_digest(&args.dir)
-        .with_context(|| format!("loading services from `{}`", args.dir.display()))?;
+    let (files, services_digest) =
+        engine::load::load_dir_digest(&args.dir, &args.engine.input_limits())
+            .with_context(|| format!("loading services from `{}`", args.dir.display()))?;
     let lock_path = args.engine.lock_path(&args.dir);
     // Digested before it is parsed: a lock changed in between makes the plan refused, not wrong.
     let inputs = engine::plan::saved::Inputs {
@@ -75,9 +76,9 @@ pub fn run(args: PlanArgs) -> Result<u8> {
         summary: outcome.plan.summary,
     };
     if let Some(out) = &args.out {
-        let file = std::fs::File::create(out)
-            .with_context(|| format!("writing plan `{}`", out.display()))?;
-        write_json(std::io::BufWriter::new(file), &document)
+        let mut bytes = Vec::new();
+        write_json(&mut bytes, &document).context("rendering the plan")?;
+        engine::safe_write::write(out, &bytes)
             .with_context(|| format!("writing plan `{}`", out.display()))?;
     }
     if args.json {

@@ -11,7 +11,7 @@ pub fn run(args: SnapshotArgs) -> Result<u8> {
         observe(backend, &SystemExec, Default::default()).context("observing the kernel")?;
     let text = Snapshot::from_observed(backend, &observed).render();
     match &args.out {
-        Some(path) => std::fs::write(path, text)
+        Some(path) => engine::safe_write::write(path, text.as_bytes())
             .with_context(|| format!("writing snapshot `{}`", path.display()))?,
         None => print!("{text}"),
     }

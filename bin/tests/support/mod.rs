@@ -189,6 +189,9 @@ impl Cluster {
         let bed = Testbed::new(tag).unwrap_or_else(|e| panic!("creating the testbed: {e}"));
         let dir = bed.temp_dir().join("services");
         std::fs::create_dir_all(&dir).expect("services directory");
+        // Whatever the umask: portald refuses to write its lock where others may write.
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("services directory mode");
         let socket = bed.temp_dir().join("s.sock");
         Cluster {
             bed,

@@ -10,7 +10,7 @@ use crate::dataplane::{Backends, DataPlane, ListenerSpec};
 use crate::diagnostics::{Diagnostic, Severity};
 use crate::escape::Text;
 use crate::exec::Exec;
-use crate::load::{load_dir, load_dir_digest, ParsedFile};
+use crate::load::{load_dir_digest, load_dir_with, ParsedFile};
 use crate::observe::{observe, observe_other, Observed};
 use crate::pipeline;
 use crate::plan::render::plan_text;
@@ -220,7 +220,8 @@ impl Reconciler {
 
     /// Files as they are now, with each broken file replaced by its last good version.
     fn load(&mut self) -> Result<Loaded, String> {
-        let files = load_dir(&self.dir).map_err(|e| error_chain(&e))?;
+        let files =
+            load_dir_with(&self.dir, &self.config.input_limits).map_err(|e| error_chain(&e))?;
         let mut diagnostics = Vec::new();
         let mut merged = Vec::new();
         let mut held = Vec::new();
@@ -280,7 +281,8 @@ impl Reconciler {
 
     /// The shared allocation record, read afresh every pass: an input like the files.
     fn lock(&self) -> Result<Lock, String> {
-        Lock::read(&self.lock_path).map_err(|e| error_chain(&e))
+        Lock::read_limited(&self.lock_path, self.config.input_limits.max_file_bytes)
+            .map_err(|e| error_chain(&e))
     }
 
     /// The node state: what this host recorded before, or empty when it cannot be read
@@ -291,10 +293,11 @@ impl Reconciler {
             return state.clone();
         }
         let state = match &self.state_path {
-            Some(path) => Lock::read(path).unwrap_or_else(|e| {
-                tracing::warn!("{}; starting with an empty node state", error_chain(&e));
-                Lock::default()
-            }),
+            Some(path) => Lock::read_limited(path, self.config.input_limits.max_file_bytes)
+                .unwrap_or_else(|e| {
+                    tracing::warn!("{}; starting with an empty node state", error_chain(&e));
+                    Lock::default()
+                }),
             None => Lock::default(),
         };
         self.state = Some(state.clone());
@@ -410,8 +413,9 @@ impl Reconciler {
         if let Some(path) = &self.state_path {
             if let Err(e) = write_state_file(path, new.render().as_bytes()) {
                 tracing::warn!(
-                    "cannot write the node state `{}`: {e}; kept in memory only",
-                    path.display()
+                    "cannot write the node state `{}`: {}; kept in memory only",
+                    path.display(),
+                    error_chain(&e)
                 );
             }
         }
@@ -441,7 +445,8 @@ impl Reconciler {
 
     /// The digests of this daemon's services directory and lock file as they are now.
     fn inputs(&self) -> Result<saved::Inputs, String> {
-        let (_, services) = load_dir_digest(&self.dir).map_err(|e| error_chain(&e))?;
+        let (_, services) =
+            load_dir_digest(&self.dir, &self.config.input_limits).map_err(|e| error_chain(&e))?;
         let lock = saved::lock_digest(&self.lock_path).map_err(|e| {
             format!(
                 "cannot read the allocation record `{}`: {e}",
@@ -553,39 +558,27 @@ pub fn cleanup(
     Ok(plan)
 }
 
-/// Writes the node state atomically: a temporary file created next to `path` with
-/// `O_CREAT|O_EXCL|O_NOFOLLOW` (never through a symlink planted there, never half written),
-/// flushed, then renamed over `path`. The parent directory is created if missing. Kept in
-/// one function so a shared safe-write helper can replace it.
-pub fn write_state_file(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+/// Writes the node state through [`crate::safe_write`] (a fresh temporary file, renamed
+/// over `path`: never through a planted symlink, never half written); its directory is made
+/// first, readable by root only, when missing.
+pub fn write_state_file(
+    path: &std::path::Path,
+    bytes: &[u8],
+) -> Result<(), crate::safe_write::SafeWriteError> {
+    use std::os::unix::fs::DirBuilderExt;
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)?;
+        if !parent.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .map_err(|source| crate::safe_write::SafeWriteError::Directory {
+                    dir: parent.display().to_string(),
+                    source,
+                })?;
+        }
     }
-    let mut name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no file name"))?
-        .to_os_string();
-    name.push(format!(".{}.tmp", std::process::id()));
-    let tmp = path.with_file_name(name);
-    // A temporary left by a crash of a process with our pid: unlinking never follows a link.
-    let _ = std::fs::remove_file(&tmp);
-    let result = (|| {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    crate::safe_write::write(path, bytes)
 }
 
 fn now() -> u64 {

@@ -11,8 +11,9 @@ pub type Watcher = Debouncer<notify::RecommendedWatcher, RecommendedCache>;
 /// Calls `on_change` (debounced) whenever anything below `dir` changes: editors' atomic
 /// renames, partial writes and ConfigMap `..data` swaps all end in one call after the dust
 /// settles; the reconciler then reads the whole directory again. Changes only to the
-/// `own` files (the daemon's node state, should it be kept inside `dir`) are not a reason
-/// to look again: the daemon wrote them itself. The lock is not among them: it is an input.
+/// `own` files (the daemon's node state, should it be kept inside `dir`, and the temporary
+/// files [`crate::safe_write`] makes on the way to it) are not a reason to look again: the
+/// daemon wrote them itself. The lock is not among them: it is an input.
 pub fn watch(
     dir: &Path,
     own: &[PathBuf],
@@ -44,7 +45,12 @@ fn is_change(event: &notify::Event, own: &[PathBuf]) -> bool {
         return false;
     }
     // An event without paths (a rescan) may be anything.
-    event.paths.is_empty() || event.paths.iter().any(|p| !own.contains(&absolute(p)))
+    event.paths.is_empty() || event.paths.iter().any(|p| !is_own(&absolute(p), own))
+}
+
+fn is_own(path: &Path, own: &[PathBuf]) -> bool {
+    own.iter()
+        .any(|o| path == o || crate::safe_write::is_temporary_of(path, o))
 }
 
 fn absolute(path: &Path) -> PathBuf {

@@ -4,11 +4,14 @@
 //! file never hides the good ones.
 
 mod convert;
+pub mod depth;
 mod fast;
+pub mod file;
 pub mod positions;
 pub mod spec;
 pub mod yaml;
 
+use crate::config::InputLimits;
 use crate::diagnostics::{Diagnostic, Severity};
 use crate::model::{EndpointGroup, Pod, Service};
 use std::path::{Path, PathBuf};
@@ -62,8 +65,18 @@ fn is_skipped(name: &str) -> bool {
     name.starts_with('.')
 }
 
-/// Reads every service file below `dir`, sorted by path. Unreadable files become diagnostics.
+/// Reads every service file below `dir`, sorted by path, within the default limits.
 pub fn read_dir(dir: &Path) -> Result<(Vec<SourceFile>, Vec<Diagnostic>), LoadError> {
+    read_dir_with(dir, &InputLimits::default())
+}
+
+/// Reads every service file below `dir`, sorted by path. Unreadable files, files that are
+/// not regular (a FIFO, a device, a socket) and files over `limits.max_file_bytes` become
+/// diagnostics naming the file.
+pub fn read_dir_with(
+    dir: &Path,
+    limits: &InputLimits,
+) -> Result<(Vec<SourceFile>, Vec<Diagnostic>), LoadError> {
     let mut files = Vec::new();
     let mut diagnostics = Vec::new();
     let mut pending = vec![dir.to_path_buf()];
@@ -89,8 +102,8 @@ pub fn read_dir(dir: &Path) -> Result<(Vec<SourceFile>, Vec<Diagnostic>), LoadEr
             // `metadata` follows symlinks: a ConfigMap's `svc.yaml -> ..data/svc.yaml` is read.
             match std::fs::metadata(&path) {
                 Ok(meta) if meta.is_dir() => pending.push(path),
-                Ok(meta) if meta.is_file() && is_service_file(&name) => {
-                    match std::fs::read(&path) {
+                Ok(_) if is_service_file(&name) => {
+                    match file::read_limited(&path, limits.max_file_bytes) {
                         Ok(bytes) => match String::from_utf8(bytes) {
                             Ok(text) => files.push(SourceFile {
                                 path: relative,
@@ -100,8 +113,10 @@ pub fn read_dir(dir: &Path) -> Result<(Vec<SourceFile>, Vec<Diagnostic>), LoadEr
                                 diagnostics.push(file_error(&relative, "file is not UTF-8 text"))
                             }
                         },
-                        Err(e) => diagnostics
-                            .push(file_error(&relative, &format!("cannot read file: {e}"))),
+                        Err(e @ file::ReadError::Io(_)) => {
+                            diagnostics.push(file_error(&relative, &e.to_string()))
+                        }
+                        Err(e) => diagnostics.push(file_error(&relative, &format!("{e}: skipped"))),
                     }
                 }
                 Ok(_) => {}
@@ -136,8 +151,28 @@ fn file_error(path: &str, message: &str) -> Diagnostic {
     }
 }
 
-/// Parses one file into objects and diagnostics. Pure.
+/// Parses one file into objects and diagnostics, within the default limits. Pure.
 pub fn parse_file(file: &SourceFile) -> ParsedFile {
+    parse_file_limited(file, &InputLimits::default())
+}
+
+/// Parses one file into objects and diagnostics; a file nested deeper than
+/// `limits.max_nesting_depth` is one error, found before any parser sees it. Pure.
+pub fn parse_file_limited(file: &SourceFile, limits: &InputLimits) -> ParsedFile {
+    if let Err(e) = depth::check_nesting(&file.text, limits.max_nesting_depth) {
+        return ParsedFile {
+            path: file.path.clone(),
+            objects: Vec::new(),
+            diagnostics: vec![Diagnostic {
+                line: Some(e.line),
+                message: format!(
+                    "nested deeper than {} levels (`--max-nesting-depth`): not parsed",
+                    e.limit
+                ),
+                ..file_error(&file.path, "")
+            }],
+        };
+    }
     parse_file_with(file, Shortcuts::On)
 }
 
@@ -151,6 +186,20 @@ enum Shortcuts {
 }
 
 fn parse_file_with(file: &SourceFile, shortcuts: Shortcuts) -> ParsedFile {
+    // A UTF-8 byte-order mark (editors on Windows write one) is no content: YAML allows it
+    // at the start of a stream (YAML 1.2 §5.2) and RFC 8259 §8.1 lets a JSON parser ignore
+    // it. Dropped here, every reader and line count below sees the same text.
+    let unmarked;
+    let file = match file.text.strip_prefix('\u{feff}') {
+        Some(text) => {
+            unmarked = SourceFile {
+                path: file.path.clone(),
+                text: text.to_string(),
+            };
+            &unmarked
+        }
+        None => file,
+    };
     let json = file.path.ends_with(".json");
     let mut parsed = ParsedFile {
         path: file.path.clone(),
@@ -188,8 +237,14 @@ fn parse_file_with(file: &SourceFile, shortcuts: Shortcuts) -> ParsedFile {
     parsed
 }
 
-/// Parses files on every core; files are independent, and the result keeps their order.
+/// Parses files on every core, within the default limits.
 pub fn parse_all(files: &[SourceFile]) -> Vec<ParsedFile> {
+    parse_all_with(files, &InputLimits::default())
+}
+
+/// Parses files on every core; files are independent, and the result keeps their order.
+pub fn parse_all_with(files: &[SourceFile], limits: &InputLimits) -> Vec<ParsedFile> {
+    let parse_file = |file| parse_file_limited(file, limits);
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     if workers < 2 || files.len() < 8 {
         return files.iter().map(parse_file).collect();
@@ -207,18 +262,26 @@ pub fn parse_all(files: &[SourceFile]) -> Vec<ParsedFile> {
     })
 }
 
-/// Reads and parses a whole directory.
+/// Reads and parses a whole directory within the default limits.
 pub fn load_dir(dir: &Path) -> Result<Vec<ParsedFile>, LoadError> {
-    let (files, read_errors) = read_dir(dir)?;
-    Ok(parse_read(&files, read_errors))
+    load_dir_with(dir, &InputLimits::default())
+}
+
+/// Reads and parses a whole directory; a file past `limits` is an error of its own.
+pub fn load_dir_with(dir: &Path, limits: &InputLimits) -> Result<Vec<ParsedFile>, LoadError> {
+    let (files, read_errors) = read_dir_with(dir, limits)?;
+    Ok(parse_read(&files, read_errors, limits))
 }
 
 /// Reads and parses a whole directory, and digests what was read (see [`digest_files`]):
 /// the digest and the objects come from the very same read.
-pub fn load_dir_digest(dir: &Path) -> Result<(Vec<ParsedFile>, String), LoadError> {
-    let (files, read_errors) = read_dir(dir)?;
+pub fn load_dir_digest(
+    dir: &Path,
+    limits: &InputLimits,
+) -> Result<(Vec<ParsedFile>, String), LoadError> {
+    let (files, read_errors) = read_dir_with(dir, limits)?;
     let digest = digest_files(&files, &read_errors);
-    Ok((parse_read(&files, read_errors), digest))
+    Ok((parse_read(&files, read_errors, limits), digest))
 }
 
 /// SHA-256 (lower-case hex) over the files of a services directory as [`read_dir`] read
@@ -251,8 +314,12 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn parse_read(files: &[SourceFile], read_errors: Vec<Diagnostic>) -> Vec<ParsedFile> {
-    let mut parsed = parse_all(files);
+fn parse_read(
+    files: &[SourceFile],
+    read_errors: Vec<Diagnostic>,
+    limits: &InputLimits,
+) -> Vec<ParsedFile> {
+    let mut parsed = parse_all_with(files, limits);
     for diagnostic in read_errors {
         parsed.push(ParsedFile {
             path: diagnostic.file.clone(),
@@ -328,6 +395,63 @@ mod tests {
                 );
             }
         }
+    }
+
+    fn service_names(parsed: &ParsedFile) -> Vec<String> {
+        parsed
+            .objects
+            .iter()
+            .filter_map(|o| match o {
+                Object::Service(s) => Some(s.key.name.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_leading_byte_order_mark_is_accepted_in_yaml_and_json() {
+        let yaml = SourceFile {
+            path: "web.yaml".into(),
+            text: "\u{feff}apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  ports:\n  - port: 80\n    protocol: TCPX\n".into(),
+        };
+        let json = SourceFile {
+            path: "api.json".into(),
+            text: "\u{feff}{\"apiVersion\": \"v1\", \"kind\": \"Service\",\n \"metadata\": {\"name\": \"api\"},\n \"spec\": {\"ports\": [{\"port\": 80}]}}\n".into(),
+        };
+        let parsed = parse_file(&json);
+        assert!(!parsed.has_errors(), "{:?}", parsed.diagnostics);
+        assert_eq!(service_names(&parsed), ["api"]);
+        // The bad protocol on line 8 is still reported on line 8: the mark moves no line.
+        let parsed = parse_file(&yaml);
+        let lines: Vec<_> = parsed
+            .diagnostics
+            .iter()
+            .map(|d| (d.line, d.message.contains("malformed")))
+            .collect();
+        assert_eq!(lines, [(Some(8), false)], "{:?}", parsed.diagnostics);
+        let fixed = SourceFile {
+            text: yaml.text.replace("TCPX", "TCP"),
+            ..yaml
+        };
+        let parsed = parse_file(&fixed);
+        assert!(!parsed.has_errors(), "{:?}", parsed.diagnostics);
+        assert_eq!(service_names(&parsed), ["web"]);
+    }
+
+    #[test]
+    fn a_duplicate_key_in_a_json_object_is_an_error_naming_file_line_and_key() {
+        let file = SourceFile {
+            path: "sub/web.json".into(),
+            text: "{\n  \"apiVersion\": \"v1\",\n  \"kind\": \"Service\",\n  \"metadata\": {\"name\": \"web\"},\n  \"spec\": {\"ports\": [{\"port\": 80}]},\n  \"kind\": \"Pod\"\n}\n".into(),
+        };
+        let parsed = parse_file(&file);
+        assert_eq!(parsed.diagnostics.len(), 1, "{:?}", parsed.diagnostics);
+        let d = &parsed.diagnostics[0];
+        assert!(d.is_error());
+        assert_eq!(d.file, "sub/web.json");
+        assert_eq!(d.line, Some(6));
+        assert!(d.message.contains("duplicate key `kind`"), "{d}");
+        assert!(parsed.objects.is_empty());
     }
 
     #[test]

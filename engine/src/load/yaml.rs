@@ -15,7 +15,8 @@ pub struct SyntaxError {
 pub fn parse_documents(text: &str, json: bool) -> Result<Vec<Value>, SyntaxError> {
     if json {
         return serde_json::Deserializer::from_str(text)
-            .into_iter::<Value>()
+            .into_iter::<Strict>()
+            .map(|r| r.map(|s| s.0))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| SyntaxError {
                 line: Some(e.line()),
@@ -79,6 +80,70 @@ fn to_json(value: serde_yaml::Value) -> Value {
     }
 }
 
+/// A JSON value whose objects have no key twice. serde_json keeps the last of duplicate keys
+/// silently, where YAML makes them an error (YAML 1.2 §3.2.1.1: mapping keys are unique):
+/// reading JSON with this makes the two formats agree, and the error carries the line of
+/// the second key.
+struct Strict(Value);
+
+impl<'de> Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Strict(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            // Checked before the value is read, so the error's line is the key's.
+            if out.contains_key(&key) {
+                return Err(serde::de::Error::custom(format_args!(
+                    "duplicate key `{key}`"
+                )));
+            }
+            let Strict(value) = map.next_value()?;
+            out.insert(key, value);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
 /// The libraries append "at line X column Y"; the diagnostic carries the line already.
 fn strip_location(message: &str) -> String {
     match message.find(" at line ") {
@@ -102,6 +167,24 @@ mod tests {
         let docs = parse_documents("a: 1\n---\n---\nb: 2\n", false).unwrap();
         assert_eq!(docs.len(), 3);
         assert_eq!(docs[2]["b"], 2);
+    }
+
+    #[test]
+    fn json_duplicate_key_is_an_error_naming_the_key_and_its_line() {
+        let err = parse_documents(
+            "{\n\"metadata\": {\n  \"name\": \"a\",\n  \"name\": \"b\"\n}\n}\n",
+            true,
+        )
+        .unwrap_err();
+        assert_eq!(err.line, Some(4), "{err:?}");
+        assert!(err.message.contains("duplicate key `name`"), "{err:?}");
+    }
+
+    #[test]
+    fn json_values_read_as_serde_json_reads_them() {
+        let text = r#"{"a": [1, -2, 3.5, "x", true, null, {"b": {}}], "c": 18446744073709551615}"#;
+        let expected: Value = serde_json::from_str(text).unwrap();
+        assert_eq!(parse_documents(text, true).unwrap(), vec![expected]);
     }
 
     #[test]
