@@ -534,14 +534,6 @@ fn drift_is_repaired_at_the_next_resync() {
         started.elapsed()
     };
 
-    // The refusal chains (and their jumps) live in the filter table, the rest in nat.
-    let table_of = |name: &str| {
-        if name.ends_with("-REJECT") {
-            "filter"
-        } else {
-            "nat"
-        }
-    };
     // 1. Flush all of portald's chains.
     for chain in &chains {
         c.iptables(&["-t", table_of(chain), "-F", chain]);
@@ -559,7 +551,9 @@ fn drift_is_repaired_at_the_next_resync() {
         .collect();
     assert!(jumps.len() >= 2, "{good:#?}");
     for jump in &jumps {
-        delete_rule(&c, table_of(jump), jump);
+        // The table is the jump target's: the refusal chains live in filter.
+        let target = jump.rsplit_once("-j ").map_or("", |(_, t)| t.trim());
+        delete_rule(&c, table_of(target), jump);
     }
     let reply = c.curl(&client, url, 1);
     assert!(
@@ -1247,6 +1241,16 @@ fn saved_plan_is_checked(backend: &str) {
         "web.yaml",
         &service_yaml("web", Some("10.11.0.70"), "web", "TCP", 80, 8080),
     );
+    // A ready pod: the service is redirected (one without an endpoint is refused instead).
+    c.write("pods.yaml", &pods_yaml(&[("pod1", POD1, "web")]));
+    // The repository's lock, written by `portald lock` (the daemon only reads it).
+    let dir = c.dir.display().to_string();
+    let locked = c.portald(&["lock", &dir]);
+    assert!(
+        locked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&locked.stderr)
+    );
     // No resync: the drift below stays until a plan repairs it.
     c.start_daemon(&["--backend", backend, "--resync-seconds", "600"]);
     let good = kernel_state(&c);
@@ -1264,7 +1268,6 @@ fn saved_plan_is_checked(backend: &str) {
     let drifted = kernel_state(&c);
     assert_ne!(drifted, good, "the drift changed nothing");
 
-    let dir = c.dir.display().to_string();
     let plan_path = c.temp().join("plan.json");
     let out = c.portald(&[
         "plan",
@@ -1345,20 +1348,18 @@ fn saved_plan_is_checked(backend: &str) {
     assert!(stderr.contains("made from other services"), "{stderr}");
     assert_eq!(kernel_state(&c), drifted);
 
-    // 3. The lock changed since the plan was made.
+    // 3. The untampered plan applies and repairs the drift.
+    let (code, stderr) = apply_file(&c, &plan_path);
+    assert_eq!(code, 0, "{stderr}\n{}", c.daemon_logs());
+    assert_eq!(kernel_state(&c), good);
+
+    // 4. The lock changed since the plan was made: refused before anything else is looked at.
     let lock_path = c.dir.join("portald.lock");
-    let lock = std::fs::read_to_string(&lock_path).expect("the daemon wrote its lock");
+    let lock = std::fs::read_to_string(&lock_path).expect("the repository's lock");
     std::fs::write(&lock_path, format!("{lock}\n")).expect("write lock");
     let (code, stderr) = apply_file(&c, &plan_path);
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("another allocation record"), "{stderr}");
-    assert_eq!(kernel_state(&c), drifted);
-    std::fs::write(&lock_path, &lock).expect("restore lock");
-
-    // 4. The untampered plan applies and repairs the drift.
-    let (code, stderr) = apply_file(&c, &plan_path);
-    assert_eq!(code, 0, "{stderr}\n{}", c.daemon_logs());
-    assert_eq!(kernel_state(&c), good);
 }
 
 #[test]
@@ -1372,45 +1373,52 @@ fn saved_nftables_plan_is_applied_only_untampered_from_the_daemons_directory_and
 }
 
 #[test]
-fn the_daemons_lock_write_replaces_planted_symlinks_and_leaves_their_victims_byte_identical() {
+fn the_daemons_state_write_replaces_a_planted_symlink_and_never_writes_the_lock() {
     let mut c = Cluster::new("locklink");
     c.write(
         "web.yaml",
         &service_yaml("web", None, "web", "TCP", 80, 8080),
     );
-    // Victims outside the services directory: one behind the old fixed temporary name, one
-    // behind the lock itself (a valid empty lock, so reading it succeeds).
-    let victim_tmp = c.temp().join("victim-passwd");
+    // Victims outside the services directory: one behind the lock (an input the daemon never
+    // writes; a valid empty lock, so reading it succeeds), one behind the node state file.
+    let victim_state = c.temp().join("victim-passwd");
     let victim_lock = c.temp().join("victim-lock");
-    std::fs::write(&victim_tmp, "root:x:0:0::/root:/bin/sh\n").unwrap();
+    std::fs::write(&victim_state, "root:x:0:0::/root:/bin/sh\n").unwrap();
     std::fs::write(&victim_lock, "{\"format_version\": 1}\n").unwrap();
-    std::os::unix::fs::symlink(&victim_tmp, c.dir.join("portald.lock.tmp")).unwrap();
+    std::os::unix::fs::symlink(&victim_state, c.state_file()).unwrap();
     std::os::unix::fs::symlink(&victim_lock, c.dir.join("portald.lock")).unwrap();
 
     c.start_daemon(&[]);
 
     assert_eq!(
-        std::fs::read_to_string(&victim_tmp).unwrap(),
+        std::fs::read_to_string(&victim_state).unwrap(),
         "root:x:0:0::/root:/bin/sh\n"
     );
     assert_eq!(
         std::fs::read_to_string(&victim_lock).unwrap(),
         "{\"format_version\": 1}\n"
     );
-    let lock_path = c.dir.join("portald.lock");
     assert!(
-        !std::fs::symlink_metadata(&lock_path)
+        std::fs::symlink_metadata(c.dir.join("portald.lock"))
             .unwrap()
             .file_type()
             .is_symlink(),
-        "the lock is still a symlink"
+        "the daemon replaced the lock: it is an input, never written"
     );
-    let lock = engine::allocate::Lock::read(&lock_path).expect("the written lock parses");
+    let state_path = c.state_file();
+    assert!(
+        !std::fs::symlink_metadata(&state_path)
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "the node state is still a symlink"
+    );
+    let state = engine::allocate::Lock::read(&state_path).expect("the written state parses");
     let vip = service(&c.status(), "default/web").unwrap().vip;
     assert_eq!(
-        lock.vips.get("default/web").copied(),
+        state.vips.get("default/web").copied(),
         vip.map(|v| v.0),
-        "the lock holds the VIP the daemon serves"
+        "the node state holds the VIP the daemon chose"
     );
 }
 
@@ -1459,13 +1467,20 @@ fn hostile_files_do_not_hold_back_another_files_change_and_a_broken_file_keeps_i
         "old's last good version is gone"
     );
     assert!(service(&status, "default/web").is_ok());
+    // Each file's errors (a broken file also gets a note of what it holds back).
     let message = |file: &str| {
-        status
+        let all: Vec<String> = status
             .diagnostics
             .iter()
-            .find(|d| d.file == file)
+            .filter(|d| d.file == file && d.is_error())
             .map(|d| d.message.clone())
-            .unwrap_or_else(|| panic!("no diagnostic for {file}: {:?}", status.diagnostics))
+            .collect();
+        assert!(
+            !all.is_empty(),
+            "no error for {file}: {:?}",
+            status.diagnostics
+        );
+        all.join("\n")
     };
     assert!(message("old.yaml").contains("nested deeper than 64 levels"));
     assert!(message("maps.yaml").contains("nested deeper than 64 levels"));

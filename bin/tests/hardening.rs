@@ -122,7 +122,8 @@ fn exhausted_descriptors_back_off_accept_loops_quietly_and_everything_answers_on
     let mut c = Cluster::new("emfile");
     small_service(&mut c, "10.11.0.20");
     let pid = c.start_daemon_under(&["prlimit", "--nofile=256:256"], &[]);
-    let proxy = proxy_port(&c.status(), "default/small", 80).unwrap();
+    // The proxy port exists (only traffic through the VIP may reach it: the guard).
+    proxy_port(&c.status(), "default/small", 80).unwrap();
 
     // Control clients that never send a line each hold one of the daemon's descriptors:
     // 300 of them leave it none, and more wait in the control socket's backlog.
@@ -135,11 +136,12 @@ fn exhausted_descriptors_back_off_accept_loops_quietly_and_everything_answers_on
         "the control socket never ran out of descriptors\n{}",
         c.daemon_logs()
     );
-    // Connections to a proxy listener complete in the kernel and wait in its backlog.
+    // Connections through the VIP to the proxy listener complete in the kernel and wait in
+    // its backlog.
     let node = c.node();
     let mut waiting: Vec<TcpStream> = in_netns(&node, || {
         (0..3)
-            .map(|_| TcpStream::connect(("127.0.0.1", proxy)).expect("connecting to the proxy"))
+            .map(|_| TcpStream::connect(("10.11.0.20", 80)).expect("connecting to the proxy"))
             .collect()
     });
     assert!(

@@ -241,7 +241,7 @@ mod tests {
     /// A service with one endpoint: without one it is refused in the kernel, no listener.
     fn files(port: u16) -> Vec<crate::load::ParsedFile> {
         let text = format!(
-            "apiVersion: v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  selector: {{app: web}}\n  ports: [{{port: {port}}}]\n---\napiVersion: v1\nkind: Endpoints\nmetadata: {{name: web}}\nsubsets: [{{addresses: [{{ip: 10.244.1.2}}], ports: [{{port: {port}}}]}}]\n"
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  selector: {{app: web}}\n  ports: [{{port: {port}}}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: web-1, labels: {{app: web}}}}\nstatus: {{podIP: 10.244.1.2}}\n"
         );
         vec![parse_file(&SourceFile {
             path: "web.yaml".into(),

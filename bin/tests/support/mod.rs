@@ -426,7 +426,10 @@ impl Cluster {
     pub fn portald(&self, args: &[&str]) -> Output {
         let mut all: Vec<&str> = args.to_vec();
         let socket = self.socket.display().to_string();
-        all.extend(["--control-socket", &socket]);
+        // `lock` and `check` never talk to a daemon.
+        if !matches!(args.first(), Some(&("lock" | "check"))) {
+            all.extend(["--control-socket", &socket]);
+        }
         let state = self.state_file().display().to_string();
         if matches!(args.first(), Some(&("apply" | "plan" | "lock" | "check"))) {
             all.extend(["--state-file", &state]);

@@ -121,6 +121,8 @@ pub struct Reconciler {
     last_intent: Intent,
     /// The problems of the last pass: each new one is logged once, not on every pass.
     reported: std::collections::BTreeSet<Diagnostic>,
+    /// Whether this pass has put its whole list of problems in the status.
+    diagnosed: bool,
 }
 
 impl Reconciler {
@@ -144,6 +146,7 @@ impl Reconciler {
             state: None,
             last_intent: Intent::default(),
             reported: Default::default(),
+            diagnosed: false,
         }
     }
 
@@ -266,11 +269,11 @@ impl Reconciler {
         // Until the pass gets further: what the files say on their own.
         diagnostics.extend(held.iter().cloned());
         diagnostics.sort();
-        self.status.lock().expect("status lock").diagnostics = diagnostics;
         Ok(Loaded {
             merged,
             as_loaded,
             held,
+            diagnostics,
         })
     }
 
@@ -323,6 +326,17 @@ impl Reconciler {
 
     fn pass(&mut self) -> Result<(Plan, bool), String> {
         let loaded = self.load()?;
+        let result = self.pass_loaded(&loaded);
+        if result.is_err() && !self.diagnosed {
+            // Stopped before the whole picture: what the files say is still true. The status
+            // is replaced once per pass, never left half written for a reader to see.
+            self.status.lock().expect("status lock").diagnostics = loaded.diagnostics.clone();
+        }
+        result
+    }
+
+    fn pass_loaded(&mut self, loaded: &Loaded) -> Result<(Plan, bool), String> {
+        self.diagnosed = false;
         let lock = self.lock()?;
         let state = self.node_state();
         if self.config.mode == crate::config::Mode::Kernel {
@@ -332,7 +346,7 @@ impl Reconciler {
         let mut observed = self.observe()?;
         observed.node_state = state.clone();
         let outcome = pipeline::run(&loaded.merged, &lock, &observed, &self.config, true);
-        let mut diagnostics = status_diagnostics(&loaded, &outcome, &lock, &self.config);
+        let mut diagnostics = status_diagnostics(loaded, &outcome, &lock, &self.config);
         if self.config.mode == crate::config::Mode::Kernel {
             // Bridges and their ports change under the daemon: looked at every pass.
             use crate::observe::bridges;
@@ -374,6 +388,7 @@ impl Reconciler {
                 .collect();
             status.diagnostics = diagnostics;
         }
+        self.diagnosed = true;
         self.last_intent = outcome.intent.clone();
         let report = apply(&outcome.plan, self.exec.as_ref(), self.control.as_ref())
             .map_err(|e| error_chain(&e))?;
@@ -494,6 +509,9 @@ struct Loaded {
     as_loaded: Option<Vec<ParsedFile>>,
     /// One warning per broken file: what the daemon holds back because of it.
     held: Vec<Diagnostic>,
+    /// What the files say on their own, and what they hold back: all `status` can show when
+    /// the pass stops before it has the whole picture.
+    diagnostics: Vec<Diagnostic>,
 }
 
 /// What `status` reports: everything `portald check DIR` says about the directory as it is
