@@ -20,6 +20,8 @@ pub struct Outcome {
     pub plan: Plan,
     /// All diagnostics, sorted by file and line.
     pub diagnostics: Vec<Diagnostic>,
+    /// How many of them are foreign rules catching a portal first.
+    pub foreign_conflicts: usize,
 }
 
 impl Outcome {
@@ -58,7 +60,9 @@ pub fn run(
     let mut diagnostics = assembled.diagnostics.clone();
     diagnostics.extend(allocation.diagnostics.iter().cloned());
     diagnostics.extend(compile_diagnostics);
-    diagnostics.extend(foreign_conflicts(&intent, &assembled, observed));
+    let foreign = foreign_conflicts(&intent, &assembled, observed);
+    let foreign_conflicts = foreign.len();
+    diagnostics.extend(foreign);
     diagnostics.sort();
     let has_errors = diagnostics.iter().any(Diagnostic::is_error);
     let changes = diff(
@@ -85,6 +89,7 @@ pub fn run(
         changes,
         plan,
         diagnostics,
+        foreign_conflicts,
     }
 }
 

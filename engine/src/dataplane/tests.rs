@@ -1094,5 +1094,8 @@ async fn udp_payload_bytes_are_counted_each_way() {
 
     let status = status_of(&plane, Protocol::Udp, port);
     assert_eq!(status.bytes_to_endpoints, 4 + 5);
-    assert_eq!(status.bytes_to_clients, "a:ping".len() as u64 + "a:hello".len() as u64);
+    assert_eq!(
+        status.bytes_to_clients,
+        "a:ping".len() as u64 + "a:hello".len() as u64
+    );
 }
