@@ -13,6 +13,9 @@ have curl || need+=(curl)
 have socat || need+=(socat)
 have pkill || need+=(procps)
 have systemd-analyze || need+=(systemd)
+# The metrics tests scrape the daemon with a real Prometheus server and check the
+# exposition with promtool (both in Debian's `prometheus` package; never run as a service).
+have prometheus && have promtool || need+=(prometheus)
 
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then

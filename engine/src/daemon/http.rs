@@ -82,15 +82,30 @@ fn answer(
         return plain(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
     }
     match (role, request.uri().path()) {
-        (Role::Metrics, "/metrics") => response(
+        // Prometheus asks for OpenMetrics; anything else gets the classic text format.
+        (Role::Metrics, "/metrics") if wants_openmetrics(request) => response(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             metrics.encode(),
+        ),
+        (Role::Metrics, "/metrics") => response(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics.encode_prometheus_text(),
         ),
         (Role::Health, "/healthz") => health(metrics.health(resync)),
         (Role::Health, "/livez") => health(metrics.liveness(resync)),
         _ => plain(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+fn wants_openmetrics(request: &Request<Incoming>) -> bool {
+    request
+        .headers()
+        .get_all(hyper::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"))
 }
 
 /// 200 when healthy, else 503; the body is the JSON of [`Health`] either way.

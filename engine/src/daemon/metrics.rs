@@ -193,6 +193,32 @@ impl Metrics {
         out
     }
 
+    /// The same metrics in the Prometheus text format 0.0.4, for clients that do not ask
+    /// for OpenMetrics (curl, `promtool check metrics`, older scrapers): there a counter's
+    /// HELP and TYPE carry the sample's `_total` name, and there is no `# EOF` or `# UNIT`.
+    pub fn encode_prometheus_text(&self) -> String {
+        let open = self.encode();
+        let counters: std::collections::BTreeSet<&str> = open
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+            .collect();
+        let mut out = String::with_capacity(open.len() + 64 * counters.len());
+        for line in open.lines() {
+            if line == "# EOF" || line.starts_with("# UNIT ") {
+                continue;
+            }
+            let renamed = ["# HELP ", "# TYPE "].into_iter().find_map(|comment| {
+                let (name, rest) = line.strip_prefix(comment)?.split_once(' ')?;
+                counters
+                    .contains(name)
+                    .then(|| format!("{comment}{name}_total {rest}"))
+            });
+            out.push_str(renamed.as_deref().unwrap_or(line));
+            out.push('\n');
+        }
+        out
+    }
+
     /// A file event the watcher saw at `at`; the next successful pass ends its network
     /// programming latency.
     pub fn file_changed(&self, at: Instant) {
@@ -501,6 +527,23 @@ mod tests {
             .unwrap()
             .contains("more than 2 resync periods"));
         assert!(!metrics.liveness(Duration::from_millis(10)).healthy);
+    }
+
+    #[test]
+    fn the_prometheus_text_format_names_counter_families_by_their_total_samples() {
+        let metrics = Metrics::default();
+        metrics.pass(
+            Duration::from_millis(5),
+            None,
+            Some((FailureCause::Verify, "differs")),
+        );
+        let text = metrics.encode_prometheus_text();
+        assert!(text.contains("# TYPE portald_sync_proxy_rules_failures_total counter\n"));
+        assert!(text.contains("# HELP portald_sync_proxy_rules_failures_total Failed"));
+        assert!(text.contains("portald_sync_proxy_rules_failures_total{cause=\"verify\"} 1\n"));
+        assert!(text.contains("# TYPE portald_services gauge\n"));
+        assert!(!text.contains("# EOF"));
+        assert!(metrics.encode().ends_with("# EOF\n"));
     }
 
     #[test]
