@@ -155,6 +155,16 @@ fn prometheus_scrapes_the_daemon_and_sees_its_services_connections_and_bytes() {
         "{text}"
     );
 
+    // The kernel's own counters on the portal rule of the node's path (OUTPUT).
+    let host = [
+        "service_port=\"default/apache-service:12345\"",
+        "path=\"host\"",
+    ];
+    assert!(
+        labelled(&text, "portald_kernel_rule_packets_total", &host).is_some_and(|p| p >= 3.0),
+        "{text}"
+    );
+
     // A real Prometheus server scrapes it every second.
     let dir = c.bed.temp_dir().join("prometheus");
     std::fs::create_dir_all(dir.join("data")).expect("prometheus directory");

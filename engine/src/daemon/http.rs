@@ -60,8 +60,18 @@ pub async fn serve(listener: TcpListener, role: Role, metrics: Arc<Metrics>, res
         let metrics = metrics.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request: Request<Incoming>| {
-                let response = answer(&request, role, &metrics, resync);
-                async move { Ok::<_, Infallible>(response) }
+                let metrics = metrics.clone();
+                async move {
+                    // A scrape may run `iptables-save`: off the async workers.
+                    let request = Request::from_parts(request.into_parts().0, ());
+                    let answered = tokio::task::spawn_blocking(move || {
+                        answer(&request, role, &metrics, resync)
+                    });
+                    let response = answered.await.unwrap_or_else(|_| {
+                        plain(StatusCode::INTERNAL_SERVER_ERROR, "the answer failed\n")
+                    });
+                    Ok::<_, Infallible>(response)
+                }
             });
             let _ = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -73,7 +83,7 @@ pub async fn serve(listener: TcpListener, role: Role, metrics: Arc<Metrics>, res
 }
 
 fn answer(
-    request: &Request<Incoming>,
+    request: &Request<()>,
     role: Role,
     metrics: &Metrics,
     resync: Duration,
@@ -99,7 +109,7 @@ fn answer(
     }
 }
 
-fn wants_openmetrics(request: &Request<Incoming>) -> bool {
+fn wants_openmetrics(request: &Request<()>) -> bool {
     request
         .headers()
         .get_all(hyper::header::ACCEPT)

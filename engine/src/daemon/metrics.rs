@@ -185,6 +185,12 @@ impl Metrics {
         }
     }
 
+    /// Adds a collector read at each scrape (such as the kernel's rule counters).
+    pub fn with(mut self, collector: Box<dyn Collector>) -> Self {
+        self.registry.register_collector(collector);
+        self
+    }
+
     /// The OpenMetrics text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut out = String::new();

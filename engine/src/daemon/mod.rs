@@ -3,6 +3,7 @@
 
 pub mod control;
 pub mod http;
+pub mod kernel_counters;
 pub mod metrics;
 pub mod reconciler;
 pub mod systemd;
@@ -144,7 +145,12 @@ pub async fn run(cfg: DaemonConfig, exec: Arc<dyn Exec>) -> Result<(), DaemonErr
     let (tx, rx) = mpsc::channel::<Trigger>();
 
     let socket = bind_control_socket(&cfg.control_socket)?;
-    let metrics = Arc::new(metrics::Metrics::new(Some(dataplane.clone())));
+    let kernel_counters = kernel_counters::KernelCounters {
+        exec: exec.clone(),
+        status: status.clone(),
+    };
+    let metrics =
+        Arc::new(metrics::Metrics::new(Some(dataplane.clone())).with(Box::new(kernel_counters)));
     let http_tasks = serve_http(&cfg, &metrics);
     let _watcher = {
         let tx = tx.clone();
