@@ -266,6 +266,15 @@ fn healthz_turns_503_while_the_kernel_refuses_the_batch_and_200_when_it_recovers
     let json: serde_json::Value = serde_json::from_str(&body).expect("healthz answers JSON");
     assert_eq!(json["healthy"], true, "{body}");
     assert_eq!(get(&c, LIVEZ_URL).0, 200);
+    let programming = |text: &str| {
+        let count = "portald_network_programming_duration_seconds_count";
+        let sum = "portald_network_programming_duration_seconds_sum";
+        (
+            sample(text, count).unwrap_or(-1.0),
+            sample(text, sum).unwrap_or(-1.0),
+        )
+    };
+    let before = programming(&get(&c, METRICS_URL).1);
 
     // The kernel refuses the next batch: a new service forces one.
     std::fs::write(&flag, "").expect("flag file");
@@ -296,4 +305,9 @@ fn healthz_turns_503_while_the_kernel_refuses_the_batch_and_200_when_it_recovers
     c.wait_status("the extra service to be served", |s| {
         service(s, "default/extra").map(|_| ())
     });
+    // The change's network programming latency ends at the pass that finally applied it,
+    // and is measured from when the watcher saw the file (so at least the debounce).
+    let after = programming(&get(&c, METRICS_URL).1);
+    assert_eq!(after.0, before.0 + 1.0, "{before:?} → {after:?}");
+    assert!(after.1 - before.1 >= 0.1, "{before:?} → {after:?}");
 }
