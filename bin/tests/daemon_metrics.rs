@@ -213,6 +213,28 @@ fn prometheus_scrapes_the_daemon_and_sees_its_services_connections_and_bytes() {
     // A new request through the VIP shows in the next scrape.
     assert_eq!(c.get(&node, "http://10.11.0.1:12345/"), "pod1");
     seen("sum(portald_proxy_connections_accepted_total)", 4.0);
+
+    // Problems: a file that does not parse, and two services asking for one clusterIP.
+    seen("portald_invalid_files", 0.0);
+    seen("portald_conflicts{kind=\"allocation\"}", 0.0);
+    c.write("broken.yaml", BROKEN_FILE);
+    c.write("first.yaml", &claiming("first"));
+    c.write("second.yaml", &claiming("second"));
+    seen("portald_invalid_files", 1.0);
+    seen("portald_conflicts{kind=\"allocation\"}", 1.0);
+}
+
+/// Malformed YAML (an unclosed flow mapping).
+const BROKEN_FILE: &str = "apiVersion: v1
+kind: Service
+metadata: {name: broken
+";
+
+/// A Service `name` asking for clusterIP 10.11.0.200.
+fn claiming(name: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  clusterIP: 10.11.0.200\n  ports: [{{port: 80}}]\n"
+    )
 }
 
 #[test]

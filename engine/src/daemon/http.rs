@@ -143,3 +143,22 @@ fn response(status: StatusCode, content_type: &'static str, body: String) -> Res
     );
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bind_address_is_ip_port_and_zero_or_empty_serves_none() {
+        assert_eq!(parse_bind_address("0"), Ok(None));
+        assert_eq!(parse_bind_address(""), Ok(None));
+        assert_eq!(
+            parse_bind_address("127.0.0.1:10249"),
+            Ok(Some(SocketAddr::from(([127, 0, 0, 1], 10249))))
+        );
+        assert_eq!(
+            parse_bind_address("localhost"),
+            Err("`localhost` is not IP:PORT (or 0 to disable)".to_string())
+        );
+    }
+}
