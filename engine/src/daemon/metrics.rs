@@ -176,6 +176,20 @@ impl Metrics {
             "Conflicts found by the last pass: allocation (clusterIP, ports) and foreign_rule",
             metrics.conflicts.clone(),
         );
+        // Every cause from the start at 0, so `rate()` and alerts see a series before the
+        // first failure.
+        for cause in [
+            FailureCause::Load,
+            FailureCause::Lock,
+            FailureCause::Observe,
+            FailureCause::KernelBatch,
+            FailureCause::Listener,
+            FailureCause::Verify,
+        ] {
+            metrics.failures.get_or_create(&CauseLabels {
+                cause: cause.label(),
+            });
+        }
         if let Some(dataplane) = dataplane {
             registry.register_collector(Box::new(Listeners(dataplane)));
         }
@@ -549,6 +563,7 @@ mod tests {
         assert!(text.contains("portald_sync_proxy_rules_failures_total{cause=\"verify\"} 1\n"));
         assert!(text.contains("# TYPE portald_services gauge\n"));
         assert!(!text.contains("# EOF"));
+        assert!(text.contains("portald_sync_proxy_rules_failures_total{cause=\"load\"} 0\n"));
         assert!(metrics.encode().ends_with("# EOF\n"));
     }
 
