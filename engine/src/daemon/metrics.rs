@@ -186,9 +186,12 @@ impl Metrics {
             FailureCause::Listener,
             FailureCause::Verify,
         ] {
-            metrics.failures.get_or_create(&CauseLabels {
-                cause: cause.label(),
-            });
+            metrics
+                .failures
+                .get_or_create(&CauseLabels {
+                    cause: cause.label(),
+                })
+                .inc_by(0);
         }
         if let Some(dataplane) = dataplane {
             registry.register_collector(Box::new(Listeners(dataplane)));
