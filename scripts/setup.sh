@@ -15,6 +15,9 @@ have pkill || need+=(procps)
 have systemd-analyze || need+=(systemd)
 have prlimit || need+=(util-linux)
 have sysctl || need+=(procps)
+# The metrics tests scrape the daemon with a real Prometheus server and check the
+# exposition with promtool (both in Debian's `prometheus` package; never run as a service).
+have prometheus && have promtool || need+=(prometheus)
 
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
@@ -24,7 +27,7 @@ if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq "${need[@]}" >/dev/null
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

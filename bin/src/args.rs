@@ -162,6 +162,12 @@ pub struct RunArgs {
     /// default idle + interval × count.
     #[arg(long)]
     pub tcp_user_timeout_seconds: Option<u64>,
+    /// Where Prometheus `/metrics` is served, IP:PORT; `0` serves none (as kube-proxy).
+    #[arg(long, default_value = engine::daemon::http::DEFAULT_METRICS_ADDRESS)]
+    pub metrics_bind_address: BindAddress,
+    /// Where `/healthz` and `/livez` are served, IP:PORT; `0` serves none (as kube-proxy).
+    #[arg(long, default_value = engine::daemon::http::DEFAULT_HEALTHZ_ADDRESS)]
+    pub healthz_bind_address: BindAddress,
     #[command(flatten)]
     pub control: ControlArgs,
     #[command(flatten)]
@@ -454,4 +460,16 @@ pub struct SnapshotArgs {
     pub out: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "iptables")]
     pub backend: BackendArg,
+}
+
+/// An HTTP bind address flag: `IP:PORT`, or `0` for none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BindAddress(pub Option<std::net::SocketAddr>);
+
+impl std::str::FromStr for BindAddress {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        engine::daemon::http::parse_bind_address(text).map(BindAddress)
+    }
 }

@@ -21,6 +21,8 @@ pub fn run(args: RunArgs) -> Result<u8> {
         debounce: Duration::from_millis(args.debounce_ms),
         control_socket: args.control.control_socket.clone(),
         cleanup_on_exit: args.cleanup_on_exit,
+        metrics_bind: args.metrics_bind_address.0,
+        healthz_bind: args.healthz_bind_address.0,
         dataplane: DataPlaneConfig {
             dial_timeouts: args
                 .dial_timeouts_ms

@@ -2,6 +2,9 @@
 //! data plane, answer the control socket, stop cleanly on SIGTERM.
 
 pub mod control;
+pub mod http;
+pub mod kernel_counters;
+pub mod metrics;
 pub mod reconciler;
 pub mod systemd;
 pub mod watch;
@@ -11,6 +14,7 @@ use crate::dataplane::{DataPlane, DataPlaneConfig};
 use crate::exec::Exec;
 use control::{Request, Response, Status};
 use reconciler::{DataPlaneControl, Reconciler};
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::mpsc;
@@ -36,6 +40,10 @@ pub struct DaemonConfig {
     /// disturb traffic beyond the listeners' downtime).
     pub cleanup_on_exit: bool,
     pub dataplane: DataPlaneConfig,
+    /// Where `/metrics` is served; `None` serves none.
+    pub metrics_bind: Option<SocketAddr>,
+    /// Where `/healthz` and `/livez` are served; `None` serves none.
+    pub healthz_bind: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -145,12 +153,21 @@ pub async fn run(cfg: DaemonConfig, exec: Arc<dyn Exec>) -> Result<(), DaemonErr
     let (tx, rx) = mpsc::channel::<Trigger>();
 
     let socket = bind_control_socket(&cfg.control_socket)?;
+    let kernel_counters = kernel_counters::KernelCounters {
+        exec: exec.clone(),
+        status: status.clone(),
+    };
+    let metrics =
+        Arc::new(metrics::Metrics::new(Some(dataplane.clone())).with(Box::new(kernel_counters)));
+    let http_tasks = serve_http(&cfg, &metrics);
     let _watcher = {
         let tx = tx.clone();
+        let metrics = metrics.clone();
         // The lock is an input like the files (the daemon never writes it); only the node
         // state, should it be kept inside DIR, is the daemon's own write.
         let own = [cfg.state_path.clone()];
-        watch::watch(&cfg.dir, &own, cfg.debounce, move || {
+        watch::watch(&cfg.dir, &own, cfg.debounce, move |seen| {
+            metrics.file_changed(seen);
             let _ = tx.send(Trigger::Files);
         })
         .map_err(|source| DaemonError::Watch {
@@ -186,6 +203,7 @@ pub async fn run(cfg: DaemonConfig, exec: Arc<dyn Exec>) -> Result<(), DaemonErr
         status.clone(),
     )
     .with_state_file(cfg.state_path.clone());
+    reconciler.metrics = metrics;
     let cleanup_on_exit = cfg.cleanup_on_exit;
     let worker =
         tokio::task::spawn_blocking(move || reconcile_loop(&mut reconciler, rx, cleanup_on_exit));
@@ -238,10 +256,45 @@ pub async fn run(cfg: DaemonConfig, exec: Arc<dyn Exec>) -> Result<(), DaemonErr
         task.abort();
     }
     server.abort();
+    for task in http_tasks {
+        task.abort();
+    }
     dataplane.shutdown().await;
     let _ = std::fs::remove_file(&cfg.control_socket);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Serves the metrics and health addresses on this runtime. As kube-proxy does, an
+/// address that cannot be bound (a port taken, an address not yet configured) is logged
+/// and tried again every 5 s: the data path matters more than its observation.
+fn serve_http(
+    cfg: &DaemonConfig,
+    metrics: &Arc<metrics::Metrics>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    for (what, address, role) in [
+        ("metrics", cfg.metrics_bind, http::Role::Metrics),
+        ("healthz", cfg.healthz_bind, http::Role::Health),
+    ] {
+        let Some(address) = address else { continue };
+        let metrics = metrics.clone();
+        let resync = cfg.resync;
+        tasks.push(tokio::spawn(async move {
+            let listener = loop {
+                match tokio::net::TcpListener::bind(address).await {
+                    Ok(listener) => break listener,
+                    Err(e) => {
+                        tracing::error!(%address, what, error = %e, "cannot listen; trying again in 5 s");
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                    }
+                }
+            };
+            tracing::info!(%address, what, "serving HTTP");
+            http::serve(listener, role, metrics, resync).await;
+        }));
+    }
+    tasks
 }
 
 fn reconcile_loop(reconciler: &mut Reconciler, rx: mpsc::Receiver<Trigger>, cleanup_on_exit: bool) {

@@ -2,6 +2,7 @@
 //! whole live state, applies the plan, and verifies.
 
 use super::control::{ListenerView, ReconcileResult, Status};
+use super::metrics::{FailureCause, Metrics};
 use crate::allocate::Lock;
 use crate::apply::{apply, verify, ListenerControl};
 use crate::compile::{Intent, Listener, ListenerKey};
@@ -111,6 +112,10 @@ pub struct Reconciler {
     pub exec: Arc<dyn Exec>,
     pub control: Arc<DataPlaneControl>,
     pub status: Arc<Mutex<Status>>,
+    /// What each pass records for `/metrics` and `/healthz`; the daemon shares its own.
+    pub metrics: Arc<Metrics>,
+    /// The step the current pass is at: when it fails, why.
+    step: FailureCause,
     /// Last version of each file that had no error: what stays in force while it is broken.
     last_good: BTreeMap<String, ParsedFile>,
     /// The node state file (proxy ports, VIPs chosen without a lock entry); `None`: kept
@@ -141,6 +146,8 @@ impl Reconciler {
             exec,
             control,
             status,
+            metrics: Arc::default(),
+            step: FailureCause::Load,
             last_good: BTreeMap::new(),
             state_path: None,
             state: None,
@@ -158,6 +165,7 @@ impl Reconciler {
 
     /// One full pass; the result also lands in the status.
     pub fn reconcile(&mut self, trigger: &str) -> ReconcileResult {
+        let changed = self.metrics.take_file_change();
         let started = std::time::Instant::now();
         let result = match self.pass() {
             Ok((plan, batch_sent)) => {
@@ -189,6 +197,9 @@ impl Reconciler {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "reconciled"
         );
+        let failure = result.error.as_deref().map(|e| (self.step, e));
+        self.metrics.intent(&self.last_intent);
+        self.metrics.pass(started.elapsed(), changed, failure);
         let mut status = self.status.lock().expect("status lock");
         status.reconciles += 1;
         status.last_reconcile = Some(result.clone());
@@ -223,8 +234,11 @@ impl Reconciler {
 
     /// Files as they are now, with each broken file replaced by its last good version.
     fn load(&mut self) -> Result<Loaded, String> {
+        self.step = FailureCause::Load;
         let files =
             load_dir_with(&self.dir, &self.config.input_limits).map_err(|e| error_chain(&e))?;
+        self.metrics
+            .invalid_files(files.iter().filter(|f| f.has_errors()).count());
         let mut diagnostics = Vec::new();
         let mut merged = Vec::new();
         let mut held = Vec::new();
@@ -337,15 +351,22 @@ impl Reconciler {
 
     fn pass_loaded(&mut self, loaded: &Loaded) -> Result<(Plan, bool), String> {
         self.diagnosed = false;
+        self.step = FailureCause::Lock;
         let lock = self.lock()?;
         let state = self.node_state();
         if self.config.mode == crate::config::Mode::Kernel {
             // Links come and go (a bridge added for new containers): read them every pass.
             self.config.local_networks = crate::observe::routes::local_networks();
         }
+        self.step = FailureCause::Observe;
         let mut observed = self.observe()?;
         observed.node_state = state.clone();
         let outcome = pipeline::run(&loaded.merged, &lock, &observed, &self.config, true);
+        let allocation_conflicts = outcome.allocation.diagnostics.iter();
+        self.metrics.conflicts(
+            allocation_conflicts.filter(|d| d.is_error()).count(),
+            outcome.foreign_conflicts,
+        );
         let mut diagnostics = status_diagnostics(loaded, &outcome, &lock, &self.config);
         if self.config.mode == crate::config::Mode::Kernel {
             // Bridges and their ports change under the daemon: looked at every pass.
@@ -390,11 +411,21 @@ impl Reconciler {
         }
         self.diagnosed = true;
         self.last_intent = outcome.intent.clone();
-        let report = apply(&outcome.plan, self.exec.as_ref(), self.control.as_ref())
-            .map_err(|e| error_chain(&e))?;
+        let report =
+            apply(&outcome.plan, self.exec.as_ref(), self.control.as_ref()).map_err(|e| {
+                self.step = match e {
+                    crate::apply::ApplyError::Batch(_) | crate::apply::ApplyError::Retire(_) => {
+                        FailureCause::KernelBatch
+                    }
+                    crate::apply::ApplyError::Verify { .. } => FailureCause::Verify,
+                    _ => FailureCause::Listener,
+                };
+                error_chain(&e)
+            })?;
         // An empty plan was made against a live state that already equals the intent: looking
         // again would only repeat the observation (seconds with 10,000 kernel-mode portals).
         if !outcome.plan.is_empty() {
+            self.step = FailureCause::Verify;
             self.verify(&outcome.intent)?;
         }
         self.save_state(&state, &outcome.allocation.lock);

@@ -4,7 +4,7 @@ use crate::escape::Text;
 use notify::{EventKind, RecursiveMode};
 use notify_debouncer_full::{new_debouncer, DebounceEventResult, Debouncer, RecommendedCache};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub type Watcher = Debouncer<notify::RecommendedWatcher, RecommendedCache>;
 
@@ -13,24 +13,30 @@ pub type Watcher = Debouncer<notify::RecommendedWatcher, RecommendedCache>;
 /// settles; the reconciler then reads the whole directory again. Changes only to the
 /// `own` files (the daemon's node state, should it be kept inside `dir`, and the temporary
 /// files [`crate::safe_write`] makes on the way to it) are not a reason to look again: the
-/// daemon wrote them itself. The lock is not among them: it is an input.
+/// daemon wrote them itself. The lock is not among them: it is an input. `on_change` is
+/// given when the earliest change of the burst was seen (the start of the network
+/// programming latency).
 pub fn watch(
     dir: &Path,
     own: &[PathBuf],
     debounce: Duration,
-    on_change: impl Fn() + Send + 'static,
+    on_change: impl Fn(Instant) + Send + 'static,
 ) -> notify::Result<Watcher> {
     let own: Vec<PathBuf> = own.iter().map(|p| absolute(p)).collect();
     let mut debouncer = new_debouncer(debounce, None, move |result: DebounceEventResult| {
         match result {
-            Ok(events) if events.iter().all(|e| !is_change(e, &own)) => {}
-            Ok(_) => on_change(),
+            Ok(events) => {
+                let changes = events.iter().filter(|e| is_change(e, &own));
+                if let Some(first) = changes.map(|e| e.time).min() {
+                    on_change(first);
+                }
+            }
             Err(errors) => {
                 for e in errors {
                     tracing::warn!(error = %Text(&e.to_string()), "watching the services directory");
                 }
                 // The resync will catch what the watcher missed; still, look now.
-                on_change();
+                on_change(Instant::now());
             }
         }
     })?;

@@ -121,16 +121,17 @@ pub(super) async fn forward(
     to: &mut WriteHalf<'_>,
     link: &Link,
     held: &AtomicUsize,
+    bytes: &AtomicU64,
 ) -> io::Result<()> {
     let activity = &link.activity;
     loop {
         // Optimistic first: a fresh connection's request has usually arrived already.
-        match burst(from, to, activity, held).await? {
+        match burst(from, to, activity, held, bytes).await? {
             Burst::Drained => {}
             Burst::Eof => break,
             // Without a pipe to be had, the copy goes on; the next bulk burst tries again.
             Burst::Bulk => {
-                if splice::forward(from, to, activity, held).await? {
+                if splice::forward(from, to, activity, held, bytes).await? {
                     break;
                 }
             }
@@ -160,6 +161,7 @@ async fn burst(
     to: &mut WriteHalf<'_>,
     activity: &Activity,
     held: &AtomicUsize,
+    bytes: &AtomicU64,
 ) -> io::Result<Burst> {
     let mut buf = Held::take(held);
     loop {
@@ -183,10 +185,12 @@ async fn burst(
             // FIN was in before this short read drained the socket, so the read that would
             // only return 0 is skipped.
             write_all_more(to.as_ref(), &buf.buf[..n]).await?;
+            bytes.fetch_add(n as u64, Ordering::Relaxed);
             activity.touch();
             return Ok(Burst::Eof);
         }
         to.write_all(&buf.buf[..n]).await?;
+        bytes.fetch_add(n as u64, Ordering::Relaxed);
         activity.touch();
         if n == BUFFER {
             return Ok(Burst::Bulk);

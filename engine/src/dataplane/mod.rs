@@ -220,6 +220,10 @@ pub struct ListenerStatus {
     pub failures: u64,
     /// Client connections reset, or datagrams dropped, because no endpoint could take them.
     pub rejected: u64,
+    /// Payload bytes written to endpoints (TCP stream bytes, UDP datagram payloads).
+    pub bytes_to_endpoints: u64,
+    /// Payload bytes written back to clients.
+    pub bytes_to_clients: u64,
 }
 
 /// Counters and balancing state one listener shares with its connection tasks; connections
@@ -232,6 +236,9 @@ struct Shared {
     failures: AtomicU64,
     rejected: AtomicU64,
     per_endpoint: Mutex<BTreeMap<SocketAddr, u64>>,
+    /// Bytes forwarded, client → endpoint then endpoint → client; added once per write
+    /// (relaxed, no lock), so counting costs one atomic add per burst, not per byte.
+    bytes: Bytes,
     /// Copy buffers and splice pipes its connections hold right now: one per direction with
     /// bytes in flight, none for an idle connection.
     buffers: AtomicUsize,
@@ -254,6 +261,7 @@ impl Shared {
             failures: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             per_endpoint: Mutex::new(BTreeMap::new()),
+            bytes: Bytes::default(),
             buffers: AtomicUsize::new(0),
             #[cfg(test)]
             nodelay: Mutex::new(Vec::new()),
@@ -310,8 +318,17 @@ impl Shared {
             per_endpoint: lock(&self.per_endpoint).clone(),
             failures: self.failures.load(Ordering::Relaxed),
             rejected: self.rejected.load(Ordering::Relaxed),
+            bytes_to_endpoints: self.bytes.to_endpoint.load(Ordering::Relaxed),
+            bytes_to_clients: self.bytes.to_client.load(Ordering::Relaxed),
         }
     }
+}
+
+/// Byte counters of one listener, one per direction.
+#[derive(Default)]
+struct Bytes {
+    to_endpoint: AtomicU64,
+    to_client: AtomicU64,
 }
 
 struct ActiveGuard(Arc<Shared>);

@@ -14,7 +14,7 @@ use nix::fcntl::{fcntl, FcntlArg, OFlag, SpliceFFlags};
 use std::future::poll_fn;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use tokio::io::Interest;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
@@ -97,6 +97,7 @@ pub(super) async fn forward(
     to: &mut WriteHalf<'_>,
     activity: &Activity,
     held: &AtomicUsize,
+    bytes: &AtomicU64,
 ) -> io::Result<bool> {
     let source = from.as_ref();
     let sink = to.as_ref();
@@ -134,6 +135,7 @@ pub(super) async fn forward(
                     Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                     Ok(m) => {
                         pipe.in_pipe.fetch_sub(m, Ordering::Relaxed);
+                        bytes.fetch_add(m as u64, Ordering::Relaxed);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         poll_fn(|cx| sink.poll_write_ready(cx)).await?;

@@ -330,8 +330,21 @@ async fn relay(
         let (mut client_read, mut client_write) = client.split();
         let (mut upstream_read, mut upstream_write) = upstream.split();
         let buffers = &shared.buffers;
-        let to_upstream = forward(&mut client_read, &mut upstream_write, &link, buffers);
-        let to_client = forward(&mut upstream_read, &mut client_write, &link, buffers);
+        let bytes = &shared.bytes;
+        let to_upstream = forward(
+            &mut client_read,
+            &mut upstream_write,
+            &link,
+            buffers,
+            &bytes.to_endpoint,
+        );
+        let to_client = forward(
+            &mut upstream_read,
+            &mut client_write,
+            &link,
+            buffers,
+            &bytes.to_client,
+        );
         tokio::pin!(to_upstream, to_client);
         let (first, remaining) = tokio::select! {
             r = &mut to_upstream => (r, to_client.as_mut()),

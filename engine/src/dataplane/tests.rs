@@ -1259,3 +1259,51 @@ async fn udp_flows_past_the_descriptor_budget_evict_the_oldest_and_new_clients_a
     assert_eq!(status_of(&plane, Protocol::Udp, port).active, 2);
     eventually("evicted flows close their sockets", || plane.fds().0 == 3).await;
 }
+
+#[tokio::test]
+async fn bytes_are_counted_each_way_through_copy_and_splice() {
+    let plane = DataPlane::new(config());
+    let (a, _) = backend("a").await;
+    let port = open(&plane, Protocol::Tcp, &[a], None).await;
+    // Past the copy buffer, so the client → endpoint direction turns to splice(2).
+    let payload = vec![7u8; 4 * super::copy::BUFFER + 123];
+    let echoed = bounded("bulk echo", async {
+        let mut stream = TcpStream::connect((LOCAL, port)).await.unwrap();
+        let (mut read, mut write) = stream.split();
+        let send = async {
+            write.write_all(&payload).await.unwrap();
+            write.shutdown().await.unwrap();
+        };
+        let mut all = Vec::new();
+        let receive = read.read_to_end(&mut all);
+        let ((), received) = tokio::join!(send, receive);
+        received.unwrap();
+        all
+    })
+    .await;
+    assert_eq!(echoed.len(), 1 + payload.len(), "greeting and echo");
+    let sent = payload.len() as u64;
+    eventually("both directions are counted", || {
+        let status = status_of(&plane, Protocol::Tcp, port);
+        (status.bytes_to_endpoints, status.bytes_to_clients) == (sent, sent + 1)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn udp_payload_bytes_are_counted_each_way() {
+    let plane = DataPlane::new(config());
+    let (a, _) = udp_backend("a").await;
+    let port = open(&plane, Protocol::Udp, &[a], None).await;
+    let client = udp_client().await;
+
+    udp_ask(&client, port, "ping").await;
+    udp_ask(&client, port, "hello").await;
+
+    let status = status_of(&plane, Protocol::Udp, port);
+    assert_eq!(status.bytes_to_endpoints, 4 + 5);
+    assert_eq!(
+        status.bytes_to_clients,
+        "a:ping".len() as u64 + "a:hello".len() as u64
+    );
+}

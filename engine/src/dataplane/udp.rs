@@ -275,7 +275,12 @@ impl Listener<'_> {
                 None => return,
             },
         };
-        if let Err(e) = flow.upstream.send(datagram).await {
+        let sent = flow.upstream.send(datagram).await;
+        if let Ok(n) = sent {
+            let bytes = &self.shared.bytes.to_endpoint;
+            bytes.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        if let Err(e) = sent {
             self.shared.failed();
             tracing::warn!(listener = %self.shared.id, %client, endpoint = %flow.endpoint, error = %e, "send to endpoint failed; flow dropped");
             self.shared.balancer().failed(client.ip());
@@ -411,8 +416,14 @@ async fn replies(
             received = flow.upstream.recv(&mut buf) => match received {
                 Ok(len) => {
                     flow.touch();
-                    if let Err(e) = socket.send_to(&buf[..len], flow.client).await {
-                        tracing::debug!(listener = %shared.id, client = %flow.client, error = %e, "reply to client failed");
+                    match socket.send_to(&buf[..len], flow.client).await {
+                        Ok(n) => {
+                            let bytes = &shared.bytes.to_client;
+                            bytes.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            tracing::debug!(listener = %shared.id, client = %flow.client, error = %e, "reply to client failed");
+                        }
                     }
                 }
                 Err(e) => {
