@@ -280,13 +280,21 @@ impl Cluster {
     /// `portald run DIR --control-socket S` in the node with short timers, plus `extra`.
     /// Waits until the first reconcile succeeded.
     pub fn start_daemon(&mut self, extra: &[&str]) -> u32 {
-        self.start_daemon_with_env(&[], extra)
+        self.start_daemon_under(&[], extra)
     }
 
     /// [`Cluster::start_daemon`] with `NAME=value` variables in the daemon's environment
     /// only (through `env`, which execs it: the pid is the daemon's).
     pub fn start_daemon_with_env(&mut self, env: &[&str], extra: &[&str]) -> u32 {
-        let mut args: Vec<String> = vec![
+        let mut wrapper = vec!["env"];
+        wrapper.extend(env);
+        self.start_daemon_under(&wrapper, extra)
+    }
+
+    /// Like `start_daemon`, but `portald` runs through `wrapper` (say `prlimit --nofile=N`),
+    /// which must exec it so that the pid stays the daemon's; an empty wrapper runs it as is.
+    pub fn start_daemon_under(&mut self, wrapper: &[&str], extra: &[&str]) -> u32 {
+        let base: Vec<String> = vec![
             "run".into(),
             self.dir.display().to_string(),
             "--control-socket".into(),
@@ -297,54 +305,22 @@ impl Cluster {
             "100".into(),
             "--dial-timeouts-ms".into(),
             "150,300".into(),
+            // The test's own node state, never the host's.
             "--state-file".into(),
             self.state_file().display().to_string(),
         ];
         // A flag given again in `extra` replaces the default above (clap refuses repeats).
-        args = merge_flags(args, extra);
+        let args = merge_flags(base, extra);
         let node = self.node();
-        let pid = if env.is_empty() {
-            self.spawn(&node, PORTALD, &args)
-        } else {
-            let mut with_env: Vec<String> = env.iter().map(|v| v.to_string()).collect();
-            with_env.push(PORTALD.to_string());
-            with_env.extend(args);
-            self.spawn(&node, "env", &with_env)
-        };
-        self.daemon = Some(pid);
-        self.daemons.push(pid);
-        self.wait_status("the daemon's first successful reconcile", |s| {
-            match &s.last_reconcile {
-                Some(r) if r.ok && s.pid == pid => Ok(()),
-                other => Err(format!("pid {} last reconcile {other:?}", s.pid)),
+        let pid = match wrapper.split_first() {
+            None => self.spawn(&node, PORTALD, &args),
+            Some((program, rest)) => {
+                let mut all: Vec<String> = rest.iter().map(|a| a.to_string()).collect();
+                all.push(PORTALD.to_string());
+                all.extend(args);
+                self.spawn(&node, program, &all)
             }
-        });
-        self.settle();
-        pid
-    }
-
-    /// Like `start_daemon`, but `portald` runs through `wrapper` (say `prlimit --nofile=N`),
-    /// which must exec it so that the pid stays the daemon's.
-    pub fn start_daemon_under(&mut self, wrapper: &[&str], extra: &[&str]) -> u32 {
-        let socket = self.socket.display().to_string();
-        let dir = self.dir.display().to_string();
-        let base: Vec<String> = [
-            "run",
-            &dir,
-            "--control-socket",
-            &socket,
-            "--resync-seconds",
-            "2",
-            "--debounce-ms",
-            "100",
-        ]
-        .map(String::from)
-        .to_vec();
-        let mut args: Vec<String> = wrapper[1..].iter().map(|a| a.to_string()).collect();
-        args.push(PORTALD.to_string());
-        args.extend(merge_flags(base, extra));
-        let node = self.node();
-        let pid = self.spawn(&node, wrapper[0], &args);
+        };
         self.daemon = Some(pid);
         self.daemons.push(pid);
         self.wait_status("the daemon's first successful reconcile", |s| {
