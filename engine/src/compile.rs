@@ -310,17 +310,18 @@ fn kernel_action(endpoints: &[Endpoint], affinity_seconds: Option<u32>) -> Actio
     }
 }
 
-/// Source NAT pairs: every directly attached network, towards the portal range. A network
-/// that overlaps the portal range itself (its route exists only to reach the VIPs) is left
-/// out.
+/// Source NAT: for every directly attached network, connections through the portal range
+/// whose client and chosen endpoint are both on it (the endpoint would answer the client
+/// directly). A network that overlaps the portal range itself (its route exists only to
+/// reach the VIPs) is left out.
 fn masquerades(config: &Config) -> Vec<Masquerade> {
     let portals = portal_net(config);
     config
         .local_networks
         .iter()
         .filter(|n| !(n.contains(portals.addr) || portals.contains(n.addr)))
-        .map(|source| Masquerade {
-            source: *source,
+        .map(|network| Masquerade {
+            network: *network,
             portals,
         })
         .collect()

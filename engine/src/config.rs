@@ -145,8 +145,9 @@ pub struct Config {
     /// reachable from OUTPUT without a route.
     pub host_target: Ipv4Addr,
     /// Networks directly attached to this host (read from its routes). In kernel mode a
-    /// client on one of them could be answered by the endpoint directly, bypassing the
-    /// host's reverse translation, so its connections to a portal are masqueraded.
+    /// client on one of them whose connection to a portal went to an endpoint on the same
+    /// network would be answered by the endpoint directly, bypassing the host's reverse
+    /// translation, so such connections (and only those) are masqueraded.
     pub local_networks: Vec<planners::Net>,
     /// Strict multi-host mode: a service with no lock entry gets no VIP and is held, rather
     /// than given one another host may give to a different service.

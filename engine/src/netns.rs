@@ -122,6 +122,14 @@ impl Testbed {
         Ok(ns)
     }
 
+    /// A new namespace with only `lo` up, removed with the testbed: for a topology the
+    /// caller wires itself (say another node reached over a routed link). Returns its name.
+    pub fn add_bare(&mut self, name: &str) -> io::Result<String> {
+        let ns = format!("{}-{name}", self.prefix);
+        self.add_namespace(&ns)?;
+        Ok(ns)
+    }
+
     /// Runs `program args...` inside `ns` and waits for it.
     pub fn run(&self, ns: &str, program: &str, args: &[&str]) -> io::Result<Output> {
         Command::new("ip")

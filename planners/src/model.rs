@@ -258,12 +258,15 @@ impl fmt::Display for Net {
     }
 }
 
-/// Source NAT for connections portald sent to an endpoint: those from `source` to an address
-/// in `portals`. Needed when the endpoint could answer the client directly (same link), which
-/// would bypass the host and its reverse translation.
+/// Source NAT for connections portald sent to an endpoint: those whose client and chosen
+/// endpoint (the destination after DNAT) are both in `network`, a network directly attached
+/// to this host, and whose original destination is in `portals`. The endpoint would answer
+/// such a client directly over their shared link, past the host and its reverse
+/// translation; any other client keeps its own address (the endpoint's reply is routed back
+/// through this host, as for a client pod reaching an endpoint behind another node).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Masquerade {
-    pub source: Net,
+    pub network: Net,
     pub portals: Net,
 }
 
@@ -402,7 +405,11 @@ impl fmt::Display for Scaffold {
         match self {
             Scaffold::Chain(s) => write!(f, "chain {s}"),
             Scaffold::Hook(s) => write!(f, "hook {s}"),
-            Scaffold::Masquerade(m) => write!(f, "masquerade {} to {}", m.source, m.portals),
+            Scaffold::Masquerade(m) => write!(
+                f,
+                "masquerade {} to {} through {}",
+                m.network, m.network, m.portals
+            ),
             Scaffold::ProxyGuard(p) => write!(f, "proxy guard {}/{}", p.port, p.protocol),
             Scaffold::Forward(n) => write!(f, "forward accept from {n}"),
             Scaffold::Hairpin(a) => write!(f, "hairpin masquerade {a}"),

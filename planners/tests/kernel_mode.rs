@@ -7,8 +7,8 @@ mod netns_support;
 
 use netns_support::Netns;
 use planners::{
-    diff_states, Action, Comment, Dialect, GuardedPort, Iptables, Live, Masquerade, NatState,
-    Nftables, Path, PortalKey, PortalRule, Protocol, Scaffold, Slot,
+    diff_states, Action, Change, Comment, Dialect, GuardedPort, Iptables, Live, Masquerade,
+    NatState, Nftables, Path, PortalKey, PortalRule, Protocol, Scaffold, Slot,
 };
 use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -58,7 +58,7 @@ fn scaffold(slots: &[Slot], masquerade: bool) -> NatState {
     }
     if masquerade {
         state.scaffold.insert(Scaffold::Masquerade(Masquerade {
-            source: "10.244.1.0/24".parse().unwrap(),
+            network: "10.244.1.0/24".parse().unwrap(),
             portals: "10.11.0.0/16".parse().unwrap(),
         }));
     }
@@ -122,7 +122,7 @@ fn states() -> Vec<(&'static str, NatState)> {
         }),
     ]);
     second.scaffold.insert(Scaffold::Masquerade(Masquerade {
-        source: "10.245.0.0/16".parse().unwrap(),
+        network: "10.245.0.0/16".parse().unwrap(),
         portals: "10.11.0.0/16".parse().unwrap(),
     }));
     portal(
@@ -375,4 +375,85 @@ fn a_change_to_one_service_among_thousands_touches_only_its_objects() {
         // Two chains of 20 rules (10 endpoints with affinity), a new set, framing.
         assert!(batch.lines().count() <= 50, "{}: {batch}", dialect.name());
     }
+}
+
+/// The masquerade scaffold as portald wrote it before client and endpoint had to share the
+/// network (`source . portals`): what a host upgraded in place still has in its kernel.
+const OLD_MASQUERADE_NFT: &str = "add table ip portald
+add set ip portald masquerade_pairs { type ipv4_addr . ipv4_addr; flags interval; }
+add chain ip portald masq
+add rule ip portald masq ct status dnat ip saddr . ct original ip daddr @masquerade_pairs masquerade
+add set ip portald hairpin_endpoints { type ipv4_addr . ipv4_addr; }
+add rule ip portald masq ct status dnat ip saddr . ip daddr @hairpin_endpoints masquerade
+add chain ip portald postrouting { type nat hook postrouting priority srcnat - 10; policy accept; }
+add rule ip portald postrouting jump masq
+add element ip portald masquerade_pairs { 10.244.1.0/24 . 10.11.0.0/16 }
+";
+
+const OLD_MASQUERADE_IPTABLES: &str = "*nat
+:PORTAL-MASQUERADE - [0:0]
+-A PORTAL-MASQUERADE -s 10.244.1.0/24 -m conntrack --ctstate DNAT --ctorigdst 10.11.0.0/16 -j MASQUERADE
+-A POSTROUTING -m comment --comment \"portald:masquerade\" -j PORTAL-MASQUERADE
+COMMIT
+";
+
+/// Loads the old masquerade scaffold, then plans and applies the current one over it.
+fn upgrade(dialect: &dyn Dialect) {
+    let ns = Netns::new("kupgrade");
+    let (program, args, old): (&str, Vec<&str>, &str) = match dialect.name() {
+        "nftables" => ("nft", vec!["-f", "-"], OLD_MASQUERADE_NFT),
+        _ => (
+            "iptables-restore",
+            vec!["--noflush"],
+            OLD_MASQUERADE_IPTABLES,
+        ),
+    };
+    let out = ns.exec(program, &args, Some(old));
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        dialect.name(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let before = observe(&ns, dialect);
+    assert!(
+        !before
+            .owned
+            .scaffold
+            .iter()
+            .any(|s| matches!(s, Scaffold::Masquerade(_))),
+        "{}: the old masquerade read back as a current one: {:?}",
+        dialect.name(),
+        before.owned.scaffold
+    );
+    let wanted = scaffold(&[Slot::Masquerade], true);
+    // As the engine plans: the differences, and every stray removed.
+    let mut changes = diff_states(&wanted, &before.owned);
+    changes.extend(before.stray.iter().map(|stray| Change::RemoveStray {
+        stray: stray.clone(),
+    }));
+    changes.sort_by_key(|c| c.rank());
+    let batch = dialect.render_batch(&changes);
+    let apply = dialect.apply_command();
+    let apply_args: Vec<&str> = apply.args.iter().map(String::as_str).collect();
+    let out = ns.exec(&apply.program, &apply_args, Some(&batch));
+    assert!(
+        out.status.success(),
+        "{} refused the upgrade: {}\n{batch}",
+        dialect.name(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = observe(&ns, dialect);
+    assert!(after.stray.is_empty(), "strays {:?}\n{batch}", after.stray);
+    assert_eq!(after.owned, wanted, "{batch}");
+}
+
+#[test]
+fn nftables_masquerade_of_every_destination_is_replaced_in_place() {
+    upgrade(&Nftables);
+}
+
+#[test]
+fn iptables_masquerade_of_every_destination_is_replaced_in_place() {
+    upgrade(&Iptables);
 }

@@ -295,7 +295,7 @@ fn kernel_mode_table_reads_back_balance_affinity_reject_and_masquerade() {
         .owned
         .scaffold
         .contains(&Scaffold::Masquerade(planners::Masquerade {
-            source: "10.244.1.0/24".parse().unwrap(),
+            network: "10.244.1.0/24".parse().unwrap(),
             portals: "10.11.0.0/16".parse().unwrap(),
         })));
     assert!(live
@@ -323,4 +323,29 @@ fn kernel_mode_table_reads_back_balance_affinity_reject_and_masquerade() {
     // What portald would write for this state is what the kernel listed.
     let state = Nftables.render_state(&live.owned);
     assert!(state.contains("goto svc-c-10.11.0.4-tcp-80"), "{state}");
+}
+
+#[test]
+fn a_masquerade_element_whose_client_and_endpoint_networks_differ_is_a_stray() {
+    let same = r#"{"concat": [{"prefix": {"addr": "10.244.1.0", "len": 24}}, {"prefix": {"addr": "10.244.1.0", "len": 24}}"#;
+    let differ = r#"{"concat": [{"prefix": {"addr": "10.244.1.0", "len": 24}}, {"prefix": {"addr": "10.244.2.0", "len": 24}}"#;
+    let dump = fixture("portald-kernel");
+    assert!(dump.contains(same), "the capture has no masquerade element");
+    let live = Nftables
+        .parse_live(&dump.replace(same, differ))
+        .expect("parses");
+    assert!(
+        !live
+            .owned
+            .scaffold
+            .iter()
+            .any(|s| matches!(s, Scaffold::Masquerade(_))),
+        "{:?}",
+        live.owned.scaffold
+    );
+    assert!(
+        live.stray.iter().any(|s| s.chain == "masquerade_networks"),
+        "{:?}",
+        live.stray
+    );
 }

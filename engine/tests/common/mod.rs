@@ -77,7 +77,7 @@ impl Case {
     }
 
     /// The pipeline in kernel mode, as on a host whose one attached network is the
-    /// testbed's bridge (so the masquerade pairs are the same on every machine).
+    /// testbed's bridge (so the masquerade entries are the same on every machine).
     pub fn run_kernel(&self, backend: Backend) -> Outcome {
         let config = Config {
             mode: engine::config::Mode::Kernel,

@@ -316,13 +316,13 @@ fn service_action(key: &PortalKey, rules: &[&[String]]) -> Option<Action> {
 /// A masquerade rule, if the words are exactly what [`masquerade_spec`] renders for it.
 fn masquerade_rule(words: &[String]) -> Option<Masquerade> {
     let w: Vec<&str> = words.iter().map(String::as_str).collect();
-    let ["-s", source, "-m", "conntrack", "--ctstate", "DNAT", "--ctorigdst", portals, "-j", "MASQUERADE"] =
+    let ["-s", source, "-d", _, "-m", "conntrack", "--ctstate", "DNAT", "--ctorigdst", portals, "-j", "MASQUERADE"] =
         w.as_slice()
     else {
         return None;
     };
     let m = Masquerade {
-        source: source.parse().ok()?,
+        network: source.parse().ok()?,
         portals: portals.parse().ok()?,
     };
     let rendered = split_words(&masquerade_spec(&m)).ok()?;
@@ -336,7 +336,7 @@ fn entry_rule(slot: Slot, words: &[String]) -> Option<Scaffold> {
     let scaffold = match (slot, w.as_slice()) {
         (
             Slot::Masquerade,
-            ["-s", _, "-m", "conntrack", "--ctstate", "DNAT", "--ctorigdst", ..],
+            ["-s", _, "-d", _, "-m", "conntrack", "--ctstate", "DNAT", "--ctorigdst", ..],
         ) => Scaffold::Masquerade(masquerade_rule(words)?),
         (Slot::Masquerade, ["-s", source, "-d", ..]) => {
             Scaffold::Hairpin(source.strip_suffix("/32")?.parse().ok()?)
@@ -826,6 +826,32 @@ mod tests {
         );
         // A DROP instead of the reject, another conntrack state, a pair that is not a hairpin.
         assert_eq!(live.stray.len(), 3, "{:?}", live.stray);
+    }
+
+    #[test]
+    fn a_masquerade_reads_back_only_when_client_and_endpoint_share_its_network() {
+        let dump = "*nat\n:PORTAL-MASQUERADE - [0:0]\n\
+            -A PORTAL-MASQUERADE -s 10.244.1.0/24 -d 10.244.1.0/24 -m conntrack --ctstate DNAT --ctorigdst 10.11.0.0/16 -j MASQUERADE\n\
+            -A PORTAL-MASQUERADE -s 10.244.1.0/24 -d 10.244.2.0/24 -m conntrack --ctstate DNAT --ctorigdst 10.11.0.0/16 -j MASQUERADE\n\
+            -A PORTAL-MASQUERADE -s 10.244.3.0/24 -m conntrack --ctstate DNAT --ctorigdst 10.11.0.0/16 -j MASQUERADE\n\
+            COMMIT\n";
+        let live = live(dump).unwrap();
+        let entries: Vec<Scaffold> = live
+            .owned
+            .scaffold
+            .iter()
+            .filter(|s| s.is_entry())
+            .copied()
+            .collect();
+        assert_eq!(
+            entries,
+            [Scaffold::Masquerade(Masquerade {
+                network: "10.244.1.0/24".parse().unwrap(),
+                portals: "10.11.0.0/16".parse().unwrap(),
+            })]
+        );
+        // Two networks in one rule; the earlier spelling that masqueraded every destination.
+        assert_eq!(live.stray.len(), 2, "{:?}", live.stray);
     }
 
     proptest::proptest! {

@@ -92,11 +92,13 @@ pub fn local_redirect_spec(rule: &PortalRule) -> Option<String> {
     ))
 }
 
-/// A masquerade rule's spec.
+/// A masquerade rule's spec: in POSTROUTING the destination is the endpoint the DNAT chose,
+/// so `-s NET -d NET` holds only when client and endpoint share the network.
 pub fn masquerade_spec(m: &Masquerade) -> String {
     format!(
-        "-s {} -m conntrack --ctstate DNAT --ctorigdst {} -j MASQUERADE",
-        m.source, m.portals
+        "-s {net} -d {net} -m conntrack --ctstate DNAT --ctorigdst {} -j MASQUERADE",
+        m.portals,
+        net = m.network,
     )
 }
 

@@ -28,7 +28,7 @@
 //!         meta l4proto tcp dnat ip to 10.244.1.3:80
 //!     }
 //!     set container_no_endpoints { ... }  # Action::Reject: keys refused in filter PREROUTING
-//!     set masquerade_pairs { ... }        # Scaffold::Masquerade: source . portal range
+//!     set masquerade_networks { ... }     # Scaffold::Masquerade: network . network . portals
 //!     set hairpin_endpoints { ... }       # Scaffold::Hairpin: endpoint . endpoint
 //!     set proxy_ports { ... }             # Scaffold::ProxyGuard: protocol . port (filter input)
 //!     set forward_portals { ... }         # Scaffold::Forward: original destination range
@@ -137,8 +137,12 @@ pub(crate) fn map_name(path: Path, kind: Kind) -> String {
     format!("{}_{suffix}", path.as_str())
 }
 
-/// The set of the masquerade chain.
-pub(crate) const MASQUERADE_SET: &str = "masquerade_pairs";
+/// The set of the masquerade chain: `NET . NET . PORTALS`, looked up with the client, the
+/// chosen endpoint and the original destination, so that one rule masquerades exactly the
+/// connections whose client and endpoint share an attached network. Named apart from the
+/// earlier `masquerade_pairs` (`source . portals`): a set's type cannot change in place, and
+/// a set of another name in portald's table is removed whole as an orphan.
+pub(crate) const MASQUERADE_SET: &str = "masquerade_networks";
 /// The set of hairpin endpoints, also in the masquerade chain: `EP . EP`, since a rule
 /// cannot compare two fields of a packet, but a concatenation can be looked up.
 pub(crate) const HAIRPIN_SET: &str = "hairpin_endpoints";
@@ -152,7 +156,10 @@ pub(crate) const FORWARD_SET: &str = "forward_portals";
 pub(crate) fn entry_element(scaffold: &Scaffold) -> Option<(&'static str, String)> {
     match scaffold {
         Scaffold::Chain(_) | Scaffold::Hook(_) => None,
-        Scaffold::Masquerade(m) => Some((MASQUERADE_SET, format!("{} . {}", m.source, m.portals))),
+        Scaffold::Masquerade(m) => Some((
+            MASQUERADE_SET,
+            format!("{} . {} . {}", m.network, m.network, m.portals),
+        )),
         Scaffold::Hairpin(a) => Some((HAIRPIN_SET, format!("{a} . {a}"))),
         Scaffold::ProxyGuard(p) => Some((GUARD_SET, format!("{} . {}", p.protocol, p.port))),
         Scaffold::Forward(n) => Some((FORWARD_SET, n.to_string())),
@@ -166,7 +173,7 @@ pub(crate) fn entry_json(scaffold: &Scaffold) -> Option<(&'static str, Value)> {
         Scaffold::Chain(_) | Scaffold::Hook(_) => None,
         Scaffold::Masquerade(m) => Some((
             MASQUERADE_SET,
-            json!({"concat": [prefix(&m.source), prefix(&m.portals)]}),
+            json!({"concat": [prefix(&m.network), prefix(&m.network), prefix(&m.portals)]}),
         )),
         Scaffold::Hairpin(a) => Some((
             HAIRPIN_SET,
@@ -319,7 +326,7 @@ pub(crate) fn slot_rules(slot: Slot) -> Vec<String> {
                 "ct status dnat ct original ip daddr @{FORWARD_SET} accept"
             )],
             _ => vec![
-                format!("ct status dnat ip saddr . ct original ip daddr @{MASQUERADE_SET} masquerade"),
+                format!("ct status dnat ip saddr . ip daddr . ct original ip daddr @{MASQUERADE_SET} masquerade"),
                 format!("ct status dnat ip saddr . ip daddr @{HAIRPIN_SET} masquerade"),
             ],
         },
@@ -407,6 +414,7 @@ pub(crate) fn slot_exprs(slot: Slot) -> Vec<Value> {
                         dnat,
                         {"match": {"op": "==", "left": {"concat": [
                             saddr,
+                            {"payload": {"protocol": "ip", "field": "daddr"}},
                             {"ct": {"key": "ip daddr", "dir": "original"}},
                         ]}, "right": format!("@{MASQUERADE_SET}")}},
                         {"masquerade": null},
@@ -443,7 +451,7 @@ pub(crate) fn slot_maps(slot: Slot) -> Vec<(String, Vec<&'static str>, Option<&'
             _ => vec![
                 (
                     MASQUERADE_SET.to_string(),
-                    vec!["ipv4_addr", "ipv4_addr"],
+                    vec!["ipv4_addr", "ipv4_addr", "ipv4_addr"],
                     None,
                 ),
                 (

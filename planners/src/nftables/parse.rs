@@ -585,10 +585,12 @@ fn entry_of(set: &str, elem: &Value) -> Option<Scaffold> {
     let parts = || elem.get("concat").and_then(Value::as_array);
     match set {
         MASQUERADE_SET => match parts()?.as_slice() {
-            [source, portals] => Some(Scaffold::Masquerade(Masquerade {
-                source: net_of(source)?,
-                portals: net_of(portals)?,
-            })),
+            [source, destination, portals] if source == destination => {
+                Some(Scaffold::Masquerade(Masquerade {
+                    network: net_of(source)?,
+                    portals: net_of(portals)?,
+                }))
+            }
             _ => None,
         },
         HAIRPIN_SET => match parts()?.as_slice() {
