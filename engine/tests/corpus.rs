@@ -9,7 +9,11 @@ const EXPECTED_SERVICES: usize = 60;
 
 fn corpus_dir() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/corpus");
-    assert!(dir.is_dir(), "the vendored corpus {} is missing", dir.display());
+    assert!(
+        dir.is_dir(),
+        "the vendored corpus {} is missing",
+        dir.display()
+    );
     dir
 }
 

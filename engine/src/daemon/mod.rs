@@ -50,6 +50,8 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    #[error("control socket path `{path}` is {kind}, not a socket; it is left as it is: remove it or choose another --control-socket")]
+    NotASocket { path: String, kind: &'static str },
     #[error("another portald daemon already answers on `{0}`")]
     AlreadyRunning(String),
     #[error("signal handling")]
@@ -191,7 +193,12 @@ pub async fn run(cfg: DaemonConfig, exec: Arc<dyn Exec>) -> Result<(), DaemonErr
     resync_task.abort();
     server.abort();
     dataplane.shutdown().await;
-    let _ = std::fs::remove_file(&cfg.control_socket);
+    // Only a socket: a file put there since is not ours to delete.
+    if std::fs::symlink_metadata(&cfg.control_socket)
+        .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+    {
+        let _ = std::fs::remove_file(&cfg.control_socket);
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -287,33 +294,92 @@ fn summary_response(result: &control::ReconcileResult, prefix: &str) -> Response
     }
 }
 
+/// Binds the control socket with mode 0600 from its first instant, owner only: it can
+/// reconcile and shows the whole configuration.
+///
+/// Binding at `path` and then `chmod`ing leaves a window in which the socket has the
+/// umask's mode (0777 under `umask 000`); setting the process umask around `bind` would
+/// race with the runtime's other threads, which also create files. So the socket is bound
+/// inside a fresh directory of mode 0700 next to `path` (nobody else can reach it there),
+/// set to 0600, and renamed into place, which is atomic and keeps the bound socket.
+/// A stale socket at `path` (a daemon that was killed) is replaced by that rename;
+/// anything else there (a regular file, a directory, a symlink) is never removed: it is
+/// an error naming it.
 fn bind_control_socket(path: &std::path::Path) -> Result<UnixListener, DaemonError> {
+    use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
     let shown = path.display().to_string();
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(DaemonError::AlreadyRunning(shown));
-        }
-        // A socket left by a daemon that was killed.
-        let _ = std::fs::remove_file(path);
-    }
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|source| DaemonError::Control {
-            path: shown.clone(),
-            source,
-        })?;
-    }
-    let listener = UnixListener::bind(path).map_err(|source| DaemonError::Control {
+    let failed = |source| DaemonError::Control {
         path: shown.clone(),
         source,
-    })?;
-    // Root only: the socket can reconcile and shows the whole configuration.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
-        DaemonError::Control {
-            path: shown,
-            source,
+    };
+    let refuse_other = || -> Result<(), DaemonError> {
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.file_type().is_socket() => {
+                if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                    return Err(DaemonError::AlreadyRunning(shown.clone()));
+                }
+                Ok(())
+            }
+            Ok(meta) => Err(DaemonError::NotASocket {
+                path: shown.clone(),
+                kind: file_kind(&meta.file_type()),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(failed(e)),
         }
-    })?;
-    Ok(listener)
+    };
+    refuse_other()?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(failed)?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| failed(std::io::Error::other("the path has no file name")))?;
+    let private = parent.join(format!(
+        ".{}.{}.bind",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    // Left over by a daemon of the same pid that was killed while binding (a container
+    // restart reuses pids): it is ours.
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .map_err(failed)?;
+    let staged = private.join("s");
+    let bound = (|| {
+        let listener = UnixListener::bind(&staged)?;
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+        Ok(listener)
+    })()
+    .map_err(failed)
+    .and_then(|listener| {
+        // Looked at again just before the rename: what appeared meanwhile is kept too.
+        refuse_other()?;
+        std::fs::rename(&staged, path).map_err(failed)?;
+        Ok(listener)
+    });
+    let _ = std::fs::remove_dir_all(&private);
+    bound
+}
+
+/// What a file type is, in words, for an error.
+fn file_kind(kind: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_dir() {
+        "a directory"
+    } else if kind.is_symlink() {
+        "a symlink"
+    } else if kind.is_file() {
+        "a regular file"
+    } else if kind.is_fifo() {
+        "a fifo"
+    } else {
+        "not a socket"
+    }
 }
 
 async fn serve_control(
