@@ -9,6 +9,7 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let cli = args::Cli::parse();
     init_logging(&cli.log_format);
+    engine::exec::set_timeout(seconds(cli.exec_timeout_seconds));
     match commands::dispatch(cli.command) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
@@ -16,6 +17,11 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// A duration from seconds given on the command line; negative or not a number is zero.
+pub fn seconds(value: f64) -> std::time::Duration {
+    std::time::Duration::try_from_secs_f64(value).unwrap_or_default()
 }
 
 fn init_logging(format: &args::LogFormat) {

@@ -9,7 +9,7 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use support::*;
 
 /// `portald run` in the node under `umask 000`, spawned by `sh` (which execs it, so the pid
@@ -148,4 +148,302 @@ fn a_regular_file_directory_or_symlink_at_the_socket_path_is_left_intact_and_ref
         .mode();
     assert_eq!(mode & 0o777, 0o600);
     c.stop(pid, SIGTERM);
+}
+
+/// Where `tool` is on this process's `PATH`.
+fn real(tool: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|d| d.join(tool))
+                .find(|p| p.is_file())
+        })
+        .unwrap_or_else(|| panic!("`{tool}` is not on PATH (scripts/setup.sh installs it)"))
+}
+
+/// A directory of wrappers, first on the daemon's `PATH`: each wraps a real tool and, while
+/// a marker file of the directory exists, fails once (`fail-TOOL`, removed on use) or
+/// hangs (`hang-TOOL`, writing its pid to `hung-TOOL`) before it execs the real one.
+struct Wrappers {
+    dir: PathBuf,
+}
+
+impl Wrappers {
+    fn new(c: &Cluster, tools: &[&str]) -> Wrappers {
+        let dir = c.temp().join("wrappers");
+        std::fs::create_dir_all(&dir).unwrap();
+        for tool in tools {
+            let d = dir.display();
+            let script = format!(
+                "#!/bin/sh\n\
+                 if [ -e {d}/fail-{tool} ]; then rm -f {d}/fail-{tool}; echo 'refused by the test wrapper' >&2; exit 1; fi\n\
+                 if [ -e {d}/hang-{tool} ]; then echo $$ > {d}/hung-{tool}; sleep 600; fi\n\
+                 exec {} \"$@\"\n",
+                real(tool).display()
+            );
+            let path = dir.join(tool);
+            std::fs::write(&path, script).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        Wrappers { dir }
+    }
+
+    fn arm(&self, marker: &str) {
+        std::fs::write(self.dir.join(marker), "").unwrap();
+    }
+
+    fn disarm(&self, marker: &str) {
+        let _ = std::fs::remove_file(self.dir.join(marker));
+    }
+
+    fn path(&self) -> String {
+        format!(
+            "PATH={}:{}",
+            self.dir.display(),
+            std::env::var("PATH").unwrap_or_default()
+        )
+    }
+}
+
+/// `portald run` in the node with the wrappers first on its `PATH`; waits for its first
+/// successful reconcile. Returns the pid.
+fn start_wrapped(c: &mut Cluster, wrappers: &Wrappers, extra: &[&str]) -> u32 {
+    let mut args: Vec<String> = vec![
+        wrappers.path(),
+        PORTALD.into(),
+        "run".into(),
+        c.dir.display().to_string(),
+        "--control-socket".into(),
+        c.socket.display().to_string(),
+        "--debounce-ms".into(),
+        "100".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let node = c.node();
+    let pid = c.spawn(&node, "env", &args);
+    c.daemon = Some(pid);
+    let log = |c: &Cluster| c.bed.log_of(pid);
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        match c.try_status() {
+            Ok(s) if s.pid == pid && s.last_reconcile.as_ref().is_some_and(|r| r.ok) => break,
+            last => assert!(
+                Instant::now() < deadline,
+                "no successful first reconcile: {last:?}\n{}",
+                log(c)
+            ),
+        }
+        std::thread::sleep(POLL_EVERY);
+    }
+    c.settle();
+    pid
+}
+
+/// Waits until the status shows service `name` and a successful last reconcile; returns
+/// how long that took from `since`.
+fn wait_served(c: &Cluster, pid: u32, name: &str, since: Instant, within: Duration) -> Duration {
+    let deadline = since + within;
+    loop {
+        let seen = c.try_status().and_then(|s| {
+            service(&s, name)?;
+            match &s.last_reconcile {
+                Some(r) if r.ok => Ok(()),
+                other => Err(format!("last reconcile {other:?}")),
+            }
+        });
+        match seen {
+            Ok(()) => return since.elapsed(),
+            Err(e) if Instant::now() >= deadline => panic!(
+                "`{name}` not served within {within:?}: {e}\n{}",
+                c.bed.log_of(pid)
+            ),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+#[test]
+fn a_batch_refused_once_is_retried_in_under_two_seconds_not_at_the_resync() {
+    let mut c = Cluster::new("refused");
+    let wrappers = Wrappers::new(&c, &["iptables-restore", "nft"]);
+    c.write(
+        "web.yaml",
+        &service_yaml("web", None, "web", "TCP", 80, 8080),
+    );
+    for (backend, tool) in [("iptables", "iptables-restore"), ("nftables", "nft")] {
+        let pid = start_wrapped(
+            &mut c,
+            &wrappers,
+            &["--backend", backend, "--resync-seconds", "120"],
+        );
+        let name = format!("api-{backend}");
+        wrappers.arm(&format!("fail-{tool}"));
+        let since = Instant::now();
+        c.write(
+            &format!("{name}.yaml"),
+            &service_yaml(&name, None, "api", "TCP", 81, 8081),
+        );
+        let took = wait_served(
+            &c,
+            pid,
+            &format!("default/{name}"),
+            since,
+            Duration::from_secs(2),
+        );
+        eprintln!("{backend}: a batch refused once, recovered in {took:?}");
+        let log = c.bed.log_of(pid);
+        assert!(
+            !wrappers.dir.join(format!("fail-{tool}")).exists(),
+            "the wrapper was never called: {log}"
+        );
+        assert!(
+            log.contains("refused by the test wrapper") && log.contains("retry 1 in 500ms"),
+            "the failure and its retry are not logged: {log}"
+        );
+        c.stop_daemon(SIGTERM);
+    }
+}
+
+/// portald's own objects as the backend's tool lists them: `PORTAL` lines of
+/// `iptables-save`, or portald's nftables table.
+fn owned_listing(c: &Cluster, backend: &str) -> Vec<String> {
+    match backend {
+        "iptables" => portal_lines(&c.iptables_save()),
+        _ => c
+            .run_ok(&c.node(), "nft", &["list", "table", "ip", "portald"])
+            .lines()
+            .map(str::to_string)
+            .collect(),
+    }
+}
+
+#[test]
+fn a_rule_deleted_by_hand_is_restored_within_five_seconds_not_at_the_resync() {
+    let mut c = Cluster::new("handdrift");
+    let wrappers = Wrappers::new(&c, &[]);
+    c.write(
+        "web.yaml",
+        &service_yaml("web", Some("10.11.0.70"), "web", "TCP", 80, 8080),
+    );
+    c.write("pods.yaml", &pods_yaml(&[("pod1", POD1, "web")]));
+    for backend in ["iptables", "nftables"] {
+        let pid = start_wrapped(
+            &mut c,
+            &wrappers,
+            &["--backend", backend, "--resync-seconds", "120"],
+        );
+        let good = owned_listing(&c, backend);
+        let node = c.node();
+        match backend {
+            "iptables" => {
+                let rule = good
+                    .iter()
+                    .find(|l| l.starts_with("-A PORTAL-") && l.contains("10.11.0.70"))
+                    .unwrap_or_else(|| panic!("no rule for the VIP: {good:#?}"))
+                    .clone();
+                let command = format!("iptables -t nat -D {}", &rule[3..]);
+                c.run_ok(&node, "sh", &["-c", &command]);
+            }
+            _ => {
+                // The container path loses its redirect of the VIP.
+                c.run_ok(
+                    &node,
+                    "nft",
+                    &["flush", "map", "ip", "portald", "container_redirect"],
+                );
+            }
+        }
+        let since = Instant::now();
+        assert_ne!(owned_listing(&c, backend), good, "nothing was deleted");
+        poll(
+            &format!("{backend}: the deleted rule to come back"),
+            Duration::from_secs(5),
+            || {
+                let now = owned_listing(&c, backend);
+                if now == good {
+                    Ok(())
+                } else {
+                    Err(format!("{now:#?}\n{}", c.bed.log_of(pid)))
+                }
+            },
+        );
+        eprintln!("{backend}: drift repaired in {:?}", since.elapsed());
+        let log = c.bed.log_of(pid);
+        assert!(log.contains("drift:"), "{log}");
+        c.stop_daemon(SIGTERM);
+    }
+}
+
+#[test]
+fn a_hung_tool_is_killed_at_its_timeout_and_sigterm_does_not_wait_for_it() {
+    let mut c = Cluster::new("hung");
+    let wrappers = Wrappers::new(&c, &["iptables-restore"]);
+    c.write(
+        "web.yaml",
+        &service_yaml("web", None, "web", "TCP", 80, 8080),
+    );
+    let pid = start_wrapped(
+        &mut c,
+        &wrappers,
+        &["--resync-seconds", "120", "--exec-timeout-seconds", "1"],
+    );
+    wrappers.arm("hang-iptables-restore");
+    c.write(
+        "api.yaml",
+        &service_yaml("api", None, "api", "TCP", 81, 8081),
+    );
+    let error = poll("the hung batch to time out", CONVERGE, || {
+        let status = c.try_status()?;
+        match status.last_reconcile {
+            Some(r) if !r.ok => Ok(r.error.unwrap_or_default()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    assert!(
+        error.contains("iptables-restore") && error.contains("did not finish within 1s"),
+        "{error}"
+    );
+    let hung: u32 = std::fs::read_to_string(wrappers.dir.join("hung-iptables-restore"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    poll(
+        "the timed-out tool to be gone",
+        Duration::from_secs(2),
+        || {
+            if alive(hung) {
+                Err(format!("{hung} still runs"))
+            } else {
+                Ok(())
+            }
+        },
+    );
+    // Released, the retries bring the new service in.
+    wrappers.disarm("hang-iptables-restore");
+    wait_served(&c, pid, "default/api", Instant::now(), CONVERGE);
+    c.stop_daemon(SIGTERM);
+
+    // With the default timeout (30 s) a SIGTERM arrives while the tool hangs.
+    let _ = std::fs::remove_file(wrappers.dir.join("hung-iptables-restore"));
+    let pid = start_wrapped(&mut c, &wrappers, &["--resync-seconds", "120"]);
+    wrappers.arm("hang-iptables-restore");
+    c.write("db.yaml", &service_yaml("db", None, "db", "TCP", 82, 8082));
+    let hung: u32 = poll("the wrapper to hang", CONVERGE, || {
+        std::fs::read_to_string(wrappers.dir.join("hung-iptables-restore"))
+            .map_err(|e| e.to_string())
+            .and_then(|t| t.trim().parse().map_err(|e| format!("{e}")))
+    });
+    let since = Instant::now();
+    c.stop_daemon(SIGTERM);
+    let took = since.elapsed();
+    eprintln!("SIGTERM during a hung tool: exited in {took:?}");
+    assert!(took < Duration::from_secs(2), "exit took {took:?}");
+    assert!(!alive(pid), "the daemon still runs");
+    assert!(!alive(hung), "the hung tool outlived the daemon");
+    assert!(
+        c.bed.log_of(pid).contains("the daemon is stopping"),
+        "{}",
+        c.bed.log_of(pid)
+    );
 }

@@ -18,6 +18,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
         config,
         resync: Duration::from_secs(args.resync_seconds.max(1)),
         debounce: Duration::from_millis(args.debounce_ms),
+        drift_check: Some(crate::seconds(args.drift_check_seconds)).filter(|d| !d.is_zero()),
         control_socket: args.control.control_socket.clone(),
         cleanup_on_exit: args.cleanup_on_exit,
         dataplane: DataPlaneConfig {

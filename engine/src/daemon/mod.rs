@@ -14,7 +14,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 
@@ -27,6 +27,10 @@ pub struct DaemonConfig {
     pub resync: Duration,
     /// Quiet time after a file event before reconciling.
     pub debounce: Duration,
+    /// How often portald's own kernel objects are compared with what the last pass left
+    /// (one dump by the backend's tool), so that a hand-made change is repaired within
+    /// this period rather than at the resync; `None`: only the resync repairs drift.
+    pub drift_check: Option<Duration>,
     pub control_socket: PathBuf,
     /// Remove portald's rules on SIGTERM (default: leave them, so a restart does not
     /// disturb traffic beyond the listeners' downtime).
@@ -62,6 +66,10 @@ enum Trigger {
     Start,
     Files,
     Resync,
+    /// The last pass failed; its back-off delay is over.
+    Retry,
+    /// The drift check saw portald's kernel objects changed.
+    Drift,
     Request(Request, tokio::sync::oneshot::Sender<Response>),
     Stop,
 }
@@ -72,6 +80,8 @@ impl Trigger {
             Trigger::Start => "start",
             Trigger::Files => "files",
             Trigger::Resync => "resync",
+            Trigger::Retry => "retry",
+            Trigger::Drift => "drift",
             Trigger::Request(..) => "request",
             Trigger::Stop => "stop",
         }
@@ -160,9 +170,12 @@ pub async fn run(cfg: DaemonConfig, exec: Arc<dyn Exec>) -> Result<(), DaemonErr
         control.clone(),
         status.clone(),
     );
-    let cleanup_on_exit = cfg.cleanup_on_exit;
-    let worker =
-        tokio::task::spawn_blocking(move || reconcile_loop(&mut reconciler, rx, cleanup_on_exit));
+    let timing = Timing {
+        resync: cfg.resync,
+        drift_check: cfg.drift_check,
+        cleanup_on_exit: cfg.cleanup_on_exit,
+    };
+    let worker = tokio::task::spawn_blocking(move || reconcile_loop(&mut reconciler, rx, timing));
 
     let resync_task = {
         let tx = tx.clone();
@@ -188,6 +201,9 @@ pub async fn run(cfg: DaemonConfig, exec: Arc<dyn Exec>) -> Result<(), DaemonErr
 
     wait_for_signal().await?;
     tracing::info!("stopping");
+    // A tool that hangs (or the rest of a pass) must not hold the exit: stop them first,
+    // then tell the loop, which lets tools run again for its cleanup.
+    crate::exec::interrupt();
     let _ = tx.send(Trigger::Stop);
     let _ = worker.await;
     resync_task.abort();
@@ -203,82 +219,178 @@ pub async fn run(cfg: DaemonConfig, exec: Arc<dyn Exec>) -> Result<(), DaemonErr
     Ok(())
 }
 
-fn reconcile_loop(reconciler: &mut Reconciler, rx: mpsc::Receiver<Trigger>, cleanup_on_exit: bool) {
-    while let Ok(first) = rx.recv() {
-        // Coalesce a burst of hints into one pass; answer every request.
-        let mut triggers = vec![first];
-        while let Ok(more) = rx.try_recv() {
-            triggers.push(more);
-        }
-        if triggers.iter().any(|t| matches!(t, Trigger::Stop)) {
-            if cleanup_on_exit {
-                match reconciler.cleanup_kernel() {
-                    Ok(_) => tracing::info!("removed portald's kernel rules"),
-                    Err(e) => tracing::error!("cleanup on exit failed: {e}"),
-                }
-            }
-            for t in triggers {
-                if let Trigger::Request(_, reply) = t {
-                    let _ = reply.send(Response {
-                        ok: false,
-                        error: Some("the daemon is stopping".into()),
-                        ..Response::default()
-                    });
-                }
-            }
-            return;
-        }
-        let mut reconciled = None;
-        let mut hinted = None;
-        for trigger in triggers {
-            let name = trigger.name();
-            match trigger {
-                Trigger::Request(Request::ApplyPlan { plan }, reply) => {
-                    let answer = match reconciler.apply_saved(&plan) {
-                        Ok(text) => Response {
-                            ok: true,
-                            plan_text: Some(text),
-                            ..Response::default()
-                        },
-                        Err(e) => Response {
-                            ok: false,
-                            error: Some(e),
-                            ..Response::default()
-                        },
-                    };
-                    let _ = reply.send(answer);
-                }
-                Trigger::Request(Request::Switch { backend, mode }, reply) => {
-                    let (from_backend, from_mode) = reconciler.switch(backend, mode);
-                    let result = reconciler.reconcile("switch");
-                    if !result.ok {
-                        // Stay where traffic flows: back to the settings that worked.
-                        reconciler.switch(Some(from_backend), Some(from_mode));
-                        reconciler.reconcile("switch back");
+/// The reconcile loop's timers.
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    resync: Duration,
+    drift_check: Option<Duration>,
+    cleanup_on_exit: bool,
+}
+
+/// The first retry after a failed pass waits this long; each next one twice as long, up to
+/// the resync period.
+const FIRST_RETRY: Duration = Duration::from_millis(500);
+
+/// Delays between retries of a failing reconcile: [`FIRST_RETRY`], doubling up to `most`.
+#[derive(Debug)]
+struct Backoff {
+    most: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    fn new(most: Duration) -> Self {
+        Backoff { most, attempt: 0 }
+    }
+
+    /// The next attempt's number (from 1) and how long to wait before it.
+    fn next(&mut self) -> (u32, Duration) {
+        let doubled = FIRST_RETRY.saturating_mul(1u32 << self.attempt.min(20));
+        self.attempt = self.attempt.saturating_add(1);
+        (self.attempt, doubled.min(self.most))
+    }
+
+    fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+fn reconcile_loop(reconciler: &mut Reconciler, rx: mpsc::Receiver<Trigger>, timing: Timing) {
+    let mut backoff = Backoff::new(timing.resync);
+    let mut retry_at: Option<Instant> = None;
+    let mut drift_at = timing.drift_check.map(|every| Instant::now() + every);
+    loop {
+        let wake = match (retry_at, drift_at) {
+            (Some(r), Some(d)) => Some(r.min(d)),
+            (r, d) => r.or(d),
+        };
+        let received = match wake {
+            None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+            Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
+        };
+        let first = match received {
+            Ok(trigger) => trigger,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let now = Instant::now();
+                if retry_at.is_some_and(|at| at <= now) {
+                    retry_at = None;
+                    Trigger::Retry
+                } else {
+                    drift_at = timing.drift_check.map(|every| now + every);
+                    // While a retry is pending the drift is known: the last pass failed.
+                    match retry_at.is_none().then(|| reconciler.drift()).flatten() {
+                        Some(what) => {
+                            tracing::warn!("drift: {what}; reconciling");
+                            Trigger::Drift
+                        }
+                        None => continue,
                     }
-                    let _ = reply.send(summary_response(
-                        &result,
-                        &format!("Switched from backend {from_backend} mode {from_mode}. "),
-                    ));
-                    reconciled = Some(result);
                 }
-                Trigger::Request(_, reply) => {
-                    let result = reconciled
-                        .get_or_insert_with(|| reconciler.reconcile("request"))
-                        .clone();
-                    let _ = reply.send(summary_response(&result, ""));
-                }
-                _ => hinted = Some(name),
             }
-        }
-        if let (Some(name), None) = (hinted, &reconciled) {
-            let result = reconciler.reconcile(name);
-            if !result.ok {
-                // Try again soon rather than waiting for the resync period.
-                std::thread::sleep(Duration::from_millis(500));
+        };
+        match handle(reconciler, &rx, first, timing.cleanup_on_exit) {
+            None => return,
+            Some(None) => {}
+            Some(Some(true)) => {
+                backoff.reset();
+                retry_at = None;
+            }
+            Some(Some(false)) => {
+                let (attempt, delay) = backoff.next();
+                tracing::warn!(
+                    attempt,
+                    delay_ms = delay.as_millis() as u64,
+                    "reconcile failed; retry {attempt} in {delay:?}"
+                );
+                retry_at = Some(Instant::now() + delay);
             }
         }
     }
+}
+
+/// Handles `first` and every trigger already waiting: `None` when the daemon stops, else
+/// whether the last reconcile it ran succeeded (`None` if it ran none).
+fn handle(
+    reconciler: &mut Reconciler,
+    rx: &mpsc::Receiver<Trigger>,
+    first: Trigger,
+    cleanup_on_exit: bool,
+) -> Option<Option<bool>> {
+    // Coalesce a burst of hints into one pass; answer every request.
+    let mut triggers = vec![first];
+    while let Ok(more) = rx.try_recv() {
+        triggers.push(more);
+    }
+    if triggers.iter().any(|t| matches!(t, Trigger::Stop)) {
+        // Tools were stopped for a prompt exit; the cleanup needs them.
+        crate::exec::resume();
+        if cleanup_on_exit {
+            match reconciler.cleanup_kernel() {
+                Ok(_) => tracing::info!("removed portald's kernel rules"),
+                Err(e) => tracing::error!("cleanup on exit failed: {e}"),
+            }
+        }
+        for t in triggers {
+            if let Trigger::Request(_, reply) = t {
+                let _ = reply.send(Response {
+                    ok: false,
+                    error: Some("the daemon is stopping".into()),
+                    ..Response::default()
+                });
+            }
+        }
+        return None;
+    }
+    let mut reconciled = None;
+    let mut hinted = None;
+    for trigger in triggers {
+        let name = trigger.name();
+        match trigger {
+            Trigger::Request(Request::ApplyPlan { plan }, reply) => {
+                let answer = match reconciler.apply_saved(&plan) {
+                    Ok(text) => Response {
+                        ok: true,
+                        plan_text: Some(text),
+                        ..Response::default()
+                    },
+                    Err(e) => Response {
+                        ok: false,
+                        error: Some(e),
+                        ..Response::default()
+                    },
+                };
+                let _ = reply.send(answer);
+            }
+            Trigger::Request(Request::Switch { backend, mode }, reply) => {
+                let (from_backend, from_mode) = reconciler.switch(backend, mode);
+                let result = reconciler.reconcile("switch");
+                let settled = if result.ok {
+                    result.clone()
+                } else {
+                    // Stay where traffic flows: back to the settings that worked.
+                    reconciler.switch(Some(from_backend), Some(from_mode));
+                    reconciler.reconcile("switch back")
+                };
+                let _ = reply.send(summary_response(
+                    &result,
+                    &format!("Switched from backend {from_backend} mode {from_mode}. "),
+                ));
+                reconciled = Some(settled);
+            }
+            Trigger::Request(_, reply) => {
+                let result = reconciled
+                    .get_or_insert_with(|| reconciler.reconcile("request"))
+                    .clone();
+                let _ = reply.send(summary_response(&result, ""));
+            }
+            _ => hinted = Some(name),
+        }
+    }
+    if let (Some(name), None) = (hinted, &reconciled) {
+        reconciled = Some(reconciler.reconcile(name));
+    }
+    Some(reconciled.map(|r| r.ok))
 }
 
 /// The answer to a request that ran a reconcile: its result and the plan's summary line.
@@ -451,4 +563,35 @@ async fn wait_for_signal() -> Result<(), DaemonError> {
         _ = int.recv() => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_wait_half_a_second_doubling_up_to_the_resync_period_and_start_over_on_success() {
+        let mut backoff = Backoff::new(Duration::from_secs(5));
+        let delays: Vec<(u32, u64)> = (0..6)
+            .map(|_| backoff.next())
+            .map(|(n, d)| (n, d.as_millis() as u64))
+            .collect();
+        assert_eq!(
+            delays,
+            [
+                (1, 500),
+                (2, 1000),
+                (3, 2000),
+                (4, 4000),
+                (5, 5000),
+                (6, 5000)
+            ]
+        );
+        backoff.reset();
+        assert_eq!(backoff.next(), (1, Duration::from_millis(500)));
+        // Many failures in a row neither overflow nor exceed the period.
+        let mut long = Backoff::new(Duration::from_secs(30));
+        let last = (0..100).map(|_| long.next()).last().unwrap();
+        assert_eq!(last, (100, Duration::from_secs(30)));
+    }
 }
