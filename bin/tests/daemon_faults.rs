@@ -447,3 +447,131 @@ fn a_hung_tool_is_killed_at_its_timeout_and_sigterm_does_not_wait_for_it() {
         c.bed.log_of(pid)
     );
 }
+
+/// Waits until the daemon serves exactly `names` (`namespace/name`, any order) after a
+/// successful pass; returns how long that took from `since`.
+fn wait_services(c: &Cluster, names: &[&str], since: Instant, within: Duration) -> Duration {
+    let deadline = since + within;
+    let mut wanted = names.to_vec();
+    wanted.sort();
+    loop {
+        let seen = c.try_status().and_then(|s| {
+            let mut now: Vec<&str> = s.services.iter().map(|v| v.name.as_str()).collect();
+            now.sort();
+            match &s.last_reconcile {
+                Some(r) if r.ok && now == wanted => Ok(()),
+                other => Err(format!("services {now:?}, last reconcile {other:?}")),
+            }
+        });
+        match seen {
+            Ok(()) => return since.elapsed(),
+            Err(e) if Instant::now() >= deadline => panic!(
+                "not serving {names:?} within {within:?}: {e}\n{}",
+                c.daemon_logs()
+            ),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// A service file for `name` (port 80 to 8080, `app=NAME`).
+fn svc(name: &str) -> String {
+    service_yaml(name, None, name, "TCP", 80, 8080)
+}
+
+/// Debounce (100 ms) and a pass, with room for a loaded machine; far below the resync.
+const FOLLOWS: Duration = Duration::from_secs(2);
+
+#[test]
+fn a_services_directory_made_again_or_renamed_over_is_followed_with_its_later_edits() {
+    let mut c = Cluster::new("dirswap");
+    c.write("web.yaml", &svc("web"));
+    c.start_daemon(&["--resync-seconds", "120"]);
+    wait_services(&c, &["default/web"], Instant::now(), CONVERGE);
+    let dir = c.dir.display().to_string();
+    let staged = c.temp().join("staged");
+    std::fs::create_dir_all(&staged).unwrap();
+    std::fs::write(staged.join("api.yaml"), svc("api")).unwrap();
+
+    // 1. Removed, made again, filled by copies.
+    let since = Instant::now();
+    let script = format!(
+        "rm -rf {dir} && mkdir {dir} && cp {}/* {dir}/",
+        staged.display()
+    );
+    c.run_ok(&c.node(), "sh", &["-c", &script]);
+    let took = wait_services(&c, &["default/api"], since, FOLLOWS);
+    eprintln!("rm -rf && mkdir && cp: followed in {took:?}");
+    c.settle();
+    let since = Instant::now();
+    c.write("db.yaml", &svc("db"));
+    let took = wait_services(&c, &["default/api", "default/db"], since, FOLLOWS);
+    eprintln!("an edit in the made-again directory: followed in {took:?}");
+
+    // 2. The old directory renamed away, a new one renamed over its name.
+    let fresh = format!("{dir}.new");
+    std::fs::create_dir(&fresh).unwrap();
+    std::fs::write(Path::new(&fresh).join("cache.yaml"), svc("cache")).unwrap();
+    c.settle();
+    let since = Instant::now();
+    let script = format!("mv {dir} {dir}.old && mv {fresh} {dir}");
+    c.run_ok(&c.node(), "sh", &["-c", &script]);
+    let took = wait_services(&c, &["default/cache"], since, FOLLOWS);
+    eprintln!("mv svc.new svc: followed in {took:?}");
+    c.settle();
+    // An edit in the old directory (its inode was watched) is no news any more...
+    let before = c.status().reconciles;
+    std::fs::write(format!("{dir}.old/old.yaml"), svc("old")).unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(
+        c.status().reconciles,
+        before,
+        "an edit in the directory renamed away started a pass"
+    );
+    // ...an edit in the new one is.
+    let since = Instant::now();
+    c.write("queue.yaml", &svc("queue"));
+    let took = wait_services(&c, &["default/cache", "default/queue"], since, FOLLOWS);
+    eprintln!("an edit in the renamed-over directory: followed in {took:?}");
+}
+
+#[test]
+fn a_services_symlink_swapped_to_a_new_target_is_followed_with_its_later_edits() {
+    let mut c = Cluster::new("linkswap");
+    // As git-sync publishes: the path is a symlink to one checkout, swapped atomically.
+    let first = c.temp().join("rev-1");
+    std::fs::create_dir_all(&first).unwrap();
+    std::fs::write(first.join("web.yaml"), svc("web")).unwrap();
+    let link = c.temp().join("current");
+    std::os::unix::fs::symlink(&first, &link).unwrap();
+    c.dir = link.clone();
+    c.start_daemon(&["--resync-seconds", "120"]);
+    wait_services(&c, &["default/web"], Instant::now(), CONVERGE);
+
+    for rev in 2..=3 {
+        let next = c.temp().join(format!("rev-{rev}"));
+        std::fs::create_dir_all(&next).unwrap();
+        let name = format!("api{rev}");
+        std::fs::write(next.join(format!("{name}.yaml")), svc(&name)).unwrap();
+        let tmp = c.temp().join("current.tmp");
+        let since = Instant::now();
+        let script = format!(
+            "ln -s {} {} && mv -T {} {}",
+            next.display(),
+            tmp.display(),
+            tmp.display(),
+            link.display()
+        );
+        c.run_ok(&c.node(), "sh", &["-c", &script]);
+        let full = format!("default/{name}");
+        let took = wait_services(&c, &[full.as_str()], since, FOLLOWS);
+        eprintln!("symlink swap to rev-{rev}: followed in {took:?}");
+        c.settle();
+        // A later edit in the new target is seen.
+        let since = Instant::now();
+        std::fs::write(next.join("db.yaml"), svc("db")).unwrap();
+        let took = wait_services(&c, &["default/db", full.as_str()], since, FOLLOWS);
+        eprintln!("an edit in rev-{rev}: followed in {took:?}");
+        c.settle();
+    }
+}

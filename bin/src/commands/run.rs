@@ -10,7 +10,9 @@ use std::time::Duration;
 
 pub fn run(args: RunArgs) -> Result<u8> {
     let config = args.engine.config();
-    let dir = std::fs::canonicalize(&args.dir)
+    // Absolute but not resolved: a symlink (git-sync's published commit, a GitOps
+    // puller's) is followed anew on every pass, so swapping it is a change.
+    let dir = std::path::absolute(&args.dir)
         .with_context(|| format!("services directory `{}`", args.dir.display()))?;
     let daemon = DaemonConfig {
         lock_path: args.engine.lock_path(&dir),

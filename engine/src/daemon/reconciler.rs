@@ -315,6 +315,7 @@ impl Reconciler {
         if *backend != self.config.backend {
             return None;
         }
+        let started = std::time::Instant::now();
         let dialect = crate::observe::dialect(*backend);
         let dump = match self.exec.run(&dialect.observe_command(), None) {
             Ok(out) => out.stdout,
@@ -324,6 +325,11 @@ impl Reconciler {
             Ok(live) => live,
             Err(e) => return Some(format!("cannot parse the live state: {}", error_chain(&e))),
         };
+        tracing::debug!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            rules = live.owned.rules.len(),
+            "drift check"
+        );
         if live.owned != settled.owned {
             Some("portald's rules changed".into())
         } else if live.stray != settled.stray {
