@@ -177,7 +177,7 @@ impl Wrappers {
             let script = format!(
                 "#!/bin/sh\n\
                  if [ -e {d}/fail-{tool} ]; then rm -f {d}/fail-{tool}; echo 'refused by the test wrapper' >&2; exit 1; fi\n\
-                 if [ -e {d}/hang-{tool} ]; then echo $$ > {d}/hung-{tool}; sleep 600; fi\n\
+                 if [ -e {d}/hang-{tool} ]; then echo $$ > {d}/hung-{tool}; sleep 60; fi\n\
                  exec {} \"$@\"\n",
                 real(tool).display()
             );
@@ -202,6 +202,39 @@ impl Wrappers {
             self.dir.display(),
             std::env::var("PATH").unwrap_or_default()
         )
+    }
+}
+
+impl Drop for Wrappers {
+    /// A hung wrapper left by a failed test (its daemon killed before it could stop it) is
+    /// stopped with its `sleep`: it leads its own process group.
+    fn drop(&mut self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let entries: Vec<_> = entries.flatten().collect();
+        // First no new hang (the daemon may still be running and retrying).
+        for entry in &entries {
+            if entry.file_name().to_string_lossy().starts_with("hang-") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        for entry in entries {
+            if !entry.file_name().to_string_lossy().starts_with("hung-") {
+                continue;
+            }
+            let Ok(pid) = std::fs::read_to_string(entry.path()) else {
+                continue;
+            };
+            let pid = pid.trim();
+            let ours = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&*self.dir.to_string_lossy()));
+            if ours {
+                let _ = std::process::Command::new("kill")
+                    .args(["-KILL", "--", &format!("-{pid}")])
+                    .status();
+            }
+        }
     }
 }
 

@@ -96,15 +96,25 @@ fn kill_group(group: i32) {
     }
 }
 
-/// Runs real processes, each bounded by [`timeout`]: past it the tool and everything it
-/// started (its process group) is killed and reaped, and the call fails naming both.
+/// Runs real processes, each bounded by [`timeout`] (plus 1 ms per line of input): past it
+/// the tool and everything it started (its process group) is killed and reaped, and the
+/// call fails naming both.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemExec;
 
 impl Exec for SystemExec {
     fn run(&self, invocation: &Invocation, stdin: Option<&str>) -> Result<ExecOutput, ExecError> {
-        run_bounded(invocation, stdin, timeout())
+        run_bounded(invocation, stdin, bound(timeout(), stdin))
     }
+}
+
+/// The bound of one call: `base`, plus 1 ms per line of input, since a big batch is
+/// legitimately slow (`iptables-restore` of 10,000 kernel-mode portals, 240,000 lines,
+/// takes 104 s on 2 cores: README, Performance) and a bound must not kill the work it
+/// guards; a hung tool is still stopped.
+fn bound(base: Duration, stdin: Option<&str>) -> Duration {
+    let lines = stdin.map_or(0, |text| text.lines().count());
+    base.saturating_add(Duration::from_millis(lines as u64))
 }
 
 /// [`SystemExec::run`] with an explicit bound.
@@ -348,6 +358,18 @@ mod tests {
             matches!(&error, ExecError::Failed { stderr, .. } if stderr == "bad"),
             "{error:?}"
         );
+    }
+
+    #[test]
+    fn a_big_batch_gets_a_millisecond_per_line_on_top_of_the_bound() {
+        let base = Duration::from_secs(30);
+        assert_eq!(bound(base, None), base);
+        assert_eq!(
+            bound(base, Some("-A X\n-A Y\n")),
+            base + Duration::from_millis(2)
+        );
+        let batch = "-A PORTAL-X -j RETURN\n".repeat(240_000);
+        assert_eq!(bound(base, Some(&batch)), Duration::from_secs(270));
     }
 
     #[test]

@@ -227,6 +227,14 @@ struct Timing {
     cleanup_on_exit: bool,
 }
 
+/// The pause after a drift check that took `cost`: `every`, but at least ten times the
+/// cost, so that checking takes at most a tenth of a core (listing 10,000 kernel-mode
+/// portals through nft takes seconds), and at most the resync period, which repairs
+/// drift anyway.
+fn drift_pause(every: Duration, cost: Duration, resync: Duration) -> Duration {
+    every.max(cost.saturating_mul(10)).min(resync.max(every))
+}
+
 /// The first retry after a failed pass waits this long; each next one twice as long, up to
 /// the resync period.
 const FIRST_RETRY: Duration = Duration::from_millis(500);
@@ -277,9 +285,17 @@ fn reconcile_loop(reconciler: &mut Reconciler, rx: mpsc::Receiver<Trigger>, timi
                     retry_at = None;
                     Trigger::Retry
                 } else {
-                    drift_at = timing.drift_check.map(|every| now + every);
                     // While a retry is pending the drift is known: the last pass failed.
-                    match retry_at.is_none().then(|| reconciler.drift()).flatten() {
+                    let checked = retry_at.is_none().then(|| {
+                        let started = Instant::now();
+                        let drift = reconciler.drift();
+                        (drift, started.elapsed())
+                    });
+                    let cost = checked.as_ref().map_or(Duration::ZERO, |(_, cost)| *cost);
+                    drift_at = timing
+                        .drift_check
+                        .map(|every| Instant::now() + drift_pause(every, cost, timing.resync));
+                    match checked.and_then(|(drift, _)| drift) {
                         Some(what) => {
                             tracing::warn!("drift: {what}; reconciling");
                             Trigger::Drift
@@ -289,7 +305,13 @@ fn reconcile_loop(reconciler: &mut Reconciler, rx: mpsc::Receiver<Trigger>, timi
                 }
             }
         };
-        match handle(reconciler, &rx, first, timing.cleanup_on_exit) {
+        let outcome = handle(reconciler, &rx, first, timing.cleanup_on_exit);
+        if let Some(Some(_)) = outcome {
+            // The pass has just looked at the kernel: no need to look again at once.
+            let next = timing.drift_check.map(|every| Instant::now() + every);
+            drift_at = drift_at.max(next);
+        }
+        match outcome {
             None => return,
             Some(None) => {}
             Some(Some(true)) => {
@@ -568,6 +590,17 @@ async fn wait_for_signal() -> Result<(), DaemonError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_costly_drift_check_waits_ten_times_its_cost_but_never_beyond_the_resync() {
+        let (every, resync) = (Duration::from_secs(2), Duration::from_secs(30));
+        let ms = Duration::from_millis;
+        assert_eq!(drift_pause(every, ms(15), resync), every);
+        assert_eq!(drift_pause(every, ms(800), resync), ms(8000));
+        assert_eq!(drift_pause(every, ms(8000), resync), resync);
+        // A check period longer than the resync is the user's choice.
+        assert_eq!(drift_pause(ms(60_000), ms(5), resync), ms(60_000));
+    }
 
     #[test]
     fn retries_wait_half_a_second_doubling_up_to_the_resync_period_and_start_over_on_success() {
