@@ -22,6 +22,10 @@ pub struct Cli {
     /// Print every setting of the command, its value and where it came from, then exit.
     #[arg(long, global = true)]
     pub print_config: bool,
+    /// Longest a kernel tool (`iptables-restore`, `nft`, ...) may run before it is killed
+    /// and its call fails, in seconds.
+    #[arg(long, default_value_t = 30.0, global = true)]
+    pub exec_timeout_seconds: f64,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -114,6 +118,10 @@ pub struct RunArgs {
     /// Full reconcile (and drift repair) at least this often, in seconds.
     #[arg(long, default_value_t = 30)]
     pub resync_seconds: u64,
+    /// How often portald's own kernel rules are compared with what it last applied, so a
+    /// change made by hand is repaired within this time (seconds; 0: only at the resync).
+    #[arg(long, default_value_t = 2.0)]
+    pub drift_check_seconds: f64,
     /// Quiet time after a file change before reconciling, in milliseconds.
     #[arg(long, default_value_t = 200)]
     pub debounce_ms: u64,

@@ -29,6 +29,7 @@ fn main() -> ExitCode {
         "warn"
     };
     init_logging(&cli.log_format, default_level);
+    engine::exec::set_timeout(seconds(cli.exec_timeout_seconds));
     match commands::dispatch(cli.command) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
@@ -41,6 +42,11 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// A duration from seconds given on the command line; negative or not a number is zero.
+pub fn seconds(value: f64) -> std::time::Duration {
+    std::time::Duration::try_from_secs_f64(value).unwrap_or_default()
 }
 
 /// The command line with settings from `--config` and `PORTALD_*` put in; `None` when

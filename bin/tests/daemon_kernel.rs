@@ -1252,7 +1252,14 @@ fn saved_plan_is_checked(backend: &str) {
         String::from_utf8_lossy(&locked.stderr)
     );
     // No resync: the drift below stays until a plan repairs it.
-    c.start_daemon(&["--backend", backend, "--resync-seconds", "600"]);
+    c.start_daemon(&[
+        "--backend",
+        backend,
+        "--resync-seconds",
+        "600",
+        "--drift-check-seconds",
+        "0",
+    ]);
     let good = kernel_state(&c);
     let node = c.node();
     match backend {

@@ -42,7 +42,10 @@ pub fn run(args: ApplyArgs) -> Result<u8> {
         })?;
         let wanted = std::fs::canonicalize(&args.target)
             .with_context(|| format!("services directory `{}`", args.target.display()))?;
-        if std::path::Path::new(&status.dir) != wanted {
+        // The daemon keeps its path unresolved (a symlink it follows anew on each pass).
+        let serves =
+            std::fs::canonicalize(&status.dir).unwrap_or_else(|_| status.dir.clone().into());
+        if serves != wanted {
             bail!(
                 "the running daemon serves `{}`, not `{}`; a daemon applies only its own directory",
                 status.dir,

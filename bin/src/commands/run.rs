@@ -10,7 +10,9 @@ use std::time::Duration;
 
 pub fn run(args: RunArgs) -> Result<u8> {
     let config = args.engine.config();
-    let dir = std::fs::canonicalize(&args.dir)
+    // Absolute but not resolved: a symlink (git-sync's published commit, a GitOps
+    // puller's) is followed anew on every pass, so swapping it is a change.
+    let dir = std::path::absolute(&args.dir)
         .with_context(|| format!("services directory `{}`", args.dir.display()))?;
     let daemon = DaemonConfig {
         lock_path: args.engine.lock_path(&dir),
@@ -19,6 +21,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
         config,
         resync: Duration::from_secs(args.resync_seconds.max(1)),
         debounce: Duration::from_millis(args.debounce_ms),
+        drift_check: Some(crate::seconds(args.drift_check_seconds)).filter(|d| !d.is_zero()),
         control_socket: args.control.control_socket.clone(),
         cleanup_on_exit: args.cleanup_on_exit,
         metrics_bind: args.metrics_bind_address.0,

@@ -19,7 +19,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 
@@ -35,6 +35,10 @@ pub struct DaemonConfig {
     pub resync: Duration,
     /// Quiet time after a file event before reconciling.
     pub debounce: Duration,
+    /// How often portald's own kernel objects are compared with what the last pass left
+    /// (one dump by the backend's tool), so that a hand-made change is repaired within
+    /// this period rather than at the resync; `None`: only the resync repairs drift.
+    pub drift_check: Option<Duration>,
     pub control_socket: PathBuf,
     /// Remove portald's rules on SIGTERM (default: leave them, so a restart does not
     /// disturb traffic beyond the listeners' downtime).
@@ -62,6 +66,8 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    #[error("control socket path `{path}` is {kind}, not a socket; it is left as it is: remove it or choose another --control-socket")]
+    NotASocket { path: String, kind: &'static str },
     #[error("another portald daemon already answers on `{0}`")]
     AlreadyRunning(String),
     #[error("signal handling")]
@@ -74,6 +80,10 @@ enum Trigger {
     Resync,
     /// SIGHUP (`systemctl reload`, a closed SSH session): read everything again.
     Reload,
+    /// The last pass failed; its back-off delay is over.
+    Retry,
+    /// The drift check saw portald's kernel objects changed.
+    Drift,
     Request(Request, tokio::sync::oneshot::Sender<Response>),
     Stop,
 }
@@ -85,6 +95,8 @@ impl Trigger {
             Trigger::Files => "files",
             Trigger::Resync => "resync",
             Trigger::Reload => "reload",
+            Trigger::Retry => "retry",
+            Trigger::Drift => "drift",
             Trigger::Request(..) => "request",
             Trigger::Stop => "stop",
         }
@@ -204,9 +216,12 @@ pub async fn run(cfg: DaemonConfig, exec: Arc<dyn Exec>) -> Result<(), DaemonErr
     )
     .with_state_file(cfg.state_path.clone());
     reconciler.metrics = metrics;
-    let cleanup_on_exit = cfg.cleanup_on_exit;
-    let worker =
-        tokio::task::spawn_blocking(move || reconcile_loop(&mut reconciler, rx, cleanup_on_exit));
+    let timing = Timing {
+        resync: cfg.resync,
+        drift_check: cfg.drift_check,
+        cleanup_on_exit: cfg.cleanup_on_exit,
+    };
+    let worker = tokio::task::spawn_blocking(move || reconcile_loop(&mut reconciler, rx, timing));
 
     let resync_task = {
         let tx = tx.clone();
@@ -249,6 +264,9 @@ pub async fn run(cfg: DaemonConfig, exec: Arc<dyn Exec>) -> Result<(), DaemonErr
     signals.wait(&tx).await;
     tracing::info!("stopping");
     systemd::stopping();
+    // A tool that hangs (or the rest of a pass) must not hold the exit: stop them first,
+    // then tell the loop, which lets tools run again for its cleanup.
+    crate::exec::interrupt();
     let _ = tx.send(Trigger::Stop);
     let _ = worker.await;
     resync_task.abort();
@@ -260,7 +278,12 @@ pub async fn run(cfg: DaemonConfig, exec: Arc<dyn Exec>) -> Result<(), DaemonErr
         task.abort();
     }
     dataplane.shutdown().await;
-    let _ = std::fs::remove_file(&cfg.control_socket);
+    // Only a socket: a file put there since is not ours to delete.
+    if std::fs::symlink_metadata(&cfg.control_socket)
+        .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+    {
+        let _ = std::fs::remove_file(&cfg.control_socket);
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -297,89 +320,209 @@ fn serve_http(
     tasks
 }
 
-fn reconcile_loop(reconciler: &mut Reconciler, rx: mpsc::Receiver<Trigger>, cleanup_on_exit: bool) {
+/// The reconcile loop's timers.
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    resync: Duration,
+    drift_check: Option<Duration>,
+    cleanup_on_exit: bool,
+}
+
+/// The pause after a drift check that took `cost`: `every`, but at least ten times the
+/// cost, so that checking takes at most a tenth of a core. Listing 10,000 kernel-mode
+/// portals through nft took 18 s on a loaded 2-core machine: there the checks space out
+/// to minutes and the resync period is what bounds a repair.
+fn drift_pause(every: Duration, cost: Duration) -> Duration {
+    every.max(cost.saturating_mul(10))
+}
+
+/// The first retry after a failed pass waits this long; each next one twice as long, up to
+/// the resync period.
+const FIRST_RETRY: Duration = Duration::from_millis(500);
+
+/// Delays between retries of a failing reconcile: [`FIRST_RETRY`], doubling up to `most`.
+#[derive(Debug)]
+struct Backoff {
+    most: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    fn new(most: Duration) -> Self {
+        Backoff { most, attempt: 0 }
+    }
+
+    /// The next attempt's number (from 1) and how long to wait before it.
+    fn next(&mut self) -> (u32, Duration) {
+        let doubled = FIRST_RETRY.saturating_mul(1u32 << self.attempt.min(20));
+        self.attempt = self.attempt.saturating_add(1);
+        (self.attempt, doubled.min(self.most))
+    }
+
+    fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+fn reconcile_loop(reconciler: &mut Reconciler, rx: mpsc::Receiver<Trigger>, timing: Timing) {
+    let mut backoff = Backoff::new(timing.resync);
+    let mut retry_at: Option<Instant> = None;
+    let mut drift_at = timing.drift_check.map(|every| Instant::now() + every);
     // READY=1 only once a pass has been applied and verified; again after each reload.
     let mut ready = false;
-    while let Ok(first) = rx.recv() {
-        // Coalesce a burst of hints into one pass; answer every request.
-        let mut triggers = vec![first];
-        while let Ok(more) = rx.try_recv() {
-            triggers.push(more);
-        }
-        if triggers.iter().any(|t| matches!(t, Trigger::Stop)) {
-            if cleanup_on_exit {
-                match reconciler.cleanup_kernel() {
-                    Ok(_) => tracing::info!("removed portald's kernel rules"),
-                    Err(e) => tracing::error!("cleanup on exit failed: {e}"),
-                }
-            }
-            for t in triggers {
-                if let Trigger::Request(_, reply) = t {
-                    let _ = reply.send(Response {
-                        ok: false,
-                        error: Some("the daemon is stopping".into()),
-                        ..Response::default()
+    loop {
+        let wake = match (retry_at, drift_at) {
+            (Some(r), Some(d)) => Some(r.min(d)),
+            (r, d) => r.or(d),
+        };
+        let received = match wake {
+            None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+            Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
+        };
+        let first = match received {
+            Ok(trigger) => trigger,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let now = Instant::now();
+                if retry_at.is_some_and(|at| at <= now) {
+                    retry_at = None;
+                    Trigger::Retry
+                } else {
+                    // While a retry is pending the drift is known: the last pass failed.
+                    let checked = retry_at.is_none().then(|| {
+                        let started = Instant::now();
+                        let drift = reconciler.drift();
+                        (drift, started.elapsed())
                     });
-                }
-            }
-            return;
-        }
-        let mut reconciled = None;
-        let mut hinted = None;
-        for trigger in triggers {
-            let name = trigger.name();
-            match trigger {
-                Trigger::Request(Request::ApplyPlan { plan }, reply) => {
-                    let answer = match reconciler.apply_saved(&plan) {
-                        Ok(text) => Response {
-                            ok: true,
-                            plan_text: Some(text),
-                            ..Response::default()
-                        },
-                        Err(e) => Response {
-                            ok: false,
-                            error: Some(e),
-                            ..Response::default()
-                        },
-                    };
-                    let _ = reply.send(answer);
-                }
-                Trigger::Request(Request::Switch { backend, mode }, reply) => {
-                    let (from_backend, from_mode) = reconciler.switch(backend, mode);
-                    let result = reconciler.reconcile("switch");
-                    if !result.ok {
-                        // Stay where traffic flows: back to the settings that worked.
-                        reconciler.switch(Some(from_backend), Some(from_mode));
-                        reconciler.reconcile("switch back");
+                    let cost = checked.as_ref().map_or(Duration::ZERO, |(_, cost)| *cost);
+                    drift_at = timing
+                        .drift_check
+                        .map(|every| Instant::now() + drift_pause(every, cost));
+                    match checked.and_then(|(drift, _)| drift) {
+                        Some(what) => {
+                            tracing::warn!("drift: {what}; reconciling");
+                            Trigger::Drift
+                        }
+                        None => continue,
                     }
-                    let _ = reply.send(summary_response(
-                        &result,
-                        &format!("Switched from backend {from_backend} mode {from_mode}. "),
-                    ));
-                    reconciled = Some(result);
                 }
-                Trigger::Request(_, reply) => {
-                    let result = reconciled
-                        .get_or_insert_with(|| reconciler.reconcile("request"))
-                        .clone();
-                    let _ = reply.send(summary_response(&result, ""));
-                }
-                _ => hinted = Some(name),
             }
+        };
+        let outcome = handle(reconciler, &rx, first, timing.cleanup_on_exit, &mut ready);
+        if let Some(Some(_)) = outcome {
+            // The pass has just looked at the kernel: no need to look again at once.
+            let next = timing.drift_check.map(|every| Instant::now() + every);
+            drift_at = drift_at.max(next);
         }
-        if let (Some(name), None) = (hinted, &reconciled) {
-            if name == "reload" {
-                systemd::reloading();
-                ready = false;
+        match outcome {
+            None => return,
+            Some(None) => {}
+            Some(Some(true)) => {
+                backoff.reset();
+                retry_at = None;
             }
-            let result = reconciler.reconcile(name);
-            tell_service_manager(reconciler, result.ok, &mut ready);
-            if !result.ok {
-                // Try again soon rather than waiting for the resync period.
-                std::thread::sleep(Duration::from_millis(500));
+            Some(Some(false)) => {
+                let (attempt, delay) = backoff.next();
+                tracing::warn!(
+                    attempt,
+                    delay_ms = delay.as_millis() as u64,
+                    "reconcile failed; retry {attempt} in {delay:?}"
+                );
+                retry_at = Some(Instant::now() + delay);
             }
         }
     }
+}
+
+/// Handles `first` and every trigger already waiting: `None` when the daemon stops, else
+/// whether the last reconcile it ran succeeded (`None` if it ran none).
+fn handle(
+    reconciler: &mut Reconciler,
+    rx: &mpsc::Receiver<Trigger>,
+    first: Trigger,
+    cleanup_on_exit: bool,
+    ready: &mut bool,
+) -> Option<Option<bool>> {
+    // Coalesce a burst of hints into one pass; answer every request.
+    let mut triggers = vec![first];
+    while let Ok(more) = rx.try_recv() {
+        triggers.push(more);
+    }
+    if triggers.iter().any(|t| matches!(t, Trigger::Stop)) {
+        // Tools were stopped for a prompt exit; the cleanup needs them.
+        crate::exec::resume();
+        if cleanup_on_exit {
+            match reconciler.cleanup_kernel() {
+                Ok(_) => tracing::info!("removed portald's kernel rules"),
+                Err(e) => tracing::error!("cleanup on exit failed: {e}"),
+            }
+        }
+        for t in triggers {
+            if let Trigger::Request(_, reply) = t {
+                let _ = reply.send(Response {
+                    ok: false,
+                    error: Some("the daemon is stopping".into()),
+                    ..Response::default()
+                });
+            }
+        }
+        return None;
+    }
+    let mut reconciled = None;
+    let mut hinted = None;
+    for trigger in triggers {
+        let name = trigger.name();
+        match trigger {
+            Trigger::Request(Request::ApplyPlan { plan }, reply) => {
+                let answer = match reconciler.apply_saved(&plan) {
+                    Ok(text) => Response {
+                        ok: true,
+                        plan_text: Some(text),
+                        ..Response::default()
+                    },
+                    Err(e) => Response {
+                        ok: false,
+                        error: Some(e),
+                        ..Response::default()
+                    },
+                };
+                let _ = reply.send(answer);
+            }
+            Trigger::Request(Request::Switch { backend, mode }, reply) => {
+                let (from_backend, from_mode) = reconciler.switch(backend, mode);
+                let result = reconciler.reconcile("switch");
+                let settled = if result.ok {
+                    result.clone()
+                } else {
+                    // Stay where traffic flows: back to the settings that worked.
+                    reconciler.switch(Some(from_backend), Some(from_mode));
+                    reconciler.reconcile("switch back")
+                };
+                let _ = reply.send(summary_response(
+                    &result,
+                    &format!("Switched from backend {from_backend} mode {from_mode}. "),
+                ));
+                reconciled = Some(settled);
+            }
+            Trigger::Request(_, reply) => {
+                let result = reconciled
+                    .get_or_insert_with(|| reconciler.reconcile("request"))
+                    .clone();
+                let _ = reply.send(summary_response(&result, ""));
+            }
+            _ => hinted = Some(name),
+        }
+    }
+    if let (Some(name), None) = (hinted, &reconciled) {
+        if name == "reload" {
+            systemd::reloading();
+            *ready = false;
+        }
+        let result = reconciler.reconcile(name);
+        tell_service_manager(reconciler, result.ok, ready);
+        reconciled = Some(result);
+    }
+    Some(reconciled.map(|r| r.ok))
 }
 
 /// After a pass: `READY=1` with the status line the first time a pass succeeded (since the
@@ -414,33 +557,92 @@ fn summary_response(result: &control::ReconcileResult, prefix: &str) -> Response
     }
 }
 
+/// Binds the control socket with mode 0600 from its first instant, owner only: it can
+/// reconcile and shows the whole configuration.
+///
+/// Binding at `path` and then `chmod`ing leaves a window in which the socket has the
+/// umask's mode (0777 under `umask 000`); setting the process umask around `bind` would
+/// race with the runtime's other threads, which also create files. So the socket is bound
+/// inside a fresh directory of mode 0700 next to `path` (nobody else can reach it there),
+/// set to 0600, and renamed into place, which is atomic and keeps the bound socket.
+/// A stale socket at `path` (a daemon that was killed) is replaced by that rename;
+/// anything else there (a regular file, a directory, a symlink) is never removed: it is
+/// an error naming it.
 fn bind_control_socket(path: &std::path::Path) -> Result<UnixListener, DaemonError> {
+    use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
     let shown = path.display().to_string();
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(DaemonError::AlreadyRunning(shown));
-        }
-        // A socket left by a daemon that was killed.
-        let _ = std::fs::remove_file(path);
-    }
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|source| DaemonError::Control {
-            path: shown.clone(),
-            source,
-        })?;
-    }
-    let listener = UnixListener::bind(path).map_err(|source| DaemonError::Control {
+    let failed = |source| DaemonError::Control {
         path: shown.clone(),
         source,
-    })?;
-    // Root only: the socket can reconcile and shows the whole configuration.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
-        DaemonError::Control {
-            path: shown,
-            source,
+    };
+    let refuse_other = || -> Result<(), DaemonError> {
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.file_type().is_socket() => {
+                if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                    return Err(DaemonError::AlreadyRunning(shown.clone()));
+                }
+                Ok(())
+            }
+            Ok(meta) => Err(DaemonError::NotASocket {
+                path: shown.clone(),
+                kind: file_kind(&meta.file_type()),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(failed(e)),
         }
-    })?;
-    Ok(listener)
+    };
+    refuse_other()?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(failed)?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| failed(std::io::Error::other("the path has no file name")))?;
+    let private = parent.join(format!(
+        ".{}.{}.bind",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    // Left over by a daemon of the same pid that was killed while binding (a container
+    // restart reuses pids): it is ours.
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .map_err(failed)?;
+    let staged = private.join("s");
+    let bound = (|| {
+        let listener = UnixListener::bind(&staged)?;
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+        Ok(listener)
+    })()
+    .map_err(failed)
+    .and_then(|listener| {
+        // Looked at again just before the rename: what appeared meanwhile is kept too.
+        refuse_other()?;
+        std::fs::rename(&staged, path).map_err(failed)?;
+        Ok(listener)
+    });
+    let _ = std::fs::remove_dir_all(&private);
+    bound
+}
+
+/// What a file type is, in words, for an error.
+fn file_kind(kind: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_dir() {
+        "a directory"
+    } else if kind.is_symlink() {
+        "a symlink"
+    } else if kind.is_file() {
+        "a regular file"
+    } else if kind.is_fifo() {
+        "a fifo"
+    } else {
+        "not a socket"
+    }
 }
 
 async fn serve_control(
@@ -556,5 +758,45 @@ impl Signals {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_costly_drift_check_waits_ten_times_its_cost() {
+        let every = Duration::from_secs(2);
+        let ms = Duration::from_millis;
+        assert_eq!(drift_pause(every, ms(15)), every);
+        assert_eq!(drift_pause(every, ms(800)), ms(8000));
+        assert_eq!(drift_pause(every, ms(18_439)), ms(184_390));
+    }
+
+    #[test]
+    fn retries_wait_half_a_second_doubling_up_to_the_resync_period_and_start_over_on_success() {
+        let mut backoff = Backoff::new(Duration::from_secs(5));
+        let delays: Vec<(u32, u64)> = (0..6)
+            .map(|_| backoff.next())
+            .map(|(n, d)| (n, d.as_millis() as u64))
+            .collect();
+        assert_eq!(
+            delays,
+            [
+                (1, 500),
+                (2, 1000),
+                (3, 2000),
+                (4, 4000),
+                (5, 5000),
+                (6, 5000)
+            ]
+        );
+        backoff.reset();
+        assert_eq!(backoff.next(), (1, Duration::from_millis(500)));
+        // Many failures in a row neither overflow nor exceed the period.
+        let mut long = Backoff::new(Duration::from_secs(30));
+        let last = (0..100).map(|_| long.next()).last().unwrap();
+        assert_eq!(last, (100, Duration::from_secs(30)));
     }
 }

@@ -128,6 +128,10 @@ pub struct Reconciler {
     reported: std::collections::BTreeSet<Diagnostic>,
     /// Whether this pass has put its whole list of problems in the status.
     diagnosed: bool,
+    /// What portald owned in the kernel (rules and strays) after the last successful pass,
+    /// and through which backend: the reference of [`Reconciler::drift`]. `None` when the
+    /// last pass failed or a saved plan was applied since.
+    settled: Option<(crate::config::Backend, planners::Live)>,
 }
 
 impl Reconciler {
@@ -154,6 +158,7 @@ impl Reconciler {
             last_intent: Intent::default(),
             reported: Default::default(),
             diagnosed: false,
+            settled: None,
         }
     }
 
@@ -182,6 +187,7 @@ impl Reconciler {
                 }
             }
             Err(message) => {
+                self.settled = None;
                 tracing::error!(trigger, "reconcile failed: {}", Text(&message));
                 ReconcileResult {
                     at: now(),
@@ -424,15 +430,19 @@ impl Reconciler {
             })?;
         // An empty plan was made against a live state that already equals the intent: looking
         // again would only repeat the observation (seconds with 10,000 kernel-mode portals).
-        if !outcome.plan.is_empty() {
+        let settled = if outcome.plan.is_empty() {
+            observed.live
+        } else {
             self.step = FailureCause::Verify;
-            self.verify(&outcome.intent)?;
-        }
+            self.verify(&outcome.intent)?
+        };
+        self.settled = Some((self.config.backend, settled));
         self.save_state(&state, &outcome.allocation.lock);
         Ok((outcome.plan, report.batch_sent))
     }
 
-    fn verify(&self, intent: &Intent) -> Result<(), String> {
+    /// Checks that live equals `intent`; returns what was observed.
+    fn verify(&self, intent: &Intent) -> Result<planners::Live, String> {
         let after = self.observe()?;
         verify(&intent.nat, &after.live.owned, &after.live.stray).map_err(|e| error_chain(&e))?;
         if let Some((other, live)) = &after.other {
@@ -445,7 +455,40 @@ impl Reconciler {
         if after.listeners != intent.listeners {
             return Err("after apply, the open listeners differ from the intent".into());
         }
-        Ok(())
+        Ok(after.live)
+    }
+
+    /// Whether portald's own kernel objects (its rules, and strays inside its chains or
+    /// table) differ from what the last successful pass left: a difference, in words, or
+    /// `None` when they are the same or no pass has settled yet. One dump by the backend's
+    /// tool and its parse; foreign rules are not compared (others change them freely).
+    pub fn drift(&self) -> Option<String> {
+        let (backend, settled) = self.settled.as_ref()?;
+        if *backend != self.config.backend {
+            return None;
+        }
+        let started = std::time::Instant::now();
+        let dialect = crate::observe::dialect(*backend);
+        let dump = match self.exec.run(&dialect.observe_command(), None) {
+            Ok(out) => out.stdout,
+            Err(e) => return Some(format!("cannot read the live state: {}", error_chain(&e))),
+        };
+        let live = match dialect.parse_live(&dump) {
+            Ok(live) => live,
+            Err(e) => return Some(format!("cannot parse the live state: {}", error_chain(&e))),
+        };
+        tracing::debug!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            rules = live.owned.rules.len(),
+            "drift check"
+        );
+        if live.owned != settled.owned {
+            Some("portald's rules changed".into())
+        } else if live.stray != settled.stray {
+            Some("a rule that is not portald's appeared in its chains".into())
+        } else {
+            None
+        }
     }
 
     /// Records this host's allocation in the node state file (never in the lock, which
@@ -474,6 +517,7 @@ impl Reconciler {
     pub fn apply_saved(&mut self, plan: &Plan) -> Result<String, String> {
         let here = self.inputs()?;
         saved::check_inputs(plan, &here).map_err(|e| e.to_string())?;
+        self.settled = None;
         let observed = self.observe()?;
         if observed.live.owned != plan.observed {
             return Err("the plan is stale: the live state changed since it was made; run `portald plan` again".into());

@@ -4,9 +4,20 @@ use crate::escape::Text;
 use notify::{EventKind, RecursiveMode};
 use notify_debouncer_full::{new_debouncer, DebounceEventResult, Debouncer, RecommendedCache};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub type Watcher = Debouncer<notify::RecommendedWatcher, RecommendedCache>;
+/// One debounced watch; dropping it stops it.
+pub type Debounced = Debouncer<notify::RecommendedWatcher, RecommendedCache>;
+
+/// The watches of a services path; dropping it stops them.
+pub struct Watcher {
+    /// The parent's entries: the services path replaced, renamed over or (a symlink)
+    /// pointed elsewhere. `None` for a path without a parent (`/`).
+    _parent: Option<Debounced>,
+    /// Everything below the directory the path leads to now; re-armed on each replacement.
+    _dir: Arc<Mutex<Option<Debounced>>>,
+}
 
 /// Calls `on_change` (debounced) whenever anything below `dir` changes: editors' atomic
 /// renames, partial writes and ConfigMap `..data` swaps all end in one call after the dust
@@ -16,13 +27,60 @@ pub type Watcher = Debouncer<notify::RecommendedWatcher, RecommendedCache>;
 /// daemon wrote them itself. The lock is not among them: it is an input. `on_change` is
 /// given when the earliest change of the burst was seen (the start of the network
 /// programming latency).
+///
+/// The path itself may be replaced: removed and made again (`rm -rf svc && mkdir svc`), a
+/// directory renamed over it (`mv svc.new svc`), or, when it is a symlink, swapped
+/// atomically to a new target (`ln -s new tmp && mv -T tmp svc`, as git-sync publishes a
+/// commit). A kernel watch follows the inode it was put on, not the name, so the parent
+/// directory is watched too: an event on the name moves the watch to what the name leads
+/// to now, then calls `on_change`.
 pub fn watch(
     dir: &Path,
     own: &[PathBuf],
     debounce: Duration,
-    on_change: impl Fn(Instant) + Send + 'static,
+    on_change: impl Fn(Instant) + Send + Sync + 'static,
 ) -> notify::Result<Watcher> {
-    let own: Vec<PathBuf> = own.iter().map(|p| absolute(p)).collect();
+    let own: Arc<Vec<PathBuf>> = Arc::new(own.iter().map(|p| absolute(p)).collect());
+    let on_change: Arc<dyn Fn(Instant) + Send + Sync> = Arc::new(on_change);
+    let dir = absolute(dir);
+    let watched = Arc::new(Mutex::new(Some(watch_dir(
+        &dir,
+        own.clone(),
+        debounce,
+        on_change.clone(),
+    )?)));
+    let parent = match dir.parent() {
+        Some(parent) => {
+            let watched = watched.clone();
+            let name = dir.clone();
+            let mut debouncer =
+                new_debouncer(debounce, None, move |result: DebounceEventResult| {
+                    let replaced = match &result {
+                        Ok(events) => events.iter().any(|e| names(e, &name)),
+                        Err(_) => true,
+                    };
+                    if replaced {
+                        rearm(&name, &watched, &own, debounce, &on_change);
+                    }
+                })?;
+            debouncer.watch(parent, RecursiveMode::NonRecursive)?;
+            Some(debouncer)
+        }
+        None => None,
+    };
+    Ok(Watcher {
+        _parent: parent,
+        _dir: watched,
+    })
+}
+
+/// The recursive watch of what `dir` leads to now.
+fn watch_dir(
+    dir: &Path,
+    own: Arc<Vec<PathBuf>>,
+    debounce: Duration,
+    on_change: Arc<dyn Fn(Instant) + Send + Sync>,
+) -> notify::Result<Debounced> {
     let mut debouncer = new_debouncer(debounce, None, move |result: DebounceEventResult| {
         match result {
             Ok(events) => {
@@ -42,6 +100,44 @@ pub fn watch(
     })?;
     debouncer.watch(dir, RecursiveMode::Recursive)?;
     Ok(debouncer)
+}
+
+/// Moves the recursive watch to what `dir` leads to now and asks for a reconcile; when
+/// nothing is there (removed, not yet made again) waits for the event that brings it back:
+/// until then the last good state stays in force.
+fn rearm(
+    dir: &Path,
+    watched: &Mutex<Option<Debounced>>,
+    own: &Arc<Vec<PathBuf>>,
+    debounce: Duration,
+    on_change: &Arc<dyn Fn(Instant) + Send + Sync>,
+) {
+    let mut slot = watched.lock().expect("directory watch lock");
+    // The old watch first: it may hold the replaced directory's inode.
+    *slot = None;
+    if !dir.is_dir() {
+        tracing::warn!(path = %dir.display(), "the services directory is gone; serving what it last said until it is back");
+        return;
+    }
+    match watch_dir(dir, own.clone(), debounce, on_change.clone()) {
+        Ok(debouncer) => {
+            tracing::info!(path = %dir.display(), target = %std::fs::canonicalize(dir).unwrap_or_default().display(), "the services directory was replaced; watching the new one");
+            *slot = Some(debouncer);
+        }
+        // The resync still reads the directory; the next event on the name tries again.
+        Err(e) => {
+            tracing::warn!(path = %dir.display(), error = %e, "cannot watch the new services directory")
+        }
+    }
+    drop(slot);
+    on_change(Instant::now());
+}
+
+/// Whether `event` (in the parent directory) is about the entry `name`. An event without
+/// paths (a rescan) may be.
+fn names(event: &notify::Event, name: &Path) -> bool {
+    !matches!(event.kind, EventKind::Access(_))
+        && (event.paths.is_empty() || event.paths.iter().any(|p| absolute(p) == name))
 }
 
 /// Whether `event` may change what the directory says. Reading the files ourselves makes
@@ -75,7 +171,7 @@ pub fn watch_file(
     path: &Path,
     debounce: Duration,
     on_change: impl Fn() + Send + 'static,
-) -> notify::Result<Watcher> {
+) -> notify::Result<Debounced> {
     let file = absolute(path);
     let parent = file
         .parent()
