@@ -30,15 +30,19 @@ fn main() -> ExitCode {
     };
     init_logging(&cli.log_format, default_level);
     engine::exec::set_timeout(seconds(cli.exec_timeout_seconds));
+    let json_logs = matches!(cli.log_format, args::LogFormat::Json);
     match commands::dispatch(cli.command) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             // One line, escaped: the chain may quote a file name or a kernel tool's output.
             let message = format!("{e:#}");
-            eprintln!(
-                "portald: error: {}",
-                engine::escape::Text(message.trim_end())
-            );
+            let message = engine::escape::Text(message.trim_end());
+            if json_logs {
+                // A log collector reads the end of the daemon like the rest of its log.
+                tracing::error!(error = %message, "portald: error");
+            } else {
+                eprintln!("portald: error: {message}");
+            }
             ExitCode::from(1)
         }
     }

@@ -16,9 +16,10 @@ use support::*;
 /// is the daemon's).
 fn spawn_under_umask_000(c: &mut Cluster, extra: &[&str]) -> u32 {
     let mut command = format!(
-        "umask 000; exec {PORTALD} run {} --control-socket {} --resync-seconds 600",
+        "umask 000; exec {PORTALD} run {} --control-socket {} --state-file {} --resync-seconds 600",
         c.dir.display(),
-        c.socket.display()
+        c.socket.display(),
+        c.state_file().display()
     );
     for arg in extra {
         command.push(' ');
@@ -248,6 +249,9 @@ fn start_wrapped(c: &mut Cluster, wrappers: &Wrappers, extra: &[&str]) -> u32 {
         c.dir.display().to_string(),
         "--control-socket".into(),
         c.socket.display().to_string(),
+        // The test's own node state, never the host's.
+        "--state-file".into(),
+        c.state_file().display().to_string(),
         "--debounce-ms".into(),
         "100".into(),
     ];

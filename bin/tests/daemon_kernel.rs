@@ -1497,3 +1497,37 @@ fn hostile_files_do_not_hold_back_another_files_change_and_a_broken_file_keeps_i
         "not a regular file (a character device): skipped"
     );
 }
+
+#[test]
+fn json_logs_carry_typed_fields_one_event_a_line() {
+    let mut c = Cluster::new("jsonlog");
+    started_pods(&mut c, 80, 2);
+    c.write("apache-service.json", SEED_SERVICE);
+    c.write("pods.yaml", SEED_PODS);
+    c.start_daemon(&["--log-format", "json"]);
+    let logs = c.daemon_logs();
+    let events: Vec<serde_json::Value> = logs
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let message = |e: &serde_json::Value| e["fields"]["message"].as_str().unwrap_or("").to_string();
+    let reconciled = events
+        .iter()
+        .find(|e| message(e).starts_with("reconciled:"))
+        .unwrap_or_else(|| panic!("no reconcile event: {logs}"));
+    // Numbers as numbers, not Rust `Debug` strings.
+    assert!(
+        reconciled["fields"]["add"].as_u64().is_some_and(|n| n > 0),
+        "{reconciled}"
+    );
+    assert!(reconciled["fields"]["elapsed_ms"].is_u64(), "{reconciled}");
+    assert_eq!(reconciled["fields"]["trigger"], "start", "{reconciled}");
+    let ready = events
+        .iter()
+        .find(|e| message(e) == "ready")
+        .unwrap_or_else(|| panic!("no ready event: {logs}"));
+    assert_eq!(ready["fields"]["backend"], "iptables", "{ready}");
+    // Every message is one line.
+    assert!(events.iter().all(|e| !message(e).contains('\n')), "{logs}");
+}

@@ -174,8 +174,26 @@ impl Reconciler {
         let started = std::time::Instant::now();
         let result = match self.pass() {
             Ok((plan, batch_sent)) => {
+                let elapsed_ms = started.elapsed().as_millis() as u64;
+                let summary = &plan.summary;
                 if !plan.is_empty() {
-                    tracing::info!(trigger, summary = ?plan.summary, "applied:\n{}", plan_text(&plan));
+                    // One line per pass that changed something, with typed fields; each step
+                    // is its own event (debug: a first pass over 10,000 services has 20,000).
+                    tracing::info!(
+                        trigger,
+                        add = summary.add,
+                        change = summary.change,
+                        remove = summary.remove,
+                        batch_sent,
+                        elapsed_ms,
+                        "reconciled: {} to add, {} to change, {} to remove in {elapsed_ms} ms",
+                        summary.add,
+                        summary.change,
+                        summary.remove
+                    );
+                    for step in plan_text(&plan).lines().filter(|l| !l.trim().is_empty()) {
+                        tracing::debug!(trigger, step = %Text(step.trim()), "plan step");
+                    }
                 }
                 ReconcileResult {
                     at: now(),
