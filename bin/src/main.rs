@@ -98,6 +98,29 @@ fn parse() -> anyhow::Result<Option<args::Cli>> {
     }
 }
 
+/// The `run` command's arguments as the command line, the environment and the config file
+/// give them now: what a reload (SIGHUP) takes.
+pub fn reparse_run() -> anyhow::Result<args::RunArgs> {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let first = args::command()
+        .ignore_errors(true)
+        .try_get_matches_from(&argv)
+        .ok();
+    let config = first
+        .as_ref()
+        .and_then(|m| m.get_one::<std::path::PathBuf>("config").cloned())
+        .or_else(|| std::env::var_os("PORTALD_CONFIG").map(Into::into));
+    let env: std::collections::BTreeMap<String, String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("PORTALD_"))
+        .collect();
+    let layered = settings::layer(&args::command(), &argv, "run", config.as_deref(), &env)?;
+    let matches = args::command().try_get_matches_from(&layered.argv)?;
+    match args::Cli::from_arg_matches(&matches)?.command {
+        args::Command::Run(args) => Ok(args),
+        _ => anyhow::bail!("not the `run` command"),
+    }
+}
+
 /// Commands that proxy or serve sockets keep SIGPIPE ignored (Rust's default): there a peer
 /// closing its end must be an `EPIPE` error on that one connection, never the end of the
 /// process.

@@ -1531,3 +1531,42 @@ fn json_logs_carry_typed_fields_one_event_a_line() {
     // Every message is one line.
     assert!(events.iter().all(|e| !message(e).contains('\n')), "{logs}");
 }
+
+#[test]
+fn sighup_reads_the_config_file_again_and_takes_its_new_settings_live() {
+    let mut c = Cluster::new("hupcfg");
+    started_pods(&mut c, 80, 2);
+    let client = c.client("client", CLIENT);
+    c.write("apache-service.json", SEED_SERVICE);
+    c.write("pods.yaml", SEED_PODS);
+    // The config file lives outside the services directory, as /etc/portald/config.yaml.
+    let config = c.temp().join("config.yaml");
+    std::fs::write(&config, "backend: iptables\n").unwrap();
+    let config_arg = config.display().to_string();
+    let pid = c.start_daemon(&["--config", &config_arg, "--resync-seconds", "600"]);
+    assert_eq!(c.status().backend, "iptables");
+    assert!(!portal_lines(&c.iptables_save()).is_empty());
+
+    std::fs::write(&config, "backend: nftables\n").unwrap();
+    // SAFETY: the pid is the daemon this test started and still holds as a child.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGHUP) }, 0);
+    c.wait_status("the reload to take the new backend", |s| {
+        match &s.last_reconcile {
+            Some(r) if s.backend == "nftables" && r.trigger == "reload" && r.ok => Ok(()),
+            other => Err(format!("backend {} last {other:?}", s.backend)),
+        }
+    });
+    let node = c.node();
+    let tables = c.run_ok(&node, "nft", &["list", "tables"]);
+    assert!(tables.contains("table ip portald"), "{tables}");
+    assert!(
+        portal_lines(&c.iptables_save()).is_empty(),
+        "the iptables rules were not retired: {:#?}",
+        portal_lines(&c.iptables_save())
+    );
+    assert_eq!(
+        distinct(&c.names(&client, "http://10.11.0.1:12345/", 6)),
+        strings(&["pod1", "pod2"])
+    );
+    assert!(c.daemon_logs().contains("reload: new settings taken"));
+}

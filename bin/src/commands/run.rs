@@ -26,6 +26,12 @@ pub fn run(args: RunArgs) -> Result<u8> {
         cleanup_on_exit: args.cleanup_on_exit,
         metrics_bind: args.metrics_bind_address.0,
         healthz_bind: args.healthz_bind_address.0,
+        // SIGHUP reads the config file and the environment again, over the same flags.
+        settings: Some(engine::daemon::reconciler::SettingsSource(Arc::new(|| {
+            crate::reparse_run()
+                .map(|args| args.engine.config())
+                .map_err(|e| format!("{e:#}"))
+        }))),
         dataplane: DataPlaneConfig {
             dial_timeouts: args
                 .dial_timeouts_ms

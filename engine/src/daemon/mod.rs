@@ -48,6 +48,8 @@ pub struct DaemonConfig {
     pub metrics_bind: Option<SocketAddr>,
     /// Where `/healthz` and `/livez` are served; `None` serves none.
     pub healthz_bind: Option<SocketAddr>,
+    /// Where a SIGHUP reads the settings again (the config file and the environment).
+    pub settings: Option<reconciler::SettingsSource>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -216,6 +218,7 @@ pub async fn run(cfg: DaemonConfig, exec: Arc<dyn Exec>) -> Result<(), DaemonErr
     )
     .with_state_file(cfg.state_path.clone());
     reconciler.metrics = metrics;
+    reconciler.settings = cfg.settings.clone();
     let timing = Timing {
         resync: cfg.resync,
         drift_check: cfg.drift_check,
@@ -517,6 +520,14 @@ fn handle(
         if name == "reload" {
             systemd::reloading();
             *ready = false;
+            match reconciler.reload_settings() {
+                Ok(changed) if changed.is_empty() => tracing::info!("reload: settings unchanged"),
+                Ok(changed) => tracing::info!(changed = ?changed, "reload: new settings taken"),
+                Err(e) => tracing::error!(
+                    error = %crate::escape::Text(&e),
+                    "reload: cannot read the settings; the running ones stay"
+                ),
+            }
         }
         let result = reconciler.reconcile(name);
         tell_service_manager(reconciler, result.ok, ready);

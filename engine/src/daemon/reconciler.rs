@@ -105,6 +105,17 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// Reads the settings again (the config file, the environment, the flags), for a reload:
+/// the engine settings they give now, or why they cannot be read.
+#[derive(Clone)]
+pub struct SettingsSource(pub Arc<dyn Fn() -> Result<Config, String> + Send + Sync>);
+
+impl std::fmt::Debug for SettingsSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SettingsSource")
+    }
+}
+
 pub struct Reconciler {
     pub dir: PathBuf,
     pub lock_path: PathBuf,
@@ -128,6 +139,8 @@ pub struct Reconciler {
     reported: std::collections::BTreeSet<Diagnostic>,
     /// Whether this pass has put its whole list of problems in the status.
     diagnosed: bool,
+    /// Where a reload reads the settings again (`None`: the settings stay as started).
+    pub settings: Option<SettingsSource>,
     /// What portald owned in the kernel (rules and strays) after the last successful pass,
     /// and through which backend: the reference of [`Reconciler::drift`]. `None` when the
     /// last pass failed or a saved plan was applied since.
@@ -158,6 +171,7 @@ impl Reconciler {
             last_intent: Intent::default(),
             reported: Default::default(),
             diagnosed: false,
+            settings: None,
             settled: None,
         }
     }
@@ -248,6 +262,43 @@ impl Reconciler {
         status.backend = self.config.backend.to_string();
         status.mode = self.config.mode.to_string();
         previous
+    }
+
+    /// A reload: reads the settings again and takes the engine's (backend, mode, portal
+    /// CIDR, proxy ports, external IPs, lock, input limits) for the next passes; returns the
+    /// names of those that changed. Unreadable settings keep the running ones (an error).
+    pub fn reload_settings(&mut self) -> Result<Vec<&'static str>, String> {
+        let Some(source) = self.settings.clone() else {
+            return Ok(Vec::new());
+        };
+        let new = (source.0)()?;
+        let old = &self.config;
+        let mut changed = Vec::new();
+        let checks: [(&'static str, bool); 8] = [
+            ("backend", old.backend != new.backend),
+            ("mode", old.mode != new.mode),
+            ("portal_cidr", old.portal_cidr != new.portal_cidr),
+            ("proxy_port_range", old.proxy_ports != new.proxy_ports),
+            (
+                "allow_external_ips",
+                old.allow_external_ips != new.allow_external_ips,
+            ),
+            ("require_lock", old.require_lock != new.require_lock),
+            ("input_limits", old.input_limits != new.input_limits),
+            ("host_target", old.host_target != new.host_target),
+        ];
+        for (name, differs) in checks {
+            if differs {
+                changed.push(name);
+            }
+        }
+        let local_networks = std::mem::take(&mut self.config.local_networks);
+        self.switch(Some(new.backend), Some(new.mode));
+        self.config = Config {
+            local_networks,
+            ..new
+        };
+        Ok(changed)
     }
 
     /// One pass without a daemon around it (a one-shot `apply` in kernel mode, where no
