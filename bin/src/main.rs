@@ -23,7 +23,8 @@ fn main() -> ExitCode {
     }
     // The daemon says what it does (start, each change, each problem); one-shot commands
     // print their result and log only warnings.
-    let default_level = if matches!(cli.command, args::Command::Run(_)) {
+    // A one-shot apply may run minutes of kernel work: it says what it is doing too.
+    let default_level = if matches!(cli.command, args::Command::Run(_) | args::Command::Apply(_)) {
         "info"
     } else {
         "warn"

@@ -407,3 +407,63 @@ fn one_shot_apply_in_kernel_mode_needs_no_daemon() {
     assert!(out.status.success(), "cleanup: {out:?}");
     assert_eq!(owned(&c), (false, false));
 }
+
+#[test]
+fn a_long_one_shot_apply_says_what_it_is_doing_while_the_kernel_works() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut c = Cluster::new("progress");
+    c.pod("pod1", POD1, &[("pod1", &[80], &[])]);
+    // 600 services (1,215 objects to add with their refusals and scaffold): a batch of
+    // thousands of lines, past the size that announces itself.
+    let mut yaml = String::new();
+    for i in 0..600 {
+        yaml.push_str(&format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: s{i}}}\nspec:\n  clusterIP: 10.11.{}.{}\n  selector: {{app: web}}\n  ports: [{{port: 80}}]\n",
+            i / 200 + 1,
+            i % 200 + 1
+        ));
+    }
+    c.write("many.yaml", &yaml);
+    c.write("pods.yaml", &pods_yaml(&[("pod1", POD1, "web")]));
+    // A kernel tool that takes 6 s: the apply must say it is still at work meanwhile.
+    let bin = c.temp().join("slow-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let wrapper = bin.join("iptables-restore");
+    std::fs::write(
+        &wrapper,
+        "#!/bin/sh\nsleep 6\nexec /usr/sbin/iptables-restore \"$@\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("PATH={}:/usr/sbin:/usr/bin:/sbin:/bin", bin.display());
+    let dir = c.dir.display().to_string();
+    let state = c.temp().join("state.json").display().to_string();
+    let out = c.run(
+        &c.node(),
+        "env",
+        &[
+            &path,
+            PORTALD,
+            "apply",
+            &dir,
+            "--mode",
+            "kernel",
+            "--state-file",
+            &state,
+            "--control-socket",
+            &c.temp().join("none.sock").display().to_string(),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    let announced = stderr
+        .find("applying: 1215 to add")
+        .unwrap_or_else(|| panic!("{stderr}"));
+    let still = stderr
+        .find("still applying the batch (5 s)")
+        .unwrap_or_else(|| panic!("{stderr}"));
+    let applied = stderr
+        .find("batch applied in")
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(announced < still && still < applied, "{stderr}");
+}

@@ -116,6 +116,78 @@ fn flush_flows(exec: &dyn Exec, changes: &[Change]) -> usize {
     calls.len()
 }
 
+/// What a long kernel batch is doing, for whoever watches the log: the plan's summary and
+/// the batch's size before it is sent, a line every [`PROGRESS_EVERY`] while the kernel
+/// tool works (10,000 iptables portals take minutes), and the outcome with its duration.
+struct Progress {
+    started: std::time::Instant,
+    lines: usize,
+    done: std::sync::mpsc::Sender<()>,
+    ticker: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Batches of at least this many lines announce themselves and their result at info (about
+/// a second of `iptables-restore` work); smaller ones only at debug.
+const LONG_BATCH_LINES: usize = 1_000;
+
+/// How often a running batch says it is still running.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Progress {
+    fn start(plan: &Plan, tool: &str) -> Progress {
+        let lines = plan.batch.lines().count();
+        let s = &plan.summary;
+        // A small batch takes milliseconds: the pass's own log line says enough.
+        if lines >= LONG_BATCH_LINES {
+            tracing::info!(
+                add = s.add,
+                change = s.change,
+                remove = s.remove,
+                lines,
+                "applying: {} to add, {} to change, {} to remove; {lines} batch lines to `{tool}`",
+                s.add,
+                s.change,
+                s.remove
+            );
+        }
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        let started = std::time::Instant::now();
+        let ticker = std::thread::Builder::new()
+            .name("batch-progress".into())
+            .spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    wait.recv_timeout(PROGRESS_EVERY)
+                {
+                    let elapsed_s = started.elapsed().as_secs();
+                    tracing::info!(elapsed_s, lines, "still applying the batch ({elapsed_s} s)");
+                }
+            })
+            .ok();
+        Progress {
+            started,
+            lines,
+            done,
+            ticker,
+        }
+    }
+
+    fn finish(mut self, ok: bool) {
+        let _ = self.done.send(());
+        if let Some(ticker) = self.ticker.take() {
+            let _ = ticker.join();
+        }
+        let elapsed_ms = self.started.elapsed().as_millis() as u64;
+        let lines = self.lines;
+        if ok && lines >= LONG_BATCH_LINES {
+            tracing::info!(elapsed_ms, lines, "batch applied in {elapsed_ms} ms");
+        } else if ok {
+            tracing::debug!(elapsed_ms, lines, "batch applied in {elapsed_ms} ms");
+        } else {
+            tracing::warn!(elapsed_ms, lines, "batch refused after {elapsed_ms} ms");
+        }
+    }
+}
+
 /// Runs the plan's steps in order. On a failure, what was done stays done (every step is
 /// safe on its own: make before break), and the error says which step failed.
 pub fn apply(
@@ -156,8 +228,10 @@ pub fn apply(
                 // All kernel steps go in the one atomic batch, at the first kernel step.
                 if !batch_done && !plan.batch.is_empty() {
                     let command = dialect(plan.backend).apply_command();
-                    exec.run(&command, Some(&plan.batch))
-                        .map_err(ApplyError::Batch)?;
+                    let progress = Progress::start(plan, &command.to_string());
+                    let sent = exec.run(&command, Some(&plan.batch));
+                    progress.finish(sent.is_ok());
+                    sent.map_err(ApplyError::Batch)?;
                     report.batch_sent = true;
                     report.flows_flushed = flush_flows(exec, &plan.kernel_changes());
                 }
