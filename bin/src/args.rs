@@ -388,6 +388,10 @@ pub struct CheckArgs {
     /// The GitOps gate for CI.
     #[arg(long)]
     pub locked: bool,
+    /// Make warnings fatal: exit 1 on an unknown field, a misspelt kind or any other
+    /// warning, as on an error.
+    #[arg(long)]
+    pub strict: bool,
     #[command(flatten)]
     pub engine: EngineArgs,
 }

@@ -34,6 +34,10 @@ pub fn run(args: CheckArgs) -> Result<u8> {
     };
     print!("{}", render(&diagnostics, format));
     let errors = diagnostics.iter().filter(|d| d.is_error()).count();
+    let warnings = diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Warning)
+        .count();
     if args.format == ReportFormat::Text {
         let services = files
             .iter()
@@ -41,16 +45,21 @@ pub fn run(args: CheckArgs) -> Result<u8> {
             .flat_map(|f| &f.objects)
             .filter(|o| matches!(o, engine::load::Object::Service(_)))
             .count();
+        let fatal = if args.strict && warnings > 0 {
+            " (--strict: warnings are fatal)"
+        } else {
+            ""
+        };
         println!(
-            "{} file(s), {services} service(s) valid, {errors} error(s), {} warning(s).",
+            "{} file(s), {services} service(s) valid, {errors} error(s), {warnings} warning(s){fatal}.",
             files.len(),
-            diagnostics
-                .iter()
-                .filter(|d| d.severity == engine::diagnostics::Severity::Warning)
-                .count()
         );
     }
-    Ok(if errors > 0 { 1 } else { 0 })
+    Ok(if errors > 0 || (args.strict && warnings > 0) {
+        1
+    } else {
+        0
+    })
 }
 
 /// How `actual` differs from the lock `portald lock` would write (`expected`): a missing

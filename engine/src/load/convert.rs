@@ -1,5 +1,6 @@
 //! Turns generic documents into validated objects, reporting every problem with its place.
 
+use super::fields;
 use super::positions::{document_lines, Positions};
 use super::spec::{self, IntOrString, KNOWN_UNUSED};
 use super::{Object, SourceFile};
@@ -194,12 +195,20 @@ impl<'a> FileCtx<'a> {
                 "apiVersion",
                 format!("apiVersion `{api}` of {kind} is not supported"),
             ),
-            (kind, _) => self.report(
-                Severity::Note,
-                &place,
-                "kind",
-                format!("kind `{kind}` is not served; skipped"),
-            ),
+            // A served kind misspelt is a mistake worth a warning, not a note.
+            (kind, _) => match fields::suggest(kind, SERVED_KINDS) {
+                Some(served) => self.warn(
+                    &place,
+                    "kind",
+                    format!("kind `{kind}` is not served; skipped (did you mean `{served}`?)"),
+                ),
+                None => self.report(
+                    Severity::Note,
+                    &place,
+                    "kind",
+                    format!("kind `{kind}` is not served; skipped"),
+                ),
+            },
         }
     }
 
@@ -220,8 +229,15 @@ impl<'a> FileCtx<'a> {
         // Tracking the path of a type error costs; it is done again only when there is one.
         let ignoring = serde_ignored::Deserializer::new(value, &mut on_ignored);
         if let Ok(spec) = T::deserialize(ignoring) {
+            // The names `T` knows, found only when a field is unknown.
+            let known = (!unknown.is_empty()).then(|| fields::known_fields::<T>(value));
             for path in unknown {
-                self.warn(place, &path, "unknown field; ignored");
+                let hint = known
+                    .as_ref()
+                    .and_then(|known| did_you_mean(known, &path))
+                    .map(|name| format!(" (did you mean `{name}`?)"))
+                    .unwrap_or_default();
+                self.warn(place, &path, format!("unknown field; ignored{hint}"));
             }
             return Some(spec);
         }
@@ -1053,6 +1069,36 @@ fn is_known_unused(path: &serde_ignored::Path) -> bool {
         text.strip_prefix(known)
             .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
     })
+}
+
+/// The kinds portald reads (Kubernetes spelling: kinds are case-sensitive).
+const SERVED_KINDS: [&str; 4] = ["Service", "Endpoints", "EndpointSlice", "Pod"];
+
+/// A known field close to the unknown one at `path` (`spec.ports[0].targetport`), among
+/// the fields of the struct it was written in.
+fn did_you_mean<'k>(known: &'k fields::KnownFields, path: &str) -> Option<&'k str> {
+    let (parent, key) = match path.rsplit_once('.') {
+        Some((parent, key)) => (parent, key),
+        None => ("", path),
+    };
+    // `spec.ports[0]` → `spec.ports[]`, the pattern the probe records.
+    let mut pattern = String::with_capacity(parent.len());
+    let mut in_index = false;
+    for c in parent.chars() {
+        match c {
+            '[' => {
+                in_index = true;
+                pattern.push('[');
+            }
+            ']' => {
+                in_index = false;
+                pattern.push(']');
+            }
+            _ if in_index => {}
+            c => pattern.push(c),
+        }
+    }
+    fields::suggest(key, known.get(&pattern)?.iter().copied())
 }
 
 /// `spec.ports[0].nodePort`: the path of an ignored field, as diagnostics name it.

@@ -1,0 +1,116 @@
+//! The CI side of GitOps without kernel access: `check --strict`, "did you mean", errors in
+//! the user's terms, repository-relative GitHub annotations, versioned JSON and its schemas.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn portald(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_portald"))
+        .args(args)
+        .output()
+        .expect("the portald binary runs")
+}
+
+fn code(out: &Output) -> i32 {
+    out.status.code().expect("portald exited, not killed")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A directory of the test's own, removed when dropped (also when the test fails).
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(what: &str) -> Scratch {
+        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("portald-gitops-{what}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        Scratch(dir)
+    }
+
+    fn write(&self, name: &str, content: &str) -> &Self {
+        let path = self.0.join(name);
+        std::fs::create_dir_all(path.parent().expect("a parent")).expect("parent dir");
+        std::fs::write(path, content).expect("file written");
+        self
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+
+    fn arg(&self) -> String {
+        self.0.display().to_string()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+const MISSPELT_FIELD: &str = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  clusterIP: 10.11.0.9\n  ports:\n  - port: 80\n    targetport: 8080\n";
+
+#[test]
+fn an_unknown_field_suggests_the_known_one_and_fails_only_under_strict() {
+    let dir = Scratch::new("field");
+    dir.write("web.yaml", MISSPELT_FIELD);
+    let lenient = portald(&["check", &dir.arg()]);
+    let report = text(&lenient.stdout);
+    assert_eq!(code(&lenient), 0, "{report}");
+    assert!(
+        report.contains(
+            "web.yaml:9: warning: Service `default/web`: `spec.ports[0].targetport`: unknown field; ignored (did you mean `targetPort`?)"
+        ),
+        "{report}"
+    );
+    let strict = portald(&["check", "--strict", &dir.arg()]);
+    assert_eq!(code(&strict), 1, "{}", text(&strict.stdout));
+    assert!(
+        text(&strict.stdout).contains("(--strict: warnings are fatal)"),
+        "{}",
+        text(&strict.stdout)
+    );
+}
+
+#[test]
+fn a_served_kind_in_the_wrong_case_is_a_warning_naming_the_kind_meant() {
+    let dir = Scratch::new("kind");
+    dir.write(
+        "web.yaml",
+        "apiVersion: v1\nkind: service\nmetadata:\n  name: web\nspec:\n  ports:\n  - port: 80\n",
+    );
+    dir.write(
+        "node.yaml",
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: n1\n",
+    );
+    let out = portald(&["check", "--strict", "--format", "json", &dir.arg()]);
+    assert_eq!(code(&out), 1, "{}", text(&out.stdout));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("check json");
+    let diagnostics = report["diagnostics"].as_array().expect("diagnostics");
+    let kind = diagnostics
+        .iter()
+        .find(|d| d["file"] == "web.yaml")
+        .expect("a diagnostic on web.yaml");
+    assert_eq!(kind["severity"], "warning", "{kind}");
+    assert_eq!(kind["line"], 2, "{kind}");
+    assert!(
+        kind["message"]
+            .as_str()
+            .unwrap()
+            .contains("did you mean `Service`?"),
+        "{kind}"
+    );
+    // Another kind, however close in letters, stays a note.
+    let node = diagnostics
+        .iter()
+        .find(|d| d["file"] == "node.yaml")
+        .expect("a diagnostic on node.yaml");
+    assert_eq!(node["severity"], "note", "{node}");
+}
