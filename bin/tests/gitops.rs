@@ -114,3 +114,30 @@ fn a_served_kind_in_the_wrong_case_is_a_warning_naming_the_kind_meant() {
         .expect("a diagnostic on node.yaml");
     assert_eq!(node["severity"], "note", "{node}");
 }
+
+#[test]
+fn a_type_error_is_told_in_the_terms_of_the_file_and_a_tab_in_indentation_by_its_line() {
+    let dir = Scratch::new("terms");
+    dir.write(
+        "port.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  ports:\n  - port: \"abc\"\n",
+    );
+    dir.write(
+        "tab.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: tab\nspec:\n\tports:\n  - port: 80\n",
+    );
+    let out = portald(&["check", &dir.arg()]);
+    let report = text(&out.stdout);
+    assert_eq!(code(&out), 1, "{report}");
+    assert!(
+        report.contains(
+            "port.yaml:7: error: Service `default/web`: `spec.ports[0].port`: expected a whole number, found the string \"abc\""
+        ),
+        "{report}"
+    );
+    assert!(!report.contains("i64"), "{report}");
+    assert!(
+        report.contains("tab.yaml:6: error: malformed YAML: a tab in indentation"),
+        "{report}"
+    );
+}

@@ -249,7 +249,7 @@ impl<'a> FileCtx<'a> {
             Err(e) => {
                 let path = e.path().to_string();
                 let path = if path == "." { String::new() } else { path };
-                self.error(place, &path, e.inner().to_string());
+                self.error(place, &path, user_terms(&e.inner().to_string()));
                 None
             }
         }
@@ -1069,6 +1069,72 @@ fn is_known_unused(path: &serde_ignored::Path) -> bool {
         text.strip_prefix(known)
             .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
     })
+}
+
+/// serde's wording in the terms of a YAML or JSON file: `invalid type: string "abc",
+/// expected i64` becomes `expected a number, found the string "abc"`. Messages of another
+/// shape (`missing field`, portald's own) pass unchanged.
+fn user_terms(message: &str) -> String {
+    fn expected(what: &str) -> String {
+        let what = what.trim();
+        match what {
+            "i8" | "i16" | "i32" | "i64" | "i128" | "u8" | "u16" | "u32" | "u64" | "u128"
+            | "isize" | "usize" => "a whole number".to_string(),
+            "f32" | "f64" => "a number".to_string(),
+            "a string" | "string" | "a borrowed string" | "a character" => "a string".into(),
+            "a boolean" | "bool" => "true or false".to_string(),
+            "a sequence" | "sequence" => "a list".to_string(),
+            "a map" | "map" => "a mapping (`key: value` lines)".to_string(),
+            _ if what.starts_with("struct ") => "a mapping (`key: value` lines)".to_string(),
+            _ if what.contains("untagged enum IntOrString") => {
+                "a port number or a port name".to_string()
+            }
+            _ => what.to_string(),
+        }
+    }
+    fn found(what: &str) -> String {
+        let (kind, value) = what.split_once(' ').unwrap_or((what, ""));
+        let value = value.trim_matches('`');
+        let noun = match kind {
+            "string" => "the string",
+            "integer" => "the number",
+            "floating" => return format!("the number {}", value.trim_start_matches("point `")),
+            "boolean" => "",
+            "sequence" => return "a list".to_string(),
+            "map" => return "a mapping".to_string(),
+            "unit" | "null" => return "nothing (null)".to_string(),
+            _ => return what.to_string(),
+        };
+        if noun.is_empty() {
+            value.to_string()
+        } else {
+            format!("{noun} {value}")
+        }
+    }
+    if let Some(rest) = message.strip_prefix("invalid type: ") {
+        if let Some((what, wanted)) = rest.split_once(", expected ") {
+            return format!("expected {}, found {}", expected(wanted), found(what));
+        }
+    }
+    if let Some(rest) = message.strip_prefix("invalid value: ") {
+        if let Some((what, wanted)) = rest.split_once(", expected ") {
+            let range = match wanted.trim() {
+                "u16" => " from 0 to 65535",
+                "u32" => " from 0 to 4294967295",
+                "u8" => " from 0 to 255",
+                _ => "",
+            };
+            return format!(
+                "expected {}{range}, found {}",
+                expected(wanted),
+                found(what)
+            );
+        }
+    }
+    if message.starts_with("data did not match any variant of untagged enum IntOrString") {
+        return "expected a port number or a port name".to_string();
+    }
+    message.to_string()
 }
 
 /// The kinds portald reads (Kubernetes spelling: kinds are case-sensitive).
