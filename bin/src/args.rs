@@ -392,6 +392,11 @@ pub struct CheckArgs {
     /// warning, as on an error.
     #[arg(long)]
     pub strict: bool,
+    /// With `--format github`: put PREFIX before each file's path (relative to DIR), so
+    /// annotations land on the pull request's files. Without it, the path from the
+    /// repository's top level (the nearest folder above DIR holding `.git`) to DIR.
+    #[arg(long, value_name = "PREFIX")]
+    pub path_prefix: Option<String>,
     #[command(flatten)]
     pub engine: EngineArgs,
 }

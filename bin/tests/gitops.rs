@@ -141,3 +141,34 @@ fn a_type_error_is_told_in_the_terms_of_the_file_and_a_tab_in_indentation_by_its
         "{report}"
     );
 }
+
+#[test]
+fn github_annotations_name_files_from_the_repository_top_or_the_path_prefix() {
+    let repo = Scratch::new("repo");
+    std::fs::create_dir_all(repo.path().join(".git")).expect(".git");
+    repo.write("deploy/services/web.yaml", MISSPELT_FIELD);
+    let dir = repo.path().join("deploy/services").display().to_string();
+    let out = portald(&["check", "--format", "github", &dir]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let report = text(&out.stdout);
+    assert!(
+        report.starts_with("::warning file=deploy/services/web.yaml,line=9::"),
+        "{report}"
+    );
+    let out = portald(&[
+        "check",
+        "--format",
+        "github",
+        "--path-prefix",
+        "infra/prod/",
+        &dir,
+    ]);
+    let report = text(&out.stdout);
+    assert!(
+        report.starts_with("::warning file=infra/prod/web.yaml,line=9::"),
+        "{report}"
+    );
+    // The text report keeps paths relative to the services directory.
+    let out = portald(&["check", &dir]);
+    assert!(text(&out.stdout).starts_with("web.yaml:9: warning:"));
+}

@@ -4,6 +4,7 @@ use crate::args::{CheckArgs, ReportFormat};
 use anyhow::Result;
 use engine::allocate::{parse_key, Lock};
 use engine::diagnostics::{render, Diagnostic, ReportFormat as Format, Severity};
+use std::path::Path;
 
 pub fn run(args: CheckArgs) -> Result<u8> {
     let files = super::load_files(&args.engine, &args.dir)?;
@@ -32,6 +33,17 @@ pub fn run(args: CheckArgs) -> Result<u8> {
         ReportFormat::Json => Format::Json,
         ReportFormat::Github => Format::Github,
     };
+    if format == Format::Github {
+        let prefix = match &args.path_prefix {
+            Some(prefix) => Some(prefix.clone()),
+            None => repository_prefix(&args.dir),
+        };
+        if let Some(prefix) = prefix {
+            for d in &mut diagnostics {
+                d.file = prefixed(&prefix, &d.file);
+            }
+        }
+    }
     print!("{}", render(&diagnostics, format));
     let errors = diagnostics.iter().filter(|d| d.is_error()).count();
     let warnings = diagnostics
@@ -134,4 +146,31 @@ fn lock_problems(
         ));
     }
     out
+}
+
+/// The path from the top of the git repository holding `dir` to `dir` (`deploy/services/`,
+/// or `""` at the top itself), found by walking up to the nearest folder with a `.git`
+/// entry (a folder, or a file in a worktree or submodule) as git does; no git process.
+/// `None` outside any repository.
+fn repository_prefix(dir: &Path) -> Option<String> {
+    let dir = std::fs::canonicalize(dir).ok()?;
+    let top = dir.ancestors().find(|a| a.join(".git").exists())?;
+    let inside = dir.strip_prefix(top).ok()?;
+    let mut prefix: String = inside
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join("/");
+    if !prefix.is_empty() {
+        prefix.push('/');
+    }
+    Some(prefix)
+}
+
+/// `prefix` + `file`, one `/` between them; an absolute `file` (a lock outside DIR) stays.
+fn prefixed(prefix: &str, file: &str) -> String {
+    if file.starts_with('/') || prefix.is_empty() {
+        return file.to_string();
+    }
+    format!("{}/{file}", prefix.trim_end_matches('/'))
 }
