@@ -182,7 +182,8 @@ pub struct SwitchArgs {
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
-    /// Print the raw JSON status.
+    /// Print the status as JSON: a versioned document (`format_version`, schema from
+    /// `portald schema status`) with every problem's file and line in `diagnostics`.
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]

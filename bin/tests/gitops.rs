@@ -172,3 +172,62 @@ fn github_annotations_name_files_from_the_repository_top_or_the_path_prefix() {
     let out = portald(&["check", &dir]);
     assert!(text(&out.stdout).starts_with("web.yaml:9: warning:"));
 }
+
+/// A stand-in for the daemon: answers one request on a control socket with `status`.
+fn fake_daemon(
+    socket: &Path,
+    status: engine::daemon::control::Status,
+) -> std::thread::JoinHandle<String> {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::os::unix::net::UnixListener::bind(socket).expect("socket bound");
+    std::thread::spawn(move || {
+        let (stream, _) = listener.accept().expect("one client");
+        let mut request = String::new();
+        BufReader::new(&stream)
+            .read_line(&mut request)
+            .expect("a request");
+        let response = engine::daemon::control::Response {
+            ok: true,
+            status: Some(Box::new(status)),
+            ..Default::default()
+        };
+        let mut line = serde_json::to_string(&response).expect("response");
+        line.push('\n');
+        (&stream).write_all(line.as_bytes()).expect("answer sent");
+        request
+    })
+}
+
+#[test]
+fn status_json_is_versioned_and_names_each_problem_with_its_file_and_line() {
+    use engine::diagnostics::{Diagnostic, Severity};
+    let dir = Scratch::new("status");
+    let socket = dir.path().join("portald.sock");
+    let problem = Diagnostic {
+        file: "web.yaml".into(),
+        line: Some(7),
+        severity: Severity::Error,
+        object: Some("Service `default/web`".into()),
+        field: Some("spec.ports[0].port".into()),
+        message: "expected a whole number, found the string \"abc\"".into(),
+    };
+    let status = engine::daemon::control::Status {
+        pid: 42,
+        diagnostics: vec![problem],
+        ..Default::default()
+    };
+    let daemon = fake_daemon(&socket, status);
+    let out = portald(&[
+        "status",
+        "--json",
+        "--control-socket",
+        &socket.display().to_string(),
+    ]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert!(daemon.join().expect("fake daemon").contains("status"));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
+    assert_eq!(report["format_version"], 1, "{report:#}");
+    assert_eq!(report["pid"], 42, "{report:#}");
+    assert_eq!(report["diagnostics"][0]["file"], "web.yaml", "{report:#}");
+    assert_eq!(report["diagnostics"][0]["line"], 7, "{report:#}");
+}

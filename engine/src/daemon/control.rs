@@ -88,6 +88,31 @@ pub struct Status {
     pub held: Vec<String>,
 }
 
+/// Version of the `portald status --json` document ([`StatusReport`]); raised when a field
+/// changes meaning or goes away (new fields may appear within a version).
+pub const STATUS_FORMAT_VERSION: u32 = 1;
+
+/// What `portald status --json` prints: the daemon's [`Status`] with its format version.
+/// Problems are in `diagnostics` (each with its file, line, object and field: invalid
+/// files, conflicts with foreign rules, held services) and in `last_reconcile.error` (the
+/// kernel's refusal of the last batch, as the daemon received it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// [`STATUS_FORMAT_VERSION`].
+    pub format_version: u32,
+    #[serde(flatten)]
+    pub status: Status,
+}
+
+impl StatusReport {
+    pub fn new(status: Status) -> Self {
+        StatusReport {
+            format_version: STATUS_FORMAT_VERSION,
+            status,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     #[error("no portald daemon is running (nothing answers on `{path}`); start one with `portald run DIR`")]
