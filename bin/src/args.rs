@@ -464,4 +464,7 @@ pub struct SnapshotArgs {
     pub out: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "iptables")]
     pub backend: BackendArg,
+    /// The daemon whose listeners the snapshot records (when one answers there).
+    #[command(flatten)]
+    pub control: ControlArgs,
 }
