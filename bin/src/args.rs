@@ -73,12 +73,31 @@ pub enum Command {
     Completions(CompletionsArgs),
     /// Print the manual page (roff, for `man -l -`).
     Man,
+    /// Print the JSON Schema of a versioned output (plan, check, status, snapshot, lock).
+    Schema(SchemaArgs),
     /// A named test server ("pod") for the demo and the tests.
     #[command(hide = true)]
     Backend(BackendArgs),
     /// Send numbered UDP datagrams and print the replies.
     #[command(hide = true)]
     UdpProbe(UdpProbeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SchemaArgs {
+    /// The document: `plan` (`plan --json`, `--out`), `check` (`check --format json`),
+    /// `status` (`status --json`), `snapshot`, `lock` (the lock and the node state file).
+    #[arg(value_enum)]
+    pub name: SchemaName,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SchemaName {
+    Plan,
+    Check,
+    Status,
+    Snapshot,
+    Lock,
 }
 
 #[derive(Args, Debug)]

@@ -231,3 +231,36 @@ fn status_json_is_versioned_and_names_each_problem_with_its_file_and_line() {
     assert_eq!(report["diagnostics"][0]["file"], "web.yaml", "{report:#}");
     assert_eq!(report["diagnostics"][0]["line"], 7, "{report:#}");
 }
+
+/// The schemas committed under `docs/schema/`, one per versioned output.
+const SCHEMAS: [&str; 5] = ["plan", "check", "status", "snapshot", "lock"];
+
+#[test]
+fn the_committed_json_schemas_are_what_the_binary_generates() {
+    let docs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/schema");
+    let update = std::env::var_os("UPDATE_SCHEMA").is_some();
+    let mut stale = Vec::new();
+    for name in SCHEMAS {
+        let out = portald(&["schema", name]);
+        assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+        let schema: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        assert_eq!(
+            schema["$schema"], "https://json-schema.org/draft/2020-12/schema",
+            "{name}"
+        );
+        assert!(
+            schema["properties"]["format_version"].is_object(),
+            "{name}: no format_version"
+        );
+        let file = docs.join(format!("{name}.schema.json"));
+        if update {
+            std::fs::write(&file, &out.stdout).expect("schema written");
+        } else if std::fs::read(&file).ok().as_deref() != Some(&out.stdout[..]) {
+            stale.push(file.display().to_string());
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "differ from `portald schema` (UPDATE_SCHEMA=1 rewrites them): {stale:?}"
+    );
+}
