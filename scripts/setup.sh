@@ -15,6 +15,8 @@ have pkill || need+=(procps)
 have systemd-analyze || need+=(systemd)
 have prlimit || need+=(util-linux)
 have sysctl || need+=(procps)
+# The schema tests validate real outputs against docs/schema/ with python3-jsonschema.
+python3 -c 'import jsonschema' 2>/dev/null || need+=(python3-jsonschema)
 
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then

@@ -264,3 +264,128 @@ fn the_committed_json_schemas_are_what_the_binary_generates() {
         "differ from `portald schema` (UPDATE_SCHEMA=1 rewrites them): {stale:?}"
     );
 }
+
+/// Validates `document` against `docs/schema/NAME.schema.json` with python3-jsonschema
+/// (installed by scripts/setup.sh): an independent reading of the schema.
+fn assert_valid(name: &str, document: &[u8]) {
+    let schema = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("../docs/schema/{name}.schema.json"));
+    let dir = Scratch::new("validate");
+    let doc = dir.path().join("doc.json");
+    std::fs::write(&doc, document).expect("document written");
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import json, sys, jsonschema\n\
+             schema = json.load(open(sys.argv[1]))\n\
+             jsonschema.Draft202012Validator.check_schema(schema)\n\
+             jsonschema.validate(json.load(open(sys.argv[2])), schema, cls=jsonschema.Draft202012Validator)",
+        ])
+        .arg(&schema)
+        .arg(&doc)
+        .output()
+        .expect("python3 runs (scripts/setup.sh installs it with python3-jsonschema)");
+    assert!(
+        out.status.success(),
+        "{name} output is not valid against {}:\n{}",
+        schema.display(),
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn every_versioned_output_is_valid_against_its_committed_schema() {
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
+    let work = Scratch::new("outputs");
+    let state = work.path().join("state.json").display().to_string();
+    let check = portald(&[
+        "check",
+        "--format",
+        "json",
+        &fixtures
+            .join("invalid-hostile-strings/services")
+            .display()
+            .to_string(),
+    ]);
+    assert_valid("check", &check.stdout);
+    for (case, mode) in [
+        ("seed-apache", "userspace"),
+        ("multi-port-named-targets", "userspace"),
+        ("endpoint-slices", "kernel"),
+    ] {
+        let services = fixtures.join(case).join("services");
+        let plan = portald(&[
+            "plan",
+            &services.display().to_string(),
+            "--no-live",
+            "--json",
+            "--mode",
+            mode,
+            "--state-file",
+            &state,
+        ]);
+        assert_eq!(code(&plan), 0, "{}", text(&plan.stderr));
+        assert_valid("plan", &plan.stdout);
+    }
+    let dir = Scratch::new("lock");
+    dir.write("web.yaml", MISSPELT_FIELD);
+    let lock = portald(&["lock", &dir.arg(), "--state-file", &state]);
+    assert_eq!(code(&lock), 0, "{}", text(&lock.stderr));
+    let written = std::fs::read(dir.path().join("portald.lock")).expect("lock written");
+    assert_valid("lock", &written);
+
+    let socket = work.path().join("portald.sock");
+    let daemon = fake_daemon(&socket, status_with_everything());
+    let status = portald(&[
+        "status",
+        "--json",
+        "--control-socket",
+        &socket.display().to_string(),
+    ]);
+    daemon.join().expect("fake daemon");
+    assert_eq!(code(&status), 0, "{}", text(&status.stderr));
+    assert_valid("status", &status.stdout);
+}
+
+/// A status with a listener, a failed reconcile, a problem and a held service, so that
+/// more than the empty shape is checked.
+fn status_with_everything() -> engine::daemon::control::Status {
+    use engine::daemon::control::{ListenerView, ReconcileResult, Status};
+    use engine::diagnostics::{Diagnostic, Severity};
+    Status {
+        pid: 7,
+        dir: "/srv/services".into(),
+        backend: "iptables".into(),
+        mode: "userspace".into(),
+        reconciles: 3,
+        listeners: vec![ListenerView {
+            protocol: planners::Protocol::Tcp,
+            port: 20000,
+            name: "default/web:80".into(),
+            endpoints: vec!["10.244.1.2:8080".into()],
+            affinity_seconds: Some(10800),
+            active: 1,
+            accepted: 5,
+            per_endpoint: [("10.244.1.2:8080".to_string(), 5)].into(),
+            failures: 0,
+            rejected: 0,
+        }],
+        last_reconcile: Some(ReconcileResult {
+            at: 1,
+            ok: false,
+            error: Some("iptables-restore: line 3 failed".into()),
+            trigger: "resync".into(),
+            ..Default::default()
+        }),
+        diagnostics: vec![Diagnostic {
+            file: "web.yaml".into(),
+            line: Some(9),
+            severity: Severity::Warning,
+            object: None,
+            field: Some("spec.ports[0].targetport".into()),
+            message: "unknown field; ignored".into(),
+        }],
+        held: vec!["default/late".into()],
+        ..Default::default()
+    }
+}

@@ -40,6 +40,22 @@ fn a_snapshot_of_an_unchanged_userspace_host_plans_no_changes() {
         .map(|l| &l["listener_port"])
         .collect();
     assert_eq!(ports, [&serde_json::json!(proxy)], "{taken:#}");
+    // The snapshot as written is what its committed schema describes.
+    let schema = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/schema/snapshot.schema.json"
+    );
+    c.run_ok(
+        &c.node(),
+        "python3",
+        &[
+            "-c",
+            "import json, sys, jsonschema\n\
+             jsonschema.validate(json.load(open(sys.argv[2])), json.load(open(sys.argv[1])), cls=jsonschema.Draft202012Validator)",
+            schema,
+            &shown,
+        ],
+    );
 
     let plan = |live: &str| {
         let out = c.portald(&["plan", &dir, "--live", live, "--detailed-exitcode"]);
