@@ -1192,3 +1192,45 @@ fn ignored_path(path: &serde_ignored::Path) -> String {
     walk(path, &mut exact);
     exact
 }
+
+#[cfg(test)]
+mod wording_tests {
+    use super::user_terms;
+
+    #[test]
+    fn serde_wording_is_told_in_the_terms_of_a_yaml_or_json_file() {
+        for (serde, user) in [
+            (
+                "invalid type: string \"abc\", expected i64",
+                "expected a whole number, found the string \"abc\"",
+            ),
+            (
+                "invalid type: integer `5`, expected a string",
+                "expected a string, found the number 5",
+            ),
+            (
+                "invalid type: string \"yes\", expected a boolean",
+                "expected true or false, found the string \"yes\"",
+            ),
+            (
+                "invalid type: map, expected a sequence",
+                "expected a list, found a mapping",
+            ),
+            (
+                "invalid type: sequence, expected struct ObjectMeta",
+                "expected a mapping (`key: value` lines), found a list",
+            ),
+            (
+                "invalid value: integer `70000`, expected u16",
+                "expected a whole number from 0 to 65535, found the number 70000",
+            ),
+            (
+                "data did not match any variant of untagged enum IntOrString",
+                "expected a port number or a port name",
+            ),
+            ("missing field `name`", "missing field `name`"),
+        ] {
+            assert_eq!(user_terms(serde), user, "{serde}");
+        }
+    }
+}
