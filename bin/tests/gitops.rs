@@ -168,6 +168,21 @@ fn github_annotations_name_files_from_the_repository_top_or_the_path_prefix() {
         report.starts_with("::warning file=infra/prod/web.yaml,line=9::"),
         "{report}"
     );
+    // A lock kept elsewhere in the repository is named from the top too.
+    repo.write(
+        "ci/portald.lock",
+        r#"{"format_version": 1, "portal_cidr": "10.11.0.0/16", "vips": {"default/gone": "10.11.0.50"}}"#,
+    );
+    let lock = repo.path().join("ci/portald.lock").display().to_string();
+    let out = portald(&[
+        "check", "--locked", "--lock", &lock, "--format", "github", &dir,
+    ]);
+    assert_eq!(code(&out), 1, "{}", text(&out.stderr));
+    let report = text(&out.stdout);
+    assert!(
+        report.contains("::error file=ci/portald.lock::"),
+        "{report}"
+    );
     // The text report keeps paths relative to the services directory.
     let out = portald(&["check", &dir]);
     assert!(text(&out.stdout).starts_with("web.yaml:9: warning:"));

@@ -19,11 +19,15 @@ pub fn run(args: CheckArgs) -> Result<u8> {
             &config,
         );
         let path = args.engine.lock_path(&args.dir);
-        let shown = path
-            .strip_prefix(&args.dir)
-            .unwrap_or(&path)
-            .display()
-            .to_string();
+        // Relative to DIR when inside it; else absolute, whatever the working directory.
+        let shown = match path.strip_prefix(&args.dir) {
+            Ok(inside) => inside.display().to_string(),
+            Err(_) => std::fs::canonicalize(&path)
+                .or_else(|_| std::path::absolute(&path))
+                .unwrap_or_else(|_| path.clone())
+                .display()
+                .to_string(),
+        };
         diagnostics.extend(lock_problems(&lock, &expected, &outcome, &shown));
         diagnostics.sort();
         diagnostics.dedup();
@@ -34,13 +38,20 @@ pub fn run(args: CheckArgs) -> Result<u8> {
         ReportFormat::Github => Format::Github,
     };
     if format == Format::Github {
+        let top = repository_top(&args.dir);
         let prefix = match &args.path_prefix {
             Some(prefix) => Some(prefix.clone()),
-            None => repository_prefix(&args.dir),
+            None => top.as_ref().map(|(_, prefix)| prefix.clone()),
         };
         if let Some(prefix) = prefix {
             for d in &mut diagnostics {
                 d.file = prefixed(&prefix, &d.file);
+                // A lock named by an absolute path inside the repository: from its top.
+                if let Some((top, _)) = top.as_ref().filter(|_| args.path_prefix.is_none()) {
+                    if let Ok(inside) = Path::new(&d.file).strip_prefix(top) {
+                        d.file = slashed(inside);
+                    }
+                }
             }
         }
     }
@@ -148,23 +159,26 @@ fn lock_problems(
     out
 }
 
-/// The path from the top of the git repository holding `dir` to `dir` (`deploy/services/`,
-/// or `""` at the top itself), found by walking up to the nearest folder with a `.git`
-/// entry (a folder, or a file in a worktree or submodule) as git does; no git process.
-/// `None` outside any repository.
-fn repository_prefix(dir: &Path) -> Option<String> {
+/// The top of the git repository holding `dir`, and the path from it to `dir`
+/// (`deploy/services/`, or `""` at the top itself), found by walking up to the nearest
+/// folder with a `.git` entry (a folder, or a file in a worktree or submodule) as git
+/// does; no git process. `None` outside any repository.
+fn repository_top(dir: &Path) -> Option<(std::path::PathBuf, String)> {
     let dir = std::fs::canonicalize(dir).ok()?;
     let top = dir.ancestors().find(|a| a.join(".git").exists())?;
-    let inside = dir.strip_prefix(top).ok()?;
-    let mut prefix: String = inside
-        .components()
-        .map(|c| c.as_os_str().to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join("/");
+    let mut prefix = slashed(dir.strip_prefix(top).ok()?);
     if !prefix.is_empty() {
         prefix.push('/');
     }
-    Some(prefix)
+    Some((top.to_path_buf(), prefix))
+}
+
+/// A relative path with `/` between its parts, as GitHub names a repository's files.
+fn slashed(path: &Path) -> String {
+    path.components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// `prefix` + `file`, one `/` between them; an absolute `file` (a lock outside DIR) stays.
