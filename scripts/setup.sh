@@ -18,6 +18,8 @@ have sysctl || need+=(procps)
 # The metrics tests scrape the daemon with a real Prometheus server and check the
 # exposition with promtool (both in Debian's `prometheus` package; never run as a service).
 have prometheus && have promtool || need+=(prometheus)
+# The schema tests validate real outputs against docs/schema/ with python3-jsonschema.
+python3 -c 'import jsonschema' 2>/dev/null || need+=(python3-jsonschema)
 
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then

@@ -77,12 +77,31 @@ pub enum Command {
     Completions(CompletionsArgs),
     /// Print the manual page (roff, for `man -l -`).
     Man,
+    /// Print the JSON Schema of a versioned output (plan, check, status, snapshot, lock).
+    Schema(SchemaArgs),
     /// A named test server ("pod") for the demo and the tests.
     #[command(hide = true)]
     Backend(BackendArgs),
     /// Send numbered UDP datagrams and print the replies.
     #[command(hide = true)]
     UdpProbe(UdpProbeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SchemaArgs {
+    /// The document: `plan` (`plan --json`, `--out`), `check` (`check --format json`),
+    /// `status` (`status --json`), `snapshot`, `lock` (the lock and the node state file).
+    #[arg(value_enum)]
+    pub name: SchemaName,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SchemaName {
+    Plan,
+    Check,
+    Status,
+    Snapshot,
+    Lock,
 }
 
 #[derive(Args, Debug)]
@@ -196,7 +215,8 @@ pub struct SwitchArgs {
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
-    /// Print the raw JSON status.
+    /// Print the status as JSON: a versioned document (`format_version`, schema from
+    /// `portald schema status`) with every problem's file and line in `diagnostics`.
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -402,6 +422,15 @@ pub struct CheckArgs {
     /// The GitOps gate for CI.
     #[arg(long)]
     pub locked: bool,
+    /// Make warnings fatal: exit 1 on an unknown field, a misspelt kind or any other
+    /// warning, as on an error.
+    #[arg(long)]
+    pub strict: bool,
+    /// With `--format github`: put PREFIX before each file's path (relative to DIR), so
+    /// annotations land on the pull request's files. Without it, the path from the
+    /// repository's top level (the nearest folder above DIR holding `.git`) to DIR.
+    #[arg(long, value_name = "PREFIX")]
+    pub path_prefix: Option<String>,
     #[command(flatten)]
     pub engine: EngineArgs,
 }
@@ -468,6 +497,9 @@ pub struct SnapshotArgs {
     pub out: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "iptables")]
     pub backend: BackendArg,
+    /// The daemon whose listeners the snapshot records (when one answers there).
+    #[command(flatten)]
+    pub control: ControlArgs,
 }
 
 /// An HTTP bind address flag: `IP:PORT`, or `0` for none.

@@ -141,8 +141,12 @@ fn check_github_format_prints_one_workflow_command_per_diagnostic() {
     assert_eq!(lines.len(), 12, "{report}");
     for line in lines {
         assert!(
-            line.starts_with("::error file=hostile.yaml,line=")
-                || line.starts_with("::error file=hostile.json,line="),
+            // Paths from the repository's top level, where the pull request shows them.
+            line.starts_with(
+                "::error file=fixtures/invalid-hostile-strings/services/hostile.yaml,line="
+            ) || line.starts_with(
+                "::error file=fixtures/invalid-hostile-strings/services/hostile.json,line="
+            ),
             "{line}"
         );
         assert!(line.contains("::Service `"), "{line}");

@@ -11,7 +11,7 @@ use std::net::Ipv4Addr;
 
 /// The allocation record users commit next to their services (`portald.lock`): an input the
 /// daemon reads and never writes. The same shape is the daemon's node state file.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Lock {
     pub format_version: u32,
     #[serde(default)]

@@ -15,7 +15,19 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 /// A proxy listener, identified by protocol and port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 pub struct ListenerKey {
     #[serde(rename = "listener_protocol")]
     pub protocol: Protocol,
@@ -30,7 +42,7 @@ impl std::fmt::Display for ListenerKey {
 }
 
 /// What one proxy listener serves.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Listener {
     /// `ns/name:port`, as in the rule comments.
     pub name: String,
@@ -41,7 +53,7 @@ pub struct Listener {
 }
 
 /// The normalized model of one service port, for output and golden files.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PortView {
     pub name: Option<String>,
     pub protocol: Protocol,
@@ -53,7 +65,7 @@ pub struct PortView {
     pub notes: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ServiceView {
     pub name: String,
     pub source: SourceRef,

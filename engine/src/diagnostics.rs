@@ -4,7 +4,9 @@ use crate::escape;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
     Error,
@@ -23,7 +25,9 @@ impl fmt::Display for Severity {
 }
 
 /// One finding. Ordered by file, then line, so reports are stable.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub struct Diagnostic {
     /// Path of the file, relative to the services directory.
     pub file: String,
@@ -74,20 +78,40 @@ impl Diagnostic {
     }
 }
 
+/// Version of the `check --format json` document ([`CheckReport`]); raised when a field
+/// changes meaning or goes away.
+pub const CHECK_FORMAT_VERSION: u32 = 1;
+
+/// What `portald check --format json` prints. Keys in alphabetical order, as before this
+/// type existed (the report was a `serde_json` map).
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct CheckReport<'a> {
+    /// Every problem found, ordered by file, then line.
+    pub diagnostics: &'a [Diagnostic],
+    /// How many diagnostics are errors (`check` exits 1 when there is one).
+    pub errors: usize,
+    /// [`CHECK_FORMAT_VERSION`].
+    pub format_version: u32,
+    /// How many are warnings (fatal with `--strict`).
+    pub warnings: usize,
+}
+
 /// Formats diagnostics for `check --format`: one line per diagnostic in text and GitHub
 /// form, whatever the input (see [`crate::escape`]); the JSON keeps every string whole.
 pub fn render(diagnostics: &[Diagnostic], format: ReportFormat) -> String {
     match format {
         ReportFormat::Text => diagnostics.iter().map(|d| format!("{d}\n")).collect(),
         ReportFormat::Json => {
-            let errors = diagnostics.iter().filter(|d| d.is_error()).count();
-            let value = serde_json::json!({
-                "format_version": 1,
-                "errors": errors,
-                "warnings": diagnostics.iter().filter(|d| d.severity == Severity::Warning).count(),
-                "diagnostics": diagnostics,
-            });
-            let mut text = serde_json::to_string_pretty(&value).expect("diagnostics serialize");
+            let report = CheckReport {
+                diagnostics,
+                errors: diagnostics.iter().filter(|d| d.is_error()).count(),
+                format_version: CHECK_FORMAT_VERSION,
+                warnings: diagnostics
+                    .iter()
+                    .filter(|d| d.severity == Severity::Warning)
+                    .count(),
+            };
+            let mut text = serde_json::to_string_pretty(&report).expect("diagnostics serialize");
             text.push('\n');
             text
         }

@@ -29,7 +29,9 @@ impl fmt::Display for ObjectKey {
 }
 
 /// Where an object came from: the file (relative to the services directory) and line.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub struct SourceRef {
     pub file: String,
     pub line: Option<usize>,
@@ -52,7 +54,19 @@ pub struct FieldRef {
 }
 
 /// A service's virtual IP (portal IP). Never an endpoint, never a listener address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(transparent)]
 pub struct Vip(pub Ipv4Addr);
 
@@ -63,7 +77,19 @@ impl fmt::Display for Vip {
 }
 
 /// A local port a userspace proxy listener holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(transparent)]
 pub struct ProxyPort(pub u16);
 
@@ -74,7 +100,19 @@ impl fmt::Display for ProxyPort {
 }
 
 /// An address of a backend that serves a service port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(transparent)]
 pub struct Endpoint(pub SocketAddrV4);
 
@@ -85,7 +123,9 @@ impl fmt::Display for Endpoint {
 }
 
 /// The port on the endpoints, by number or by the name of a container / endpoint port.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(untagged)]
 pub enum TargetPort {
     Number(u16),
@@ -128,7 +168,7 @@ pub enum VipRequest {
     Headless,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum ServiceType {
     ClusterIP,
     NodePort,

@@ -10,7 +10,19 @@ use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 /// Transport protocol of a portal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,
@@ -34,7 +46,19 @@ impl fmt::Display for Protocol {
 }
 
 /// Which traffic a portal rule catches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Path {
     /// Traffic arriving from other namespaces or hosts (nat PREROUTING).
@@ -61,7 +85,19 @@ impl fmt::Display for Path {
 }
 
 /// What identifies one portal rule: the traffic it catches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 pub struct PortalKey {
     pub path: Path,
     pub vip: Ipv4Addr,
@@ -80,7 +116,9 @@ impl fmt::Display for PortalKey {
 }
 
 /// Where caught traffic goes.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum Action {
     /// Userspace mode, container path: REDIRECT to the local proxy port.
@@ -118,7 +156,19 @@ impl Action {
 
 /// A chain portald owns, named for what it does: each has a body ([`Scaffold::Chain`]) and
 /// a hook that sends traffic into it ([`Scaffold::Hook`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Slot {
     /// NAT lookups of the container path (nat PREROUTING).
@@ -196,7 +246,19 @@ impl fmt::Display for Slot {
 }
 
 /// An IPv4 network `ADDR/LEN` with no host bits set.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(try_from = "String", into = "String")]
 pub struct Net {
     pub addr: Ipv4Addr,
@@ -264,7 +326,19 @@ impl fmt::Display for Net {
 /// such a client directly over their shared link, past the host and its reverse
 /// translation; any other client keeps its own address (the endpoint's reply is routed back
 /// through this host, as for a client pod reaching an endpoint behind another node).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 pub struct Masquerade {
     pub network: Net,
     pub portals: Net,
@@ -272,7 +346,19 @@ pub struct Masquerade {
 
 /// A local port a userspace-mode proxy listens on: only connections portald's NAT sent
 /// there (REDIRECT or DNAT, conntrack status DNAT) may reach it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 pub struct GuardedPort {
     pub protocol: Protocol,
     pub port: u16,
@@ -280,7 +366,9 @@ pub struct GuardedPort {
 
 /// A comment that is safe to place inside any kernel tool's argument: it can never end the
 /// argument it stands in, whatever quoting the dialect uses.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(try_from = "String", into = "String")]
 pub struct Comment(String);
 
@@ -341,7 +429,9 @@ impl fmt::Display for Comment {
 }
 
 /// One portal: catch `key`, send it to `action`. The comment names `namespace/service:port`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub struct PortalRule {
     pub key: PortalKey,
     pub comment: Comment,
@@ -359,7 +449,19 @@ impl PortalRule {
 }
 
 /// Structure portald owns besides the portal rules themselves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case", tag = "kind", content = "of")]
 pub enum Scaffold {
     /// The chain that holds a slot's rules (an iptables chain, an nft chain).
@@ -418,11 +520,12 @@ impl fmt::Display for Scaffold {
 }
 
 /// Everything portald owns in the kernel's NAT state, in one dialect-neutral value.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct NatState {
     pub scaffold: BTreeSet<Scaffold>,
     /// Serialized as a list: JSON maps need string keys.
     #[serde(with = "rules_as_list")]
+    #[schemars(with = "Vec<PortalRule>")]
     pub rules: BTreeMap<PortalKey, PortalRule>,
 }
 
@@ -459,7 +562,9 @@ impl NatState {
 
 /// A rule found in portald's own space that it did not write and cannot read back; the plan
 /// removes it since nothing but portald may live there.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub struct StrayRule {
     /// The owned chain it sits in (dialect spelling).
     pub chain: String,
@@ -519,7 +624,9 @@ pub struct Live {
 }
 
 /// One step of change to portald's kernel state.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case", tag = "op")]
 pub enum Change {
     AddScaffold { scaffold: Scaffold },

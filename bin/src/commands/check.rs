@@ -4,6 +4,7 @@ use crate::args::{CheckArgs, ReportFormat};
 use anyhow::Result;
 use engine::allocate::{parse_key, Lock};
 use engine::diagnostics::{render, Diagnostic, ReportFormat as Format, Severity};
+use std::path::Path;
 
 pub fn run(args: CheckArgs) -> Result<u8> {
     let files = super::load_files(&args.engine, &args.dir)?;
@@ -18,11 +19,15 @@ pub fn run(args: CheckArgs) -> Result<u8> {
             &config,
         );
         let path = args.engine.lock_path(&args.dir);
-        let shown = path
-            .strip_prefix(&args.dir)
-            .unwrap_or(&path)
-            .display()
-            .to_string();
+        // Relative to DIR when inside it; else absolute, whatever the working directory.
+        let shown = match path.strip_prefix(&args.dir) {
+            Ok(inside) => inside.display().to_string(),
+            Err(_) => std::fs::canonicalize(&path)
+                .or_else(|_| std::path::absolute(&path))
+                .unwrap_or_else(|_| path.clone())
+                .display()
+                .to_string(),
+        };
         diagnostics.extend(lock_problems(&lock, &expected, &outcome, &shown));
         diagnostics.sort();
         diagnostics.dedup();
@@ -32,8 +37,30 @@ pub fn run(args: CheckArgs) -> Result<u8> {
         ReportFormat::Json => Format::Json,
         ReportFormat::Github => Format::Github,
     };
+    if format == Format::Github {
+        let top = repository_top(&args.dir);
+        let prefix = match &args.path_prefix {
+            Some(prefix) => Some(prefix.clone()),
+            None => top.as_ref().map(|(_, prefix)| prefix.clone()),
+        };
+        if let Some(prefix) = prefix {
+            for d in &mut diagnostics {
+                d.file = prefixed(&prefix, &d.file);
+                // A lock named by an absolute path inside the repository: from its top.
+                if let Some((top, _)) = top.as_ref().filter(|_| args.path_prefix.is_none()) {
+                    if let Ok(inside) = Path::new(&d.file).strip_prefix(top) {
+                        d.file = slashed(inside);
+                    }
+                }
+            }
+        }
+    }
     print!("{}", render(&diagnostics, format));
     let errors = diagnostics.iter().filter(|d| d.is_error()).count();
+    let warnings = diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Warning)
+        .count();
     if args.format == ReportFormat::Text {
         let services = files
             .iter()
@@ -41,16 +68,21 @@ pub fn run(args: CheckArgs) -> Result<u8> {
             .flat_map(|f| &f.objects)
             .filter(|o| matches!(o, engine::load::Object::Service(_)))
             .count();
+        let fatal = if args.strict && warnings > 0 {
+            " (--strict: warnings are fatal)"
+        } else {
+            ""
+        };
         println!(
-            "{} file(s), {services} service(s) valid, {errors} error(s), {} warning(s).",
+            "{} file(s), {services} service(s) valid, {errors} error(s), {warnings} warning(s){fatal}.",
             files.len(),
-            diagnostics
-                .iter()
-                .filter(|d| d.severity == engine::diagnostics::Severity::Warning)
-                .count()
         );
     }
-    Ok(if errors > 0 { 1 } else { 0 })
+    Ok(if errors > 0 || (args.strict && warnings > 0) {
+        1
+    } else {
+        0
+    })
 }
 
 /// How `actual` differs from the lock `portald lock` would write (`expected`): a missing
@@ -125,4 +157,34 @@ fn lock_problems(
         ));
     }
     out
+}
+
+/// The top of the git repository holding `dir`, and the path from it to `dir`
+/// (`deploy/services/`, or `""` at the top itself), found by walking up to the nearest
+/// folder with a `.git` entry (a folder, or a file in a worktree or submodule) as git
+/// does; no git process. `None` outside any repository.
+fn repository_top(dir: &Path) -> Option<(std::path::PathBuf, String)> {
+    let dir = std::fs::canonicalize(dir).ok()?;
+    let top = dir.ancestors().find(|a| a.join(".git").exists())?;
+    let mut prefix = slashed(dir.strip_prefix(top).ok()?);
+    if !prefix.is_empty() {
+        prefix.push('/');
+    }
+    Some((top.to_path_buf(), prefix))
+}
+
+/// A relative path with `/` between its parts, as GitHub names a repository's files.
+fn slashed(path: &Path) -> String {
+    path.components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// `prefix` + `file`, one `/` between them; an absolute `file` (a lock outside DIR) stays.
+fn prefixed(prefix: &str, file: &str) -> String {
+    if file.starts_with('/') || prefix.is_empty() {
+        return file.to_string();
+    }
+    format!("{}/{file}", prefix.trim_end_matches('/'))
 }

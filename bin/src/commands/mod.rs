@@ -11,6 +11,7 @@ mod plan;
 #[cfg(test)]
 mod render_props;
 mod run;
+mod schema;
 mod snapshot;
 mod status;
 mod switch;
@@ -39,6 +40,7 @@ pub fn dispatch(command: Command) -> Result<u8> {
         Command::Demo(args) => demo::run(args),
         Command::Completions(args) => docs::completions(args),
         Command::Man => docs::man(),
+        Command::Schema(args) => schema::run(args),
         Command::Backend(args) => backend::run(args),
         Command::UdpProbe(args) => udp_probe::run(args),
     }

@@ -9,8 +9,8 @@ use engine::plan::render::{plan_text, services_table};
 /// [`engine::plan::Plan`], plus the services and diagnostics for people and pipelines.
 /// Serialized straight from the outcome (keys in alphabetical order), never as a whole
 /// `Value` tree or string: at 10,000 services that doubled the peak memory.
-#[derive(serde::Serialize)]
-struct PlanDocument<'a> {
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub(super) struct PlanDocument<'a> {
     backend: engine::config::Backend,
     batch: &'a str,
     diagnostics: &'a [engine::diagnostics::Diagnostic],

@@ -2,7 +2,7 @@
 
 use crate::args::StatusArgs;
 use anyhow::{Context, Result};
-use engine::daemon::control::{request, Request, Status};
+use engine::daemon::control::{request, Request, Status, StatusReport};
 use engine::escape;
 use engine::plan::render::services_table;
 use std::fmt::Write;
@@ -19,7 +19,7 @@ pub fn run(args: StatusArgs) -> Result<u8> {
     if args.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&status).expect("status serializes")
+            serde_json::to_string_pretty(&StatusReport::new(*status)).expect("status serializes")
         );
         return Ok(0);
     }

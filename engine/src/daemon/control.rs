@@ -43,7 +43,7 @@ pub struct Response {
 }
 
 /// One listener as `status` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ListenerView {
     pub protocol: planners::Protocol,
     pub port: u16,
@@ -57,7 +57,7 @@ pub struct ListenerView {
     pub rejected: u64,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ReconcileResult {
     /// Seconds since the Unix epoch.
     pub at: u64,
@@ -70,7 +70,7 @@ pub struct ReconcileResult {
 }
 
 /// The daemon's state for `portald status`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Status {
     pub pid: u32,
     pub dir: String,
@@ -86,6 +86,31 @@ pub struct Status {
     /// Services held by `--require-lock` (`ns/name`): no lock entry, so no VIP.
     #[serde(default)]
     pub held: Vec<String>,
+}
+
+/// Version of the `portald status --json` document ([`StatusReport`]); raised when a field
+/// changes meaning or goes away (new fields may appear within a version).
+pub const STATUS_FORMAT_VERSION: u32 = 1;
+
+/// What `portald status --json` prints: the daemon's [`Status`] with its format version.
+/// Problems are in `diagnostics` (each with its file, line, object and field: invalid
+/// files, conflicts with foreign rules, held services) and in `last_reconcile.error` (the
+/// kernel's refusal of the last batch, as the daemon received it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct StatusReport {
+    /// [`STATUS_FORMAT_VERSION`].
+    pub format_version: u32,
+    #[serde(flatten)]
+    pub status: Status,
+}
+
+impl StatusReport {
+    pub fn new(status: Status) -> Self {
+        StatusReport {
+            format_version: STATUS_FORMAT_VERSION,
+            status,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

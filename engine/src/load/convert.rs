@@ -1,5 +1,6 @@
 //! Turns generic documents into validated objects, reporting every problem with its place.
 
+use super::fields;
 use super::positions::{document_lines, Positions};
 use super::spec::{self, IntOrString, KNOWN_UNUSED};
 use super::{Object, SourceFile};
@@ -194,12 +195,20 @@ impl<'a> FileCtx<'a> {
                 "apiVersion",
                 format!("apiVersion `{api}` of {kind} is not supported"),
             ),
-            (kind, _) => self.report(
-                Severity::Note,
-                &place,
-                "kind",
-                format!("kind `{kind}` is not served; skipped"),
-            ),
+            // A served kind misspelt is a mistake worth a warning, not a note.
+            (kind, _) => match fields::suggest(kind, SERVED_KINDS) {
+                Some(served) => self.warn(
+                    &place,
+                    "kind",
+                    format!("kind `{kind}` is not served; skipped (did you mean `{served}`?)"),
+                ),
+                None => self.report(
+                    Severity::Note,
+                    &place,
+                    "kind",
+                    format!("kind `{kind}` is not served; skipped"),
+                ),
+            },
         }
     }
 
@@ -220,8 +229,15 @@ impl<'a> FileCtx<'a> {
         // Tracking the path of a type error costs; it is done again only when there is one.
         let ignoring = serde_ignored::Deserializer::new(value, &mut on_ignored);
         if let Ok(spec) = T::deserialize(ignoring) {
+            // The names `T` knows, found only when a field is unknown.
+            let known = (!unknown.is_empty()).then(|| fields::known_fields::<T>(value));
             for path in unknown {
-                self.warn(place, &path, "unknown field; ignored");
+                let hint = known
+                    .as_ref()
+                    .and_then(|known| did_you_mean(known, &path))
+                    .map(|name| format!(" (did you mean `{name}`?)"))
+                    .unwrap_or_default();
+                self.warn(place, &path, format!("unknown field; ignored{hint}"));
             }
             return Some(spec);
         }
@@ -233,7 +249,7 @@ impl<'a> FileCtx<'a> {
             Err(e) => {
                 let path = e.path().to_string();
                 let path = if path == "." { String::new() } else { path };
-                self.error(place, &path, e.inner().to_string());
+                self.error(place, &path, user_terms(&e.inner().to_string()));
                 None
             }
         }
@@ -1055,6 +1071,102 @@ fn is_known_unused(path: &serde_ignored::Path) -> bool {
     })
 }
 
+/// serde's wording in the terms of a YAML or JSON file: `invalid type: string "abc",
+/// expected i64` becomes `expected a number, found the string "abc"`. Messages of another
+/// shape (`missing field`, portald's own) pass unchanged.
+fn user_terms(message: &str) -> String {
+    fn expected(what: &str) -> String {
+        let what = what.trim();
+        match what {
+            "i8" | "i16" | "i32" | "i64" | "i128" | "u8" | "u16" | "u32" | "u64" | "u128"
+            | "isize" | "usize" => "a whole number".to_string(),
+            "f32" | "f64" => "a number".to_string(),
+            "a string" | "string" | "a borrowed string" | "a character" => "a string".into(),
+            "a boolean" | "bool" => "true or false".to_string(),
+            "a sequence" | "sequence" => "a list".to_string(),
+            "a map" | "map" => "a mapping (`key: value` lines)".to_string(),
+            _ if what.starts_with("struct ") => "a mapping (`key: value` lines)".to_string(),
+            _ if what.contains("untagged enum IntOrString") => {
+                "a port number or a port name".to_string()
+            }
+            _ => what.to_string(),
+        }
+    }
+    fn found(what: &str) -> String {
+        let (kind, value) = what.split_once(' ').unwrap_or((what, ""));
+        let value = value.trim_matches('`');
+        let noun = match kind {
+            "string" => "the string",
+            "integer" => "the number",
+            "floating" => return format!("the number {}", value.trim_start_matches("point `")),
+            "boolean" => "",
+            "sequence" => return "a list".to_string(),
+            "map" => return "a mapping".to_string(),
+            "unit" | "null" => return "nothing (null)".to_string(),
+            _ => return what.to_string(),
+        };
+        if noun.is_empty() {
+            value.to_string()
+        } else {
+            format!("{noun} {value}")
+        }
+    }
+    if let Some(rest) = message.strip_prefix("invalid type: ") {
+        if let Some((what, wanted)) = rest.split_once(", expected ") {
+            return format!("expected {}, found {}", expected(wanted), found(what));
+        }
+    }
+    if let Some(rest) = message.strip_prefix("invalid value: ") {
+        if let Some((what, wanted)) = rest.split_once(", expected ") {
+            let range = match wanted.trim() {
+                "u16" => " from 0 to 65535",
+                "u32" => " from 0 to 4294967295",
+                "u8" => " from 0 to 255",
+                _ => "",
+            };
+            return format!(
+                "expected {}{range}, found {}",
+                expected(wanted),
+                found(what)
+            );
+        }
+    }
+    if message.starts_with("data did not match any variant of untagged enum IntOrString") {
+        return "expected a port number or a port name".to_string();
+    }
+    message.to_string()
+}
+
+/// The kinds portald reads (Kubernetes spelling: kinds are case-sensitive).
+const SERVED_KINDS: [&str; 4] = ["Service", "Endpoints", "EndpointSlice", "Pod"];
+
+/// A known field close to the unknown one at `path` (`spec.ports[0].targetport`), among
+/// the fields of the struct it was written in.
+fn did_you_mean<'k>(known: &'k fields::KnownFields, path: &str) -> Option<&'k str> {
+    let (parent, key) = match path.rsplit_once('.') {
+        Some((parent, key)) => (parent, key),
+        None => ("", path),
+    };
+    // `spec.ports[0]` → `spec.ports[]`, the pattern the probe records.
+    let mut pattern = String::with_capacity(parent.len());
+    let mut in_index = false;
+    for c in parent.chars() {
+        match c {
+            '[' => {
+                in_index = true;
+                pattern.push('[');
+            }
+            ']' => {
+                in_index = false;
+                pattern.push(']');
+            }
+            _ if in_index => {}
+            c => pattern.push(c),
+        }
+    }
+    fields::suggest(key, known.get(&pattern)?.iter().copied())
+}
+
 /// `spec.ports[0].nodePort`: the path of an ignored field, as diagnostics name it.
 fn ignored_path(path: &serde_ignored::Path) -> String {
     fn walk(path: &serde_ignored::Path, exact: &mut String) {
@@ -1079,4 +1191,46 @@ fn ignored_path(path: &serde_ignored::Path) -> String {
     let mut exact = String::new();
     walk(path, &mut exact);
     exact
+}
+
+#[cfg(test)]
+mod wording_tests {
+    use super::user_terms;
+
+    #[test]
+    fn serde_wording_is_told_in_the_terms_of_a_yaml_or_json_file() {
+        for (serde, user) in [
+            (
+                "invalid type: string \"abc\", expected i64",
+                "expected a whole number, found the string \"abc\"",
+            ),
+            (
+                "invalid type: integer `5`, expected a string",
+                "expected a string, found the number 5",
+            ),
+            (
+                "invalid type: string \"yes\", expected a boolean",
+                "expected true or false, found the string \"yes\"",
+            ),
+            (
+                "invalid type: map, expected a sequence",
+                "expected a list, found a mapping",
+            ),
+            (
+                "invalid type: sequence, expected struct ObjectMeta",
+                "expected a mapping (`key: value` lines), found a list",
+            ),
+            (
+                "invalid value: integer `70000`, expected u16",
+                "expected a whole number from 0 to 65535, found the number 70000",
+            ),
+            (
+                "data did not match any variant of untagged enum IntOrString",
+                "expected a port number or a port name",
+            ),
+            ("missing field `name`", "missing field `name`"),
+        ] {
+            assert_eq!(user_terms(serde), user, "{serde}");
+        }
+    }
 }

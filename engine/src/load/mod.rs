@@ -6,6 +6,7 @@
 mod convert;
 pub mod depth;
 mod fast;
+pub mod fields;
 pub mod file;
 pub mod positions;
 pub mod spec;

@@ -35,13 +35,37 @@ pub fn parse_documents(text: &str, json: bool) -> Result<Vec<Value>, SyntaxError
 pub(super) fn parse_yaml(text: &str) -> Result<Vec<Value>, SyntaxError> {
     let mut docs = Vec::new();
     for document in serde_yaml::Deserializer::from_str(text) {
-        let value = serde_yaml::Value::deserialize(document).map_err(|e| SyntaxError {
-            line: e.location().map(|l| l.line()),
-            message: strip_location(&e.to_string()),
+        let value = serde_yaml::Value::deserialize(document).map_err(|e| {
+            let line = e.location().map(|l| l.line());
+            match tab_in_indentation(text, line) {
+                Some(tab) => SyntaxError {
+                    line: Some(tab),
+                    message: "a tab in indentation (YAML indents with spaces only)".to_string(),
+                },
+                None => SyntaxError {
+                    line,
+                    message: strip_location(&e.to_string()),
+                },
+            }
         })?;
         docs.push(to_json(value));
     }
     Ok(docs)
+}
+
+/// The first line (1-based), up to the line the parser gave up on, whose indentation holds
+/// a tab: YAML forbids tabs there (YAML 1.2 §6.1), and the parser's own words for it
+/// ("found character that cannot start any token") do not say so.
+fn tab_in_indentation(text: &str, error_line: Option<usize>) -> Option<usize> {
+    let last = error_line.unwrap_or(usize::MAX);
+    text.lines()
+        .take(last)
+        .position(|line| {
+            line.chars()
+                .take_while(|c| c.is_whitespace())
+                .any(|c| c == '\t')
+        })
+        .map(|i| i + 1)
 }
 
 /// YAML allows keys and tags JSON has not; fold them into plain JSON values.
@@ -160,6 +184,13 @@ mod tests {
     fn yaml_syntax_error_reports_its_line() {
         let err = parse_documents("a: 1\nb: [\n", false).unwrap_err();
         assert!(err.line.is_some());
+    }
+
+    #[test]
+    fn a_tab_in_indentation_is_named_with_its_line() {
+        let err = parse_documents("a:\n  b: 1\n\tc: 2\n", false).unwrap_err();
+        assert_eq!(err.line, Some(3), "{err:?}");
+        assert!(err.message.contains("a tab in indentation"), "{err:?}");
     }
 
     #[test]

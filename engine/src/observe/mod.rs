@@ -163,7 +163,7 @@ pub fn observe_other_flavour(
 }
 
 /// A captured live state (`portald snapshot`), replayable with `plan --live FILE`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Snapshot {
     pub format_version: u32,
     pub backend: Backend,
@@ -176,7 +176,7 @@ pub struct Snapshot {
 }
 
 /// A listener with its key, for JSON (whose maps need string keys).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ListenerEntry {
     #[serde(flatten)]
     pub key: ListenerKey,

@@ -12,7 +12,7 @@ use std::path::Path;
 
 /// What a plan was made from, as digests. `apply PLANFILE` refuses a plan whose digests are
 /// not those of the daemon's own directory and allocation record now.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Inputs {
     /// [`crate::load::digest_files`] of the services directory: SHA-256, hex.
     pub services: String,
