@@ -15,6 +15,9 @@ have pkill || need+=(procps)
 have systemd-analyze || need+=(systemd)
 have prlimit || need+=(util-linux)
 have sysctl || need+=(procps)
+# The packaging test unpacks the .deb (bin/tests/packaging.rs).
+have dpkg-deb || need+=(dpkg)
+have gzip || need+=(gzip)
 # The metrics tests scrape the daemon with a real Prometheus server and check the
 # exposition with promtool (both in Debian's `prometheus` package; never run as a service).
 have prometheus && have promtool || need+=(prometheus)
@@ -35,4 +38,10 @@ fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo not found: install the Rust toolchain (https://rustup.rs) first" >&2
   exit 1
+fi
+
+# packaging/build-deb.sh (and bin/tests/packaging.rs) make the .deb with cargo-deb.
+if ! command -v cargo-deb >/dev/null 2>&1; then
+  echo "setup: installing cargo-deb"
+  cargo install cargo-deb --locked
 fi
