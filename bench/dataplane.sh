@@ -9,7 +9,7 @@
 #   - nstat counters (SYN retransmits, listen drops/overflows, retransmitted segments) per run.
 #
 #   bench/dataplane.sh        # env: DURATION=10 CONNS=256 IDLE=2000 THREADS=$(nproc) KEEP=0 PERF=0
-#                               TESTS="iperf wrk idle" PATHS="direct vip haproxy listener"
+#                               TESTS="iperf wrk idle" PATHS="direct vip haproxy"
 #
 # Fairness: portald and HAProxy get the same number of data-plane threads (THREADS: portald's
 # TCP workers and tokio runtime workers via TOKIO_WORKER_THREADS, HAProxy `nbthread`); both
@@ -24,7 +24,8 @@
 # Each path has its own backend port (no TIME_WAIT/PAWS clash between paths):
 #   direct: 10.244.1.2:{5201,8081}   VIP: 10.11.0.1:{5202,80} -> :{5202,8082}
 #   HAProxy: 10.244.1.1:{5203,8083} -> :{5203,8083}
-#   listener (diagnostic: portald's proxy port itself, without the VIP's NAT; ports of its own):
+#   listener (diagnostic: portald's proxy port itself, without the VIP's NAT; ports of its own;
+#            portald's proxy-port guard refuses it unless PORTAL-PROXY-GUARD is flushed by hand):
 #            10.244.1.1:<proxy port> -> :{5204,8084}
 set -euo pipefail
 
@@ -39,7 +40,7 @@ PERF=${PERF:-0}
 # load falls on both: TESTS=wrk PATHS="vip haproxy haproxy vip vip haproxy haproxy vip"
 # (the table then also lists every run and the means).
 TESTS=${TESTS:-iperf wrk idle}
-PATHS=${PATHS:-direct vip haproxy listener}
+PATHS=${PATHS:-direct vip haproxy}
 wants() { [[ " $TESTS " == *" $1 "* ]]; }
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/tmp/target-bench}
 
