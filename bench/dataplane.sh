@@ -103,7 +103,6 @@ kind: Service
 metadata: {name: bench, namespace: default}
 spec:
   clusterIP: 10.11.0.1
-  selector: {app: bench}
   ports:
   - {name: http, protocol: TCP, port: 80, targetPort: 8082}
   - {name: iperf, protocol: TCP, port: 5202, targetPort: 5202}
@@ -121,7 +120,7 @@ subsets:
   - {name: http-listener, port: 8084, protocol: TCP}
   - {name: iperf-listener, port: 5204, protocol: TCP}
 EOF
-TOKIO_WORKER_THREADS=$THREADS ip netns exec "$N-node" "$P" run "$WORK/services" --control-socket "$WORK/ctl.sock" >"$WORK/portald.log" 2>&1 &
+TOKIO_WORKER_THREADS=$THREADS ip netns exec "$N-node" "$P" run "$WORK/services" --control-socket "$WORK/ctl.sock" --state-file "$WORK/state.json" >"$WORK/portald.log" 2>&1 &
 PORTALD=$!
 PIDS+=($PORTALD)
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 # Generates a synthetic services directory for the scale benchmark: N v1 Services, each with
 # a v1 Endpoints object of E addresses, spread over F files (multi-document YAML), in the
-# shape `kubectl get -o yaml` gives (labels, annotations, selector, targetPort, ...).
+# shape `kubectl get -o yaml` gives (labels, annotations, targetPort, ...); the Services have
+# no selector, so their hand-written Endpoints are what serves (as on a cluster).
 #
 #   gen_services.py DIR [--services 10000] [--endpoints 10] [--files 100] [--affinity]
 # --affinity gives every service `sessionAffinity: ClientIP` (the nft affinity-set load test:
@@ -26,8 +27,6 @@ metadata:
     bench.portald.io/generated: "true"
 spec:
   type: ClusterIP
-  selector:
-    app.kubernetes.io/name: {name}
   ports:
   - name: http
     protocol: TCP

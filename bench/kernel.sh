@@ -90,7 +90,6 @@ kind: Service
 metadata: {name: bench, namespace: default}
 spec:
   clusterIP: $2
-  selector: {app: bench}
   ports:
   - {name: http, protocol: TCP, port: 80, targetPort: $4}
   - {name: iperf, protocol: TCP, port: $3, targetPort: $3}
@@ -154,7 +153,7 @@ measure() { # $1 name $2 host $3 iperf port $4 http url
 apply() { # $1 dir $2 backend -> prints the one-shot apply's wall time in ms
   local t
   t=$(date +%s%N)
-  in_ns node "$P" apply "$1" --mode kernel --backend "$2" --control-socket "$WORK/none.sock" >"$WORK/apply-$(basename "$1").txt"
+  in_ns node "$P" apply "$1" --mode kernel --backend "$2" --control-socket "$WORK/none.sock" --state-file "$WORK/state.json" >"$WORK/apply-$(basename "$1").txt"
   echo $(( ($(date +%s%N) - t) / 1000000 ))
 }
 
@@ -178,7 +177,7 @@ R[rules-ipt10k]=$(in_ns node iptables-save -t nat | grep -c '^-A PORTAL-' || tru
 measure ipt-10k 10.11.250.4 5206 http://10.11.250.4:80/
 echo "== userspace mode (nftables, the daemon)"
 in_ns node "$P" cleanup --control-socket "$WORK/none.sock" >/dev/null
-ip netns exec "$N-node" "$P" run "$WORK/user" --backend nftables --control-socket "$WORK/ctl.sock" >"$WORK/portald.log" 2>&1 &
+ip netns exec "$N-node" "$P" run "$WORK/user" --backend nftables --control-socket "$WORK/ctl.sock" --state-file "$WORK/state.json" >"$WORK/portald.log" 2>&1 &
 PIDS+=($!)
 measure userspace 10.11.250.5 5207 http://10.11.250.5:80/
 echo "== hand-written DNAT again (drift check)"

@@ -149,7 +149,6 @@ metadata:
   name: svc-added
   namespace: team-00
 spec:
-  selector: {app.kubernetes.io/name: svc-added}
   ports:
   - {name: http, protocol: TCP, port: 80, targetPort: 8080}
 ---
