@@ -54,10 +54,10 @@ pub fn seconds(value: f64) -> std::time::Duration {
     std::time::Duration::try_from_secs_f64(value).unwrap_or_default()
 }
 
-/// The command line with settings from `--config` and `PORTALD_*` put in; `None` when
-/// `--print-config` printed them instead. Usage errors, `--help` and `--version` end the
-/// process here, as clap does.
-fn parse() -> anyhow::Result<Option<args::Cli>> {
+/// The process's command line with the config file's (`--config`, `PORTALD_CONFIG`) and the
+/// environment's (`PORTALD_*`) settings put in front of the user's own arguments of
+/// `subcommand` (when `None`, the one the command line names).
+fn layered(subcommand: Option<&str>) -> anyhow::Result<settings::Layered> {
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     // A first look, errors ignored: which command, which config file (a setting such as the
     // directory may still be missing from the flags alone).
@@ -65,9 +65,11 @@ fn parse() -> anyhow::Result<Option<args::Cli>> {
         .ignore_errors(true)
         .try_get_matches_from(&argv)
         .ok();
-    let subcommand = first
-        .as_ref()
-        .and_then(|m| m.subcommand_name().map(str::to_string));
+    let name = subcommand.map(str::to_string).or_else(|| {
+        first
+            .as_ref()
+            .and_then(|m| m.subcommand_name().map(str::to_string))
+    });
     let config = first
         .as_ref()
         .and_then(|m| m.get_one::<std::path::PathBuf>("config").cloned())
@@ -75,13 +77,20 @@ fn parse() -> anyhow::Result<Option<args::Cli>> {
     let env: std::collections::BTreeMap<String, String> = std::env::vars()
         .filter(|(k, _)| k.starts_with("PORTALD_"))
         .collect();
-    let layered = match &subcommand {
-        Some(name) => settings::layer(&args::command(), &argv, name, config.as_deref(), &env)?,
-        None => settings::Layered {
+    match name {
+        Some(name) => settings::layer(&args::command(), &argv, &name, config.as_deref(), &env),
+        None => Ok(settings::Layered {
             argv,
             injected: Default::default(),
-        },
-    };
+        }),
+    }
+}
+
+/// The command line with settings from `--config` and `PORTALD_*` put in; `None` when
+/// `--print-config` printed them instead. Usage errors, `--help` and `--version` end the
+/// process here, as clap does.
+fn parse() -> anyhow::Result<Option<args::Cli>> {
+    let layered = layered(None)?;
     let matches = args::command().get_matches_from(&layered.argv);
     if matches.get_flag("print_config") {
         if let Some((name, sub)) = matches.subcommand() {
@@ -102,19 +111,7 @@ fn parse() -> anyhow::Result<Option<args::Cli>> {
 /// The `run` command's arguments as the command line, the environment and the config file
 /// give them now: what a reload (SIGHUP) takes.
 pub fn reparse_run() -> anyhow::Result<args::RunArgs> {
-    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let first = args::command()
-        .ignore_errors(true)
-        .try_get_matches_from(&argv)
-        .ok();
-    let config = first
-        .as_ref()
-        .and_then(|m| m.get_one::<std::path::PathBuf>("config").cloned())
-        .or_else(|| std::env::var_os("PORTALD_CONFIG").map(Into::into));
-    let env: std::collections::BTreeMap<String, String> = std::env::vars()
-        .filter(|(k, _)| k.starts_with("PORTALD_"))
-        .collect();
-    let layered = settings::layer(&args::command(), &argv, "run", config.as_deref(), &env)?;
+    let layered = layered(Some("run"))?;
     let matches = args::command().try_get_matches_from(&layered.argv)?;
     match args::Cli::from_arg_matches(&matches)?.command {
         args::Command::Run(args) => Ok(args),

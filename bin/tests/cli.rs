@@ -449,15 +449,15 @@ fn with_stdout_closed_early(args: &[&str]) -> (std::process::ExitStatus, String)
 fn a_reader_that_goes_away_ends_every_printing_command_quietly() {
     use std::os::unix::process::ExitStatusExt;
     // Large outputs, so that the writes go on after the reader has gone.
-    let dir = tempfile_dir("closed-stdout");
+    let scratch = Scratch::new("closed-stdout");
     for i in 0..300 {
         std::fs::write(
-            dir.join(format!("svc{i}.yaml")),
+            scratch.0.join(format!("svc{i}.yaml")),
             format!("{{kind: Service, apiVersion: v1, metadata: {{name: svc{i}}}, spec: {{ports: [{{port: 80}}]}}}}\n"),
         )
         .expect("writes a service");
     }
-    let dir = dir.display().to_string();
+    let dir = scratch.arg();
     for args in [
         vec!["plan", dir.as_str(), "--no-live"],
         vec!["plan", dir.as_str(), "--no-live", "--json"],
@@ -477,20 +477,11 @@ fn a_reader_that_goes_away_ends_every_printing_command_quietly() {
             args.join(" ")
         );
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// SIGPIPE's number on Linux.
 fn libc_sigpipe() -> i32 {
     13
-}
-
-/// A fresh, empty temporary directory for one test.
-fn tempfile_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("portald-cli-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("creates a temporary directory");
-    dir
 }
 
 #[test]
@@ -514,15 +505,14 @@ fn the_manual_page_and_the_completions_cover_every_subcommand() {
         );
     }
     // The script is valid bash.
-    let dir = tempfile_dir("completions");
-    let path = dir.join("portald.bash");
+    let scratch = Scratch::new("completions");
+    let path = scratch.0.join("portald.bash");
     std::fs::write(&path, &script).expect("writes the script");
     let checked = Command::new("bash")
         .arg("-n")
         .arg(&path)
         .output()
         .expect("bash runs");
-    let _ = std::fs::remove_dir_all(&dir);
     assert!(checked.status.success(), "{}", text(&checked.stderr));
     for shell in ["zsh", "fish", "elvish", "powershell"] {
         let out = portald(&["completions", shell]);
@@ -533,8 +523,8 @@ fn the_manual_page_and_the_completions_cover_every_subcommand() {
 
 #[test]
 fn settings_come_from_flags_then_environment_then_the_config_file() {
-    let dir = tempfile_dir("settings");
-    let config = dir.join("portald.yaml");
+    let scratch = Scratch::new("settings");
+    let config = scratch.0.join("portald.yaml");
     std::fs::write(&config, "portal_cidr: 10.66.0.0/16\nresync_seconds: 9\n").expect("config");
     let seed = root().join("examples/seed").display().to_string();
     let vip_of = |out: &Output| {
@@ -597,7 +587,6 @@ fn settings_come_from_flags_then_environment_then_the_config_file() {
         "{}",
         text(&typo.stderr)
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A folder removed when the test ends, pass or fail.

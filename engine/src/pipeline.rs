@@ -24,8 +24,6 @@ pub struct Outcome {
     /// The foreign rules that conflict with a portal (also among `diagnostics`), for the
     /// daemon's status and log.
     pub conflicts: Vec<Diagnostic>,
-    /// How many of them are foreign rules catching a portal first.
-    pub foreign_conflicts: usize,
 }
 
 impl Outcome {
@@ -71,7 +69,6 @@ pub fn run(
     diagnostics.extend(allocation.diagnostics.iter().cloned());
     diagnostics.extend(compile_diagnostics);
     let conflicts = foreign_conflicts(&intent, &assembled, observed);
-    let foreign_conflicts = conflicts.len();
     diagnostics.extend(conflicts.iter().cloned());
     diagnostics.sort();
     let has_errors = diagnostics.iter().any(Diagnostic::is_error);
@@ -100,7 +97,6 @@ pub fn run(
         plan,
         diagnostics,
         conflicts,
-        foreign_conflicts,
     }
 }
 

@@ -61,7 +61,9 @@ pub fn load_lock(engine: &EngineArgs, dir: &Path) -> Result<Lock> {
 /// This host's node state (`--state-file`); a missing file is an empty state.
 pub fn load_state(engine: &EngineArgs) -> Result<Lock> {
     let path = &engine.state_file;
-    Lock::read(path).with_context(|| format!("reading the node state `{}`", path.display()))
+    // Read like the lock: a FIFO or device there is an error, never a hang.
+    Lock::read_limited(path, engine.max_file_bytes)
+        .with_context(|| format!("reading the node state `{}`", path.display()))
 }
 
 /// The running daemon's status, or `None` when no daemon answers; an error when the socket

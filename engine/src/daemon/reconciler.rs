@@ -440,7 +440,7 @@ impl Reconciler {
         let allocation_conflicts = outcome.allocation.diagnostics.iter();
         self.metrics.conflicts(
             allocation_conflicts.filter(|d| d.is_error()).count(),
-            outcome.foreign_conflicts,
+            outcome.conflicts.len(),
         );
         let mut diagnostics = status_diagnostics(loaded, &outcome, &lock, &self.config);
         if self.config.mode == crate::config::Mode::Kernel {

@@ -794,6 +794,16 @@ mod tests {
         );
     }
 
+    /// The scaffold entries (rules inside portald's chains) read back, in order.
+    fn entries_of(live: &Live) -> Vec<Scaffold> {
+        live.owned
+            .scaffold
+            .iter()
+            .filter(|s| s.is_entry())
+            .copied()
+            .collect()
+    }
+
     #[test]
     fn guard_forward_and_hairpin_entries_read_back_only_in_portalds_spelling() {
         let dump = "*filter\n:PORTAL-PROXY-GUARD - [0:0]\n:PORTAL-FORWARD - [0:0]\n\
@@ -806,13 +816,7 @@ mod tests {
             -A PORTAL-MASQUERADE -s 10.244.1.2/32 -d 10.244.1.3/32 -m conntrack --ctstate DNAT -j MASQUERADE\n\
             COMMIT\n";
         let live = live(dump).unwrap();
-        let entries: Vec<Scaffold> = live
-            .owned
-            .scaffold
-            .iter()
-            .filter(|s| s.is_entry())
-            .copied()
-            .collect();
+        let entries = entries_of(&live);
         assert_eq!(
             entries,
             [
@@ -836,13 +840,7 @@ mod tests {
             -A PORTAL-MASQUERADE -s 10.244.3.0/24 -m conntrack --ctstate DNAT --ctorigdst 10.11.0.0/16 -j MASQUERADE\n\
             COMMIT\n";
         let live = live(dump).unwrap();
-        let entries: Vec<Scaffold> = live
-            .owned
-            .scaffold
-            .iter()
-            .filter(|s| s.is_entry())
-            .copied()
-            .collect();
+        let entries = entries_of(&live);
         assert_eq!(
             entries,
             [Scaffold::Masquerade(Masquerade {
