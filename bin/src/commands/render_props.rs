@@ -205,6 +205,7 @@ fn status() -> impl Strategy<Value = Status> {
                     mode,
                     reconciles: 3,
                     held: Default::default(),
+                    endpoint_health: Default::default(),
                     services,
                     listeners: vec![ListenerView {
                         protocol: Protocol::Udp,

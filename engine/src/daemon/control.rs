@@ -86,6 +86,35 @@ pub struct Status {
     /// Services held by `--require-lock` (`ns/name`): no lock entry, so no VIP.
     #[serde(default)]
     pub held: Vec<String>,
+    /// Every endpoint portald checks itself (readiness probes, health checks, passive
+    /// outlier detection), sorted by service, port, endpoint and check.
+    #[serde(default)]
+    pub endpoint_health: Vec<EndpointHealthView>,
+}
+
+/// The health of one endpoint as one of portald's checks judges it, for `portald status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct EndpointHealthView {
+    /// The Service, `namespace/name`.
+    pub service: String,
+    /// The service port, as the plan names it (`http/TCP`).
+    pub port: String,
+    /// The endpoint, `ip:port`.
+    pub endpoint: String,
+    /// What judges it: `readiness-probe` (a Pod container's `readinessProbe`),
+    /// `health-check` (the Service's `portald.io/health-check` annotation) or
+    /// `outlier-detection` (failed dials seen by the userspace proxy).
+    pub check: String,
+    /// `healthy`, `unhealthy`, `unknown` (no result yet: the file's own condition holds) or
+    /// `ejected` (outlier detection took it out of the balancer for a while).
+    pub state: String,
+    /// When it entered `state`, seconds since the Unix epoch.
+    pub since: u64,
+    /// Why, in words: the last failure (`HTTP 500 from GET http://10.0.0.2:8080/healthz`,
+    /// `connection refused`), or `None` while healthy.
+    pub reason: Option<String>,
+    /// How it is checked (`httpGet :8080/healthz every 10s, timeout 1s, 3 failures out`).
+    pub detail: String,
 }
 
 /// Version of the `portald status --json` document ([`StatusReport`]); raised when a field
