@@ -3,7 +3,9 @@
 //! The kernel's REDIRECT/DNAT rules bring a portal's traffic to a listener here; each
 //! listener balances new TCP connections and UDP client flows over the service's endpoints
 //! (round robin, optional client-IP affinity, retry on another endpoint when one refuses or
-//! stays silent). The reconciler drives it only through [`DataPlane`]'s open / update / close.
+//! stays silent), and takes an endpoint whose dials keep failing out of the rotation for a
+//! while (passive outlier detection). The reconciler drives it only through [`DataPlane`]'s
+//! open / update / close.
 //!
 //! TCP runs on its own worker threads, one single-threaded runtime each; every worker waits
 //! on each listening socket in its own epoll set, and a connection lives and dies on the
@@ -14,6 +16,7 @@
 mod balancer;
 mod copy;
 mod limits;
+mod outlier;
 mod sockopt;
 mod splice;
 mod tcp;
@@ -26,6 +29,7 @@ pub use limits::{
     is_resource_shortage, nofile_soft_limit, open_fds, raise_nofile_limit, Backoff, Episode,
     EpisodeLog, NofileLimit,
 };
+pub use outlier::OutlierDetection;
 pub use sockopt::{original_dst, Keepalive};
 
 use balancer::Balancer;
@@ -37,9 +41,10 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 /// Tuning of the data plane; the defaults are the 2014 userspace proxy's.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +83,8 @@ pub struct DataPlaneConfig {
     /// TCP keepalive and user timeout on the client and endpoint sockets of proxied
     /// connections; `None` leaves the kernel's defaults (no keepalive).
     pub keepalive: Option<Keepalive>,
+    /// When an endpoint whose dials keep failing leaves the rotation, and for how long.
+    pub outlier: OutlierDetection,
 }
 
 impl Default for DataPlaneConfig {
@@ -97,6 +104,7 @@ impl Default for DataPlaneConfig {
             udp_max_flows: DEFAULT_UDP_MAX_FLOWS,
             udp_max_flows_per_client: DEFAULT_UDP_MAX_FLOWS_PER_CLIENT,
             keepalive: Some(Keepalive::default()),
+            outlier: OutlierDetection::default(),
         }
     }
 }
@@ -226,6 +234,45 @@ pub struct ListenerStatus {
     pub bytes_to_clients: u64,
 }
 
+/// Outlier detection's view of one endpoint of a listener that has failed a dial since it
+/// joined the listener's endpoint set, for `portald status` and the metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointHealth {
+    pub endpoint: SocketAddr,
+    /// Out of the rotation until `ejected_until`.
+    pub ejected: bool,
+    /// When it entered its state: ejected, or back in the rotation (its first failure, if
+    /// never ejected).
+    pub since: SystemTime,
+    pub ejected_until: Option<SystemTime>,
+    /// Failed dials since its last successful one.
+    pub consecutive_failures: u32,
+    /// The last dial error, as the kernel put it (`Connection refused (os error 111)`).
+    pub last_error: String,
+    /// How long its next ejection would last (its current one's, while ejected).
+    pub next_ejection: Duration,
+    /// Times ejected, and times back in the rotation, while in the endpoint set.
+    pub ejections: u64,
+    pub returns: u64,
+    /// Failing past the threshold but kept in: as many endpoints as may be are out.
+    pub held: bool,
+}
+
+/// Outlier detection's view of one listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerHealth {
+    pub protocol: Protocol,
+    pub port: u16,
+    /// The service port, `ns/svc:port`.
+    pub name: String,
+    /// Ejections over the listener's life, endpoints since removed included.
+    pub ejections: u64,
+    /// Consecutive failed dials that eject an endpoint (0: detection off).
+    pub threshold: u32,
+    /// Endpoints with a record, by address.
+    pub endpoints: Vec<EndpointHealth>,
+}
+
 /// Counters and balancing state one listener shares with its connection tasks; connections
 /// keep it alive after the listener is closed so their counts stay consistent.
 struct Shared {
@@ -252,10 +299,10 @@ struct Shared {
 }
 
 impl Shared {
-    fn new(id: ListenerId, backends: &Backends) -> Self {
+    fn new(id: ListenerId, backends: &Backends, outlier: OutlierDetection) -> Self {
         Shared {
             id,
-            balancer: Mutex::new(Balancer::new(backends)),
+            balancer: Mutex::new(Balancer::with_outlier_detection(backends, outlier)),
             active: AtomicUsize::new(0),
             accepted: AtomicU64::new(0),
             failures: AtomicU64::new(0),
@@ -272,6 +319,125 @@ impl Shared {
 
     fn balancer(&self) -> MutexGuard<'_, Balancer> {
         lock(&self.balancer)
+    }
+
+    /// The endpoints to try for a new connection (or flow) of `client`; see
+    /// [`Balancer::plan`].
+    fn plan(&self, client: IpAddr, max_attempts: usize) -> Vec<SocketAddr> {
+        let (plan, events) = {
+            let mut balancer = self.balancer();
+            let plan = balancer.plan(client, Instant::now(), max_attempts);
+            (plan, balancer.take_events())
+        };
+        self.log(events);
+        plan
+    }
+
+    /// A dial to `endpoint` failed (refused, timed out, unreachable; an ICMP error on UDP):
+    /// counts towards its ejection. A shortage of local resources is no fault of the
+    /// endpoint's and is not counted.
+    fn dial_failed(&self, endpoint: SocketAddr, error: &io::Error) {
+        if limits::is_resource_shortage(error) {
+            return;
+        }
+        self.dial_failed_with(endpoint, &error.to_string());
+    }
+
+    fn dial_failed_with(&self, endpoint: SocketAddr, error: &str) {
+        let events = {
+            let mut balancer = self.balancer();
+            balancer.dial_failed(endpoint, error, Instant::now());
+            balancer.take_events()
+        };
+        self.log(events);
+    }
+
+    /// Logs each ejection and each return once, with the balancer's lock let go.
+    fn log(&self, events: Vec<outlier::Event>) {
+        for event in events {
+            match event {
+                outlier::Event::Ejected {
+                    endpoint,
+                    consecutive,
+                    nth,
+                    duration,
+                    error,
+                } => tracing::warn!(
+                    listener = %self.id,
+                    %endpoint,
+                    consecutive_failures = consecutive,
+                    ejection_in_a_row = nth,
+                    ejection_s = duration.as_secs_f64(),
+                    %error,
+                    "endpoint ejected: consecutive dials failed"
+                ),
+                outlier::Event::Returned { endpoint, after } => tracing::info!(
+                    listener = %self.id,
+                    %endpoint,
+                    ejected_s = after.as_secs_f64(),
+                    "endpoint back in rotation after its ejection"
+                ),
+                outlier::Event::Held {
+                    endpoint,
+                    consecutive,
+                    ejected,
+                    endpoints,
+                } => tracing::warn!(
+                    listener = %self.id,
+                    %endpoint,
+                    consecutive_failures = consecutive,
+                    ejected,
+                    endpoints,
+                    "endpoint failing but not ejected: as many endpoints as may be are out"
+                ),
+            }
+        }
+    }
+
+    /// Outlier detection's records, copied under the lock and dated outside it.
+    fn health(&self) -> ListenerHealth {
+        let now = Instant::now();
+        let (records, ejections, config, events) = {
+            let mut balancer = self.balancer();
+            let (records, ejections) = balancer.outlier_records(now);
+            let config = balancer.outlier_detection().clone();
+            (records, ejections, config, balancer.take_events())
+        };
+        self.log(events);
+        let wall = SystemTime::now();
+        let date = |at: Instant| {
+            if at <= now {
+                wall - now.duration_since(at)
+            } else {
+                wall + at.duration_since(now)
+            }
+        };
+        ListenerHealth {
+            protocol: self.id.protocol,
+            port: self.id.port,
+            name: self.id.name.clone().unwrap_or_default(),
+            ejections,
+            threshold: config.consecutive_failures,
+            endpoints: records
+                .into_iter()
+                .map(|(endpoint, record)| EndpointHealth {
+                    endpoint,
+                    ejected: record.ejected_until.is_some(),
+                    since: date(record.since),
+                    ejected_until: record.ejected_until.map(date),
+                    consecutive_failures: record.consecutive,
+                    next_ejection: config.ejection_time(if record.ejected_until.is_some() {
+                        record.multiplier
+                    } else {
+                        record.multiplier + 1
+                    }),
+                    last_error: record.last_error,
+                    ejections: record.ejections,
+                    returns: record.returns,
+                    held: record.held,
+                })
+                .collect(),
+        }
     }
 
     fn sent_to(&self, endpoint: SocketAddr) {
@@ -515,7 +681,11 @@ impl DataPlane {
             stop_all: self.inner.stop_all.subscribe(),
             _drain: drain,
         };
-        let shared = Arc::new(Shared::new(id.clone(), &spec.backends));
+        let shared = Arc::new(Shared::new(
+            id.clone(),
+            &spec.backends,
+            self.inner.config.outlier.clone(),
+        ));
         let mut listeners = self.listeners();
         // Checked again under the lock: a concurrent open of the same port may have won.
         if listeners.contains_key(&(id.protocol, id.port)) {
@@ -588,6 +758,17 @@ impl DataPlane {
             .values()
             .map(|listener| listener.shared.status())
             .collect()
+    }
+
+    /// Outlier detection's records of every listener, in protocol then port order; each
+    /// listener's lock is held only to copy them.
+    pub fn endpoint_health(&self) -> Vec<ListenerHealth> {
+        let listeners: Vec<Arc<Shared>> = self
+            .listeners()
+            .values()
+            .map(|listener| listener.shared.clone())
+            .collect();
+        listeners.iter().map(|shared| shared.health()).collect()
     }
 
     /// File descriptors the data plane holds now (listeners, connections, UDP flows), and

@@ -208,9 +208,7 @@ async fn proxy(client: TcpStream, peer: SocketAddr, shared: &Shared, config: &Da
         tracing::debug!(listener = %id, client = %peer, original_dst = ?original, "connection accepted");
     }
 
-    let plan = shared
-        .balancer()
-        .plan(peer.ip(), Instant::now(), config.max_attempts);
+    let plan = shared.plan(peer.ip(), config.max_attempts);
     if plan.is_empty() {
         tracing::debug!(listener = %id, client = %peer, "no endpoints; resetting client");
         shared.rejected();
@@ -224,9 +222,11 @@ async fn proxy(client: TcpStream, peer: SocketAddr, shared: &Shared, config: &Da
         reset(client);
         return;
     };
-    shared
-        .balancer()
-        .established(peer.ip(), endpoint, Instant::now());
+    {
+        let mut balancer = shared.balancer();
+        balancer.succeeded(endpoint);
+        balancer.established(peer.ip(), endpoint, Instant::now());
+    }
     shared.sent_to(endpoint);
     tracing::debug!(listener = %id, client = %peer, %endpoint, "connection proxied");
     #[cfg(test)]
@@ -235,7 +235,8 @@ async fn proxy(client: TcpStream, peer: SocketAddr, shared: &Shared, config: &Da
     tracing::debug!(listener = %id, client = %peer, %endpoint, %outcome, "connection ended");
 }
 
-/// Tries the planned endpoints in order, each within its attempt's timeout.
+/// Tries the planned endpoints in order, each within its attempt's timeout; each failure
+/// counts towards that endpoint's ejection.
 async fn dial(
     plan: &[SocketAddr],
     shared: &Shared,
@@ -245,8 +246,15 @@ async fn dial(
         let limit = config.dial_timeout(attempt);
         let error = match timeout(limit, connect(endpoint, config.keepalive.as_ref())).await {
             Ok(Ok(stream)) => return Some((endpoint, stream)),
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("no answer within {limit:?}"),
+            Ok(Err(e)) => {
+                shared.dial_failed(endpoint, &e);
+                e.to_string()
+            }
+            Err(_) => {
+                let error = format!("no answer within {limit:?}");
+                shared.dial_failed_with(endpoint, &error);
+                error
+            }
         };
         shared.failed();
         tracing::warn!(

@@ -32,6 +32,7 @@ fn config() -> DataPlaneConfig {
         udp_max_flows: DEFAULT_UDP_MAX_FLOWS,
         udp_max_flows_per_client: DEFAULT_UDP_MAX_FLOWS_PER_CLIENT,
         keepalive: Some(Keepalive::default()),
+        outlier: OutlierDetection::default(),
     }
 }
 
@@ -1305,5 +1306,303 @@ async fn udp_payload_bytes_are_counted_each_way() {
     assert_eq!(
         status.bytes_to_clients,
         "a:ping".len() as u64 + "a:hello".len() as u64
+    );
+}
+
+fn health_of(plane: &DataPlane, protocol: Protocol, port: u16) -> ListenerHealth {
+    plane
+        .endpoint_health()
+        .into_iter()
+        .find(|h| h.protocol == protocol && h.port == port)
+        .expect("listener is in the health snapshot")
+}
+
+fn record_of(
+    plane: &DataPlane,
+    protocol: Protocol,
+    port: u16,
+    endpoint: SocketAddr,
+) -> EndpointHealth {
+    health_of(plane, protocol, port)
+        .endpoints
+        .into_iter()
+        .find(|e| e.endpoint == endpoint)
+        .unwrap_or_else(|| panic!("{endpoint} has an outlier record"))
+}
+
+/// Asks `port` once and returns how long the whole exchange took.
+async fn timed_ask(port: u16, expected: &str) -> Duration {
+    let started = Instant::now();
+    assert_eq!(ask(port).await, expected);
+    started.elapsed()
+}
+
+fn mean(times: &[Duration]) -> Duration {
+    times.iter().sum::<Duration>() / u32::try_from(times.len().max(1)).unwrap_or(1)
+}
+
+#[tokio::test]
+async fn a_dead_endpoint_stops_costing_a_failed_dial_after_the_threshold() {
+    let plane = DataPlane::new(config());
+    let dead = refused_endpoint().await;
+    let (a, _) = backend("a").await;
+    let port = open(&plane, Protocol::Tcp, &[dead, a], None).await;
+
+    // Round robin starts every other connection at the dead endpoint: connections 1, 3, 5,
+    // 7 and 9 each pay one refused dial, the fifth of which ejects it.
+    let mut paid = Vec::new();
+    let mut clean = Vec::new();
+    for n in 0..10 {
+        let took = timed_ask(port, "a").await;
+        if n % 2 == 0 {
+            paid.push(took);
+        } else {
+            clean.push(took);
+        }
+    }
+    assert_eq!(status_of(&plane, Protocol::Tcp, port).failures, 5);
+    let record = record_of(&plane, Protocol::Tcp, port, dead);
+    assert!(record.ejected, "{record:?}");
+    assert_eq!(record.consecutive_failures, 5);
+    assert!(
+        record.last_error.contains("refused"),
+        "{}",
+        record.last_error
+    );
+
+    let mut after = Vec::new();
+    for _ in 0..50 {
+        after.push(timed_ask(port, "a").await);
+    }
+
+    let status = status_of(&plane, Protocol::Tcp, port);
+    assert_eq!(status.failures, 5, "the ejected endpoint is not dialled");
+    assert_eq!(status.per_endpoint, BTreeMap::from([(a, 60)]));
+    assert_eq!(health_of(&plane, Protocol::Tcp, port).ejections, 1);
+    eprintln!(
+        "closed port: mean request {:?} with a refused dial first, {:?} without (same run), \
+         {:?} once ejected",
+        mean(&paid),
+        mean(&clean),
+        mean(&after)
+    );
+}
+
+#[tokio::test]
+async fn a_silent_endpoint_stops_costing_a_dial_timeout_after_the_threshold() {
+    let plane = DataPlane::new(DataPlaneConfig {
+        dial_timeouts: vec![ms(100)],
+        ..config()
+    });
+    let silent = silent_endpoint().await;
+    let (a, _) = backend("a").await;
+    let port = open(&plane, Protocol::Tcp, &[silent.addr, a], None).await;
+
+    let mut before = Vec::new();
+    for _ in 0..10 {
+        before.push(timed_ask(port, "a").await);
+    }
+    let mut after = Vec::new();
+    for _ in 0..20 {
+        after.push(timed_ask(port, "a").await);
+    }
+
+    let paid: Vec<_> = before.iter().step_by(2).copied().collect();
+    assert!(
+        paid.iter().all(|t| *t >= ms(95)),
+        "each of the first five waited out a dial timeout: {paid:?}"
+    );
+    let slowest = after.iter().max().copied().unwrap_or_default();
+    assert!(
+        slowest < ms(90),
+        "once ejected no request waits for it: slowest {slowest:?} of {after:?}"
+    );
+    assert_eq!(status_of(&plane, Protocol::Tcp, port).failures, 5);
+    eprintln!(
+        "silent endpoint (100 ms dial timeout): mean request {:?} before ejection (every \
+         other one waits), {:?} once ejected, slowest {slowest:?}",
+        mean(&before),
+        mean(&after)
+    );
+}
+
+#[tokio::test]
+async fn after_its_back_off_an_ejected_endpoint_costs_one_dial_and_is_ejected_for_longer() {
+    let plane = DataPlane::new(DataPlaneConfig {
+        outlier: OutlierDetection {
+            base_ejection: ms(300),
+            ..OutlierDetection::default()
+        },
+        ..config()
+    });
+    let dead = refused_endpoint().await;
+    let (a, _) = backend("a").await;
+    let port = open(&plane, Protocol::Tcp, &[dead, a], None).await;
+    for _ in 0..10 {
+        ask(port).await;
+    }
+    let first = record_of(&plane, Protocol::Tcp, port, dead);
+    assert!(first.ejected && first.ejections == 1, "{first:?}");
+    let until = first.ejected_until.expect("ejected until");
+    let lasts = until.duration_since(first.since).unwrap_or_default();
+    assert_eq!(lasts, ms(300));
+
+    sleep(ms(350)).await;
+    let back = record_of(&plane, Protocol::Tcp, port, dead);
+    assert!(!back.ejected && back.returns == 1, "{back:?}");
+    assert_eq!(back.next_ejection, ms(600));
+    for _ in 0..10 {
+        assert_eq!(ask(port).await, "a");
+    }
+
+    assert_eq!(
+        status_of(&plane, Protocol::Tcp, port).failures,
+        6,
+        "one probe dial after the back-off"
+    );
+    let second = record_of(&plane, Protocol::Tcp, port, dead);
+    assert!(second.ejected && second.ejections == 2, "{second:?}");
+    let lasts = second
+        .ejected_until
+        .expect("ejected until")
+        .duration_since(second.since)
+        .unwrap_or_default();
+    assert_eq!(lasts, ms(600), "twice the base");
+}
+
+#[tokio::test]
+async fn a_single_dead_endpoint_is_never_ejected_and_clients_are_refused_as_before() {
+    let plane = DataPlane::new(config());
+    let dead = refused_endpoint().await;
+    let port = open(&plane, Protocol::Tcp, &[dead], None).await;
+
+    for _ in 0..10 {
+        let result = bounded("reset", connect_and_read(port)).await;
+        assert_eq!(
+            result.map_err(|e| e.kind()),
+            Err(io::ErrorKind::ConnectionReset)
+        );
+    }
+
+    let status = status_of(&plane, Protocol::Tcp, port);
+    assert_eq!((status.failures, status.rejected), (10, 10));
+    let record = record_of(&plane, Protocol::Tcp, port, dead);
+    assert!(!record.ejected && record.held, "{record:?}");
+    assert_eq!(record.consecutive_failures, 10);
+    assert_eq!(health_of(&plane, Protocol::Tcp, port).ejections, 0);
+}
+
+#[tokio::test]
+async fn an_update_keeps_the_ejection_of_an_endpoint_that_stays_and_drops_a_removed_ones() {
+    let plane = DataPlane::new(config());
+    let dead = refused_endpoint().await;
+    let (a, _) = backend("a").await;
+    let (b, _) = backend("b").await;
+    let port = open(&plane, Protocol::Tcp, &[dead, a], None).await;
+    for _ in 0..10 {
+        ask(port).await;
+    }
+    assert!(record_of(&plane, Protocol::Tcp, port, dead).ejected);
+
+    plane
+        .update(Protocol::Tcp, port, backends(&[dead, a, b], None))
+        .unwrap();
+    for _ in 0..10 {
+        ask(port).await;
+    }
+    assert!(record_of(&plane, Protocol::Tcp, port, dead).ejected);
+    assert_eq!(status_of(&plane, Protocol::Tcp, port).failures, 5);
+
+    plane
+        .update(Protocol::Tcp, port, backends(&[a, b], None))
+        .unwrap();
+    let health = health_of(&plane, Protocol::Tcp, port);
+    assert!(health.endpoints.is_empty(), "{health:?}");
+    assert_eq!(health.ejections, 1, "the listener's count stays");
+}
+
+#[tokio::test]
+async fn a_udp_endpoint_that_answers_with_port_unreachable_is_ejected_after_the_threshold() {
+    let plane = DataPlane::new(config());
+    // Bound then dropped: datagrams to it draw an ICMP port unreachable.
+    let dead = UdpSocket::bind((LOCAL, 0))
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (b, _) = udp_backend("b").await;
+    let port = open(&plane, Protocol::Udp, &[dead, b], None).await;
+
+    let mut answered = 0;
+    for n in 0..30 {
+        // A new client each time: a new flow, balanced afresh.
+        let client = udp_client().await;
+        client.send_to(b"q", (LOCAL, port)).await.unwrap();
+        let mut buf = [0u8; 64];
+        match timeout(ms(200), client.recv_from(&mut buf)).await {
+            Ok(Ok((len, _))) => {
+                assert_eq!(&buf[..len], b"b:q", "datagram {n}");
+                answered += 1;
+            }
+            _ => {
+                let failures = status_of(&plane, Protocol::Udp, port).failures;
+                assert!(failures > 0, "datagram {n} went unanswered with no failure");
+            }
+        }
+    }
+
+    let status = status_of(&plane, Protocol::Udp, port);
+    assert_eq!(status.failures, 5, "{status:?}");
+    assert_eq!(answered, 25);
+    assert!(record_of(&plane, Protocol::Udp, port, dead).ejected);
+}
+
+#[test]
+fn balancer_skips_ejected_endpoints_and_shares_the_rest_evenly() {
+    let [a, b, c] = ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"].map(|s| s.parse().unwrap());
+    let mut balancer = Balancer::new(&backends(&[a, b, c], None));
+    let now = Instant::now();
+    for _ in 0..5 {
+        balancer.dial_failed(a, "refused", now);
+    }
+
+    let firsts: Vec<SocketAddr> = (0..6).map(|_| balancer.plan(LOCAL, now, 4)[0]).collect();
+
+    assert_eq!(firsts, [b, c, b, c, b, c]);
+    assert_eq!(
+        balancer.plan(LOCAL, now, 4),
+        [b, c],
+        "never the ejected one"
+    );
+}
+
+#[test]
+fn balancer_moves_a_client_pinned_to_an_ejected_endpoint() {
+    let [a, b] = ["10.0.0.1:80", "10.0.0.2:80"].map(|s| s.parse().unwrap());
+    let mut balancer = Balancer::new(&backends(&[a, b], Some(Duration::from_secs(60))));
+    let now = Instant::now();
+    balancer.established(LOCAL, a, now);
+    for _ in 0..5 {
+        balancer.dial_failed(a, "refused", now);
+    }
+
+    assert_eq!(balancer.plan(LOCAL, now, 4), [b]);
+}
+
+#[test]
+fn balancer_uses_every_endpoint_when_all_left_are_ejected() {
+    let [a, b] = ["10.0.0.1:80", "10.0.0.2:80"].map(|s| s.parse().unwrap());
+    let mut balancer = Balancer::new(&backends(&[a, b], None));
+    let now = Instant::now();
+    for _ in 0..5 {
+        balancer.dial_failed(a, "refused", now);
+    }
+
+    balancer.update(&backends(&[a], None));
+
+    assert_eq!(
+        balancer.plan(LOCAL, now, 4),
+        [a],
+        "panic: the last one is used"
     );
 }

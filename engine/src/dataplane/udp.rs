@@ -282,6 +282,7 @@ impl Listener<'_> {
         }
         if let Err(e) = sent {
             self.shared.failed();
+            self.shared.dial_failed(flow.endpoint, &e);
             tracing::warn!(listener = %self.shared.id, %client, endpoint = %flow.endpoint, error = %e, "send to endpoint failed; flow dropped");
             self.shared.balancer().failed(client.ip());
             remove(self.flows, &flow);
@@ -290,9 +291,7 @@ impl Listener<'_> {
 
     async fn new_flow(&self, client: SocketAddr, tasks: &mut JoinSet<()>) -> Option<Arc<Flow>> {
         let shared = self.shared;
-        let plan = shared
-            .balancer()
-            .plan(client.ip(), Instant::now(), self.config.max_attempts);
+        let plan = shared.plan(client.ip(), self.config.max_attempts);
         if plan.is_empty() {
             tracing::debug!(listener = %shared.id, %client, "no endpoints; datagram dropped");
             shared.rejected();
@@ -312,6 +311,7 @@ impl Listener<'_> {
                 }
                 Err(e) => {
                     shared.failed();
+                    shared.dial_failed(endpoint, &e);
                     // Out of descriptors, every new flow fails alike: one line per run.
                     if !is_resource_shortage(&e) || lock(self.shortage).failed().is_some() {
                         tracing::warn!(listener = %shared.id, %endpoint, error = %e, "cannot open upstream socket");
@@ -409,6 +409,8 @@ async fn replies(
     idle: Duration,
 ) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
+    // The first reply proves the endpoint alive; later ones need not take the lock.
+    let mut answered = false;
     loop {
         let deadline = flow.last() + idle;
         tokio::select! {
@@ -416,6 +418,9 @@ async fn replies(
             received = flow.upstream.recv(&mut buf) => match received {
                 Ok(len) => {
                     flow.touch();
+                    if !std::mem::replace(&mut answered, true) {
+                        shared.balancer().succeeded(flow.endpoint);
+                    }
                     match socket.send_to(&buf[..len], flow.client).await {
                         Ok(n) => {
                             let bytes = &shared.bytes.to_client;
@@ -428,6 +433,7 @@ async fn replies(
                 }
                 Err(e) => {
                     shared.failed();
+                    shared.dial_failed(flow.endpoint, &e);
                     tracing::warn!(listener = %shared.id, client = %flow.client, endpoint = %flow.endpoint, error = %e, "endpoint failed; flow dropped");
                     shared.balancer().failed(flow.client.ip());
                     remove(&flows, &flow);
