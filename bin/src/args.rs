@@ -189,6 +189,22 @@ pub struct RunArgs {
     /// default idle + interval × count.
     #[arg(long)]
     pub tcp_user_timeout_seconds: Option<u64>,
+    /// Passive outlier detection (userspace mode): failed dials in a row (refused, timed
+    /// out, unreachable) that take an endpoint out of the rotation; 0 turns it off. Envoy's
+    /// consecutive_gateway_failure.
+    #[arg(long, default_value_t = 5)]
+    pub outlier_consecutive_failures: u32,
+    /// Seconds an endpoint stays out at its first ejection; the n-th in a row lasts n times
+    /// as long (Envoy's base_ejection_time).
+    #[arg(long, default_value_t = 30.0)]
+    pub outlier_base_ejection: f64,
+    /// Longest ejection, in seconds (Envoy's max_ejection_time).
+    #[arg(long, default_value_t = 300.0)]
+    pub outlier_max_ejection: f64,
+    /// Most endpoints of a service port out at once, in percent (yet one of two or more,
+    /// never the last one).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub outlier_max_ejection_percent: u8,
     /// Where Prometheus `/metrics` is served, IP:PORT; `0` serves none (as kube-proxy).
     #[arg(long, default_value = engine::daemon::http::DEFAULT_METRICS_ADDRESS)]
     pub metrics_bind_address: BindAddress,

@@ -3,7 +3,7 @@
 use crate::args::RunArgs;
 use anyhow::{Context, Result};
 use engine::daemon::{run as run_daemon, DaemonConfig};
-use engine::dataplane::{raise_nofile_limit, DataPlaneConfig, Keepalive};
+use engine::dataplane::{raise_nofile_limit, DataPlaneConfig, Keepalive, OutlierDetection};
 use engine::exec::SystemExec;
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,6 +46,12 @@ pub fn run(args: RunArgs) -> Result<u8> {
             max_connections: args.max_connections,
             fd_reserve: args.fd_reserve,
             keepalive: keepalive(&args),
+            outlier: OutlierDetection {
+                consecutive_failures: args.outlier_consecutive_failures,
+                base_ejection: crate::seconds(args.outlier_base_ejection),
+                max_ejection: crate::seconds(args.outlier_max_ejection),
+                max_ejection_percent: args.outlier_max_ejection_percent,
+            },
             ..DataPlaneConfig::default()
         },
     };
