@@ -194,6 +194,7 @@ impl Metrics {
                 .inc_by(0);
         }
         if let Some(dataplane) = dataplane {
+            registry.register_collector(Box::new(Outliers(dataplane.clone())));
             registry.register_collector(Box::new(Listeners(dataplane)));
         }
         Metrics {
@@ -496,6 +497,78 @@ impl Collector for Listeners {
     }
 }
 
+/// Outlier detection's view of the endpoints, read at each scrape: a removed endpoint's
+/// series end with it, a closed listener's too.
+struct Outliers(DataPlane);
+
+impl std::fmt::Debug for Outliers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Outliers")
+    }
+}
+
+impl Collector for Outliers {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use super::outliers::{service_port, state, CHECK};
+        use prometheus_client::metrics::MetricType;
+        let listeners = self.0.endpoint_health();
+        let ports: Vec<(String, String)> = listeners
+            .iter()
+            .map(|l| service_port(&l.name, l.protocol))
+            .collect();
+        let endpoint_labels = |(service, port): &(String, String), endpoint: &str| {
+            vec![
+                ("service", service.clone()),
+                ("port", port.clone()),
+                ("endpoint", endpoint.to_string()),
+                ("check", CHECK.to_string()),
+            ]
+        };
+        let mut family = encoder.encode_descriptor(
+            "portald_endpoint_healthy",
+            "1 while an endpoint serves, 0 while a check holds it out (outlier detection: ejected)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (listener, labels) in listeners.iter().zip(&ports) {
+            for endpoint in &listener.endpoints {
+                let value = i64::from(state(endpoint) != "ejected");
+                let set = endpoint_labels(labels, &endpoint.endpoint.to_string());
+                ConstGauge::new(value).encode(family.encode_family(&set)?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "portald_endpoint_health_transitions",
+            "Changes of an endpoint's health by check, to the state named by `to`",
+            None,
+            MetricType::Counter,
+        )?;
+        for (listener, labels) in listeners.iter().zip(&ports) {
+            for endpoint in &listener.endpoints {
+                for (to, count) in [
+                    ("ejected", endpoint.ejections),
+                    ("healthy", endpoint.returns),
+                ] {
+                    let mut set = endpoint_labels(labels, &endpoint.endpoint.to_string());
+                    set.push(("to", to.to_string()));
+                    ConstCounter::new(count).encode(family.encode_family(&set)?)?;
+                }
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "portald_outlier_ejections",
+            "Endpoints taken out of the rotation by outlier detection, per service port",
+            None,
+            MetricType::Counter,
+        )?;
+        for (listener, (service, port)) in listeners.iter().zip(&ports) {
+            let set = [("service", service.clone()), ("port", port.clone())];
+            ConstCounter::new(listener.ejections).encode(family.encode_family(&set)?)?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -597,5 +670,74 @@ mod tests {
             text.contains("portald_network_programming_duration_seconds_bucket{le=\"2.0\"} 1\n")
         );
         assert!(metrics.take_file_change().is_none());
+    }
+
+    #[tokio::test]
+    async fn an_ejected_endpoint_shows_as_unhealthy_with_its_transition_and_the_ejection_counted() {
+        use crate::dataplane::{Backends, DataPlaneConfig, ListenerSpec};
+        let local = std::net::IpAddr::from([127, 0, 0, 1]);
+        let dataplane = DataPlane::new(DataPlaneConfig {
+            listen_addr: local,
+            tcp_workers: 1,
+            ..DataPlaneConfig::default()
+        });
+        // Bound then dropped: connects to it are refused.
+        let dead = std::net::TcpListener::bind((local, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let alive = tokio::net::TcpListener::bind((local, 0)).await.unwrap();
+        let alive_addr = alive.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            while let Ok((stream, _)) = alive.accept().await {
+                drop(stream);
+            }
+        });
+        let port = dataplane
+            .open(ListenerSpec {
+                protocol: planners::Protocol::Tcp,
+                port: 0,
+                name: "default/web:http".into(),
+                backends: Backends {
+                    endpoints: vec![dead, alive_addr],
+                    affinity: None,
+                },
+            })
+            .await
+            .unwrap();
+        for _ in 0..10 {
+            let mut stream = tokio::net::TcpStream::connect((local, port)).await.unwrap();
+            let mut sink = Vec::new();
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut sink).await;
+        }
+        let metrics = Metrics::new(Some(dataplane.clone()));
+
+        let text = metrics.encode();
+
+        let labels = format!(
+            "service=\"default/web\",port=\"http/TCP\",endpoint=\"{dead}\",check=\"outlier-detection\""
+        );
+        assert!(
+            text.contains(&format!("portald_endpoint_healthy{{{labels}}} 0\n")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "portald_endpoint_health_transitions_total{{{labels},to=\"ejected\"}} 1\n"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "portald_outlier_ejections_total{service=\"default/web\",port=\"http/TCP\"} 1\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            !text.contains(&format!("endpoint=\"{alive_addr}\"")),
+            "an endpoint that never failed has no series: {text}"
+        );
+        server.abort();
+        dataplane.shutdown().await;
     }
 }

@@ -5,6 +5,7 @@ pub mod control;
 pub mod http;
 pub mod kernel_counters;
 pub mod metrics;
+pub mod outliers;
 pub mod reconciler;
 pub mod systemd;
 pub mod watch;
@@ -708,6 +709,18 @@ async fn serve_control(
                 Ok(Request::Status) => {
                     let mut snapshot = status.lock().expect("status lock").clone();
                     snapshot.listeners = Reconciler::listener_views(&dataplane);
+                    // Beside the rows of the other checks, in the order the field promises.
+                    snapshot
+                        .endpoint_health
+                        .extend(outliers::rows(&dataplane.endpoint_health()));
+                    snapshot.endpoint_health.sort_by(|a, b| {
+                        (&a.service, &a.port, &a.endpoint, &a.check).cmp(&(
+                            &b.service,
+                            &b.port,
+                            &b.endpoint,
+                            &b.check,
+                        ))
+                    });
                     snapshot.open = control
                         .listeners()
                         .into_iter()
