@@ -78,6 +78,26 @@ pub fn render(status: &Status) -> String {
             }
         );
     }
+    if !status.endpoint_health.is_empty() {
+        out.push_str("\nENDPOINT HEALTH\n");
+        for h in &status.endpoint_health {
+            let _ = writeln!(
+                out,
+                "  {} {} {} ({}): {} since {}{}; {}",
+                escape::clipped(&h.service, escape::MAX_NAME),
+                escape::clipped(&h.port, escape::MAX_NAME),
+                escape::clipped(&h.endpoint, escape::MAX_NAME),
+                escape::clipped(&h.check, escape::MAX_NAME),
+                escape::clipped(&h.state, escape::MAX_NAME),
+                h.since,
+                h.reason
+                    .as_ref()
+                    .map(|r| format!(": {}", escape::clipped(r, escape::MAX_TEXT)))
+                    .unwrap_or_default(),
+                escape::clipped(&h.detail, escape::MAX_TEXT),
+            );
+        }
+    }
     if !status.held.is_empty() {
         let _ = writeln!(
             out,
