@@ -1606,3 +1606,36 @@ fn balancer_uses_every_endpoint_when_all_left_are_ejected() {
         "panic: the last one is used"
     );
 }
+
+#[tokio::test]
+async fn a_successful_dial_starts_the_count_of_failed_dials_again() {
+    let plane = DataPlane::new(config());
+    let flaky = refused_endpoint().await;
+    let (a, _) = backend("a").await;
+    let port = open(&plane, Protocol::Tcp, &[flaky, a], None).await;
+    // Four refusals: one short of an ejection.
+    for _ in 0..8 {
+        assert_eq!(ask(port).await, "a");
+    }
+    assert_eq!(status_of(&plane, Protocol::Tcp, port).failures, 4);
+
+    // It answers once (a listener on its port again), then dies again.
+    let listener = TcpListener::bind(flaky).await.expect("rebinding the port");
+    let accept = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        stream.write_all(b"f").await.unwrap();
+    });
+    let answers = [ask(port).await, ask(port).await];
+    assert!(answers.contains(&"f".to_string()), "{answers:?}");
+    bounded("the flaky endpoint's one answer", accept)
+        .await
+        .unwrap();
+    for _ in 0..8 {
+        assert_eq!(ask(port).await, "a");
+    }
+
+    assert_eq!(status_of(&plane, Protocol::Tcp, port).failures, 8);
+    let record = record_of(&plane, Protocol::Tcp, port, flaky);
+    assert!(!record.ejected, "4 + 4 failures with a success between: {record:?}");
+    assert_eq!(record.consecutive_failures, 4);
+}
