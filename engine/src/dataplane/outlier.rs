@@ -70,11 +70,8 @@ impl OutlierDetection {
 
     /// Most endpoints out at once among `endpoints`.
     pub fn max_ejected(&self, endpoints: usize) -> usize {
-        if endpoints < 2 {
-            return 0;
-        }
         let share = endpoints.saturating_mul(usize::from(self.max_ejection_percent)) / 100;
-        share.max(1).min(endpoints - 1)
+        share.max(1).min(endpoints.saturating_sub(1))
     }
 }
 
@@ -416,6 +413,14 @@ mod tests {
             durations,
             [30, 60, 90, 120, 150, 180, 210, 240, 270, 300, 300, 300, 300]
         );
+
+        // A cap that is no multiple of the base is still the cap.
+        let config = OutlierDetection {
+            max_ejection: 100 * S,
+            ..OutlierDetection::default()
+        };
+        let times: Vec<u64> = (1..=6).map(|n| config.ejection_time(n).as_secs()).collect();
+        assert_eq!(times, [30, 60, 90, 100, 100, 100]);
     }
 
     #[test]
@@ -469,8 +474,8 @@ mod tests {
     fn no_more_than_the_percent_cap_is_ejected_but_at_least_one_of_two() {
         let config = OutlierDetection::default();
         assert_eq!(
-            [1, 2, 3, 4, 5, 10].map(|n| config.max_ejected(n)),
-            [0, 1, 1, 2, 2, 5]
+            [0, 1, 2, 3, 4, 5, 10].map(|n| config.max_ejected(n)),
+            [0, 0, 1, 1, 2, 2, 5]
         );
         let all = OutlierDetection {
             max_ejection_percent: 100,

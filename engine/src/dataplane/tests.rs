@@ -1636,6 +1636,9 @@ async fn a_successful_dial_starts_the_count_of_failed_dials_again() {
 
     assert_eq!(status_of(&plane, Protocol::Tcp, port).failures, 8);
     let record = record_of(&plane, Protocol::Tcp, port, flaky);
-    assert!(!record.ejected, "4 + 4 failures with a success between: {record:?}");
+    assert!(
+        !record.ejected,
+        "4 + 4 failures with a success between: {record:?}"
+    );
     assert_eq!(record.consecutive_failures, 4);
 }
