@@ -14,6 +14,7 @@
 mod balancer;
 mod copy;
 mod limits;
+mod protocol;
 mod sockopt;
 mod splice;
 mod tcp;
@@ -26,11 +27,11 @@ pub use limits::{
     is_resource_shortage, nofile_soft_limit, open_fds, raise_nofile_limit, Backoff, Episode,
     EpisodeLog, NofileLimit,
 };
+pub use protocol::Protocol;
 pub use sockopt::{original_dst, Keepalive};
 
 use balancer::Balancer;
 use limits::Budget;
-use planners::Protocol;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io;

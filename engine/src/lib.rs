@@ -6,7 +6,6 @@ pub mod catalog;
 pub mod compile;
 pub mod config;
 pub mod daemon;
-pub mod dataplane;
 pub mod diagnostics;
 pub mod diff;
 pub mod endpoints;

@@ -2,7 +2,7 @@
 //! kube-proxy's own metrics (pkg/proxy/metrics/metrics.go) with `portald_` for `kubeproxy_`.
 
 use crate::compile::Intent;
-use crate::dataplane::{DataPlane, ListenerStatus};
+use dataplane::{DataPlane, ListenerStatus};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
