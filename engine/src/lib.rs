@@ -11,6 +11,7 @@ pub mod diff;
 pub mod endpoints;
 pub mod escape;
 pub mod exec;
+pub mod listeners;
 pub mod load;
 pub mod model;
 pub mod netns;

@@ -711,7 +711,7 @@ async fn serve_control(
                     snapshot.open = control
                         .listeners()
                         .into_iter()
-                        .map(|(key, listener)| crate::observe::ListenerEntry { key, listener })
+                        .map(|(key, listener)| crate::listeners::ListenerEntry { key, listener })
                         .collect();
                     Response {
                         ok: true,
