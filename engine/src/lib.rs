@@ -14,7 +14,6 @@ pub mod exec;
 pub mod listeners;
 pub mod load;
 pub mod model;
-pub mod netns;
 pub mod observe;
 pub mod pipeline;
 pub mod plan;

@@ -4,77 +4,28 @@
 //! traffic from the node and from the client through the VIPs, the spread per pod, the
 //! daemon's status, and a clean teardown. Exit 0 only when every request was answered and
 //! both pods served every service.
+//!
+//! [`topology`] sets the scene (namespaces, backends, the services directory), [`traffic`]
+//! sends the requests through the VIPs, [`report`] shows what portald made of it; this file
+//! drives the run and the daemon, and tears down even when interrupted.
+
+mod report;
+mod topology;
+mod traffic;
 
 use crate::args::{BackendArg, DemoArgs, ModeArg};
 use anyhow::{bail, Context, Result};
 use engine::daemon::control::Status;
-use engine::netns::{Testbed, SIGTERM};
-use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use testbed::{Testbed, SIGTERM};
+use traffic::{vips_of, Vips};
 
-const POD1: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
-const POD2: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 3);
-const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 10);
-const PODS: [&str; 2] = ["pod1", "pod2"];
-/// Requests per (source, target): even, so round robin gives each pod the same share.
-const HTTP_REQUESTS: usize = 20;
-const UDP_QUERIES: usize = 10;
 /// The daemon's listeners: apache-service, web/http, web/admin, dns/dns.
 const LISTENERS: usize = 4;
-
-/// The seed's service definition, byte for byte as in SEED.md: it must work unchanged.
-const APACHE_SERVICE: &str = include_str!("../../../examples/seed/apache-service.json");
-
-const WEB_SERVICE: &str = "\
-# Two ports: `http` by the pods' named container port, `admin` by number.
-apiVersion: v1
-kind: Service
-metadata:
-  name: web
-spec:
-  selector: {app: web}
-  ports:
-    - {name: http, port: 80, targetPort: http}
-    - {name: admin, port: 8081, targetPort: 8080}
-";
-
-const DNS_SERVICE: &str = "\
-apiVersion: v1
-kind: Service
-metadata:
-  name: dns
-spec:
-  selector: {role: dns}
-  ports:
-    - {name: dns, protocol: UDP, port: 53, targetPort: 5353}
-";
-
-fn pod_yaml(name: &str, ip: Ipv4Addr) -> String {
-    format!(
-        "\
-apiVersion: v1
-kind: Pod
-metadata:
-  name: {name}
-  labels: {{name: apache, app: web, role: dns}}
-spec:
-  containers:
-    - name: backend
-      ports:
-        - {{name: http, containerPort: 80}}
-        - {{name: admin, containerPort: 8080}}
-        - {{name: dns, containerPort: 5353, protocol: UDP}}
-status:
-  podIP: {ip}
-  conditions: [{{type: Ready, status: \"True\"}}]
-"
-    )
-}
 
 pub fn run(args: DemoArgs) -> Result<u8> {
     let exe = std::env::current_exe().context("finding the portald executable")?;
@@ -102,16 +53,8 @@ pub fn run(args: DemoArgs) -> Result<u8> {
         daemon: None,
     };
     let outcome = demo.play(args.pause);
-    // The daemon's log explains most failures; show its end before the testbed goes.
     if outcome.is_err() || !demo.problems.is_empty() {
-        if let Some(pid) = demo.daemon {
-            let log = demo.bed.log_of(pid);
-            let tail: Vec<&str> = log.lines().rev().take(30).collect();
-            eprintln!("\n--- daemon log (last lines) ---");
-            for line in tail.iter().rev() {
-                eprintln!("{line}");
-            }
-        }
+        demo.show_daemon_log();
     }
     outcome?;
     heading("Teardown");
@@ -119,16 +62,7 @@ pub fn run(args: DemoArgs) -> Result<u8> {
     drop(demo.bed);
     println!("namespaces {prefix}-* deleted, background processes reaped");
     println!();
-    if demo.problems.is_empty() {
-        println!("demo: OK: every request answered through the VIPs, pod1 and pod2 both served");
-        Ok(0)
-    } else {
-        println!("demo: FAILED");
-        for p in &demo.problems {
-            println!("  - {p}");
-        }
-        Ok(1)
-    }
+    Ok(report::verdict(&demo.problems))
 }
 
 struct Demo {
@@ -149,12 +83,6 @@ struct Demo {
     dir: PathBuf,
     socket: PathBuf,
     daemon: Option<u32>,
-}
-
-/// What one batch of requests from one source to one target got back.
-struct Tally {
-    answers: BTreeMap<String, usize>,
-    failed: usize,
 }
 
 impl Demo {
@@ -182,85 +110,6 @@ impl Demo {
         if self.interrupted.load(Ordering::SeqCst) {
             bail!("interrupted; tearing down");
         }
-        Ok(())
-    }
-
-    fn build_topology(&mut self) -> Result<()> {
-        let node = self.bed.node().to_string();
-        println!(
-            "node   {node}: br0 {}/24, route 10.11.0.0/16 dev br0, ip_forward=1",
-            engine::netns::NODE_ADDR
-        );
-        for (name, ip) in [("pod1", POD1), ("pod2", POD2), ("client", CLIENT)] {
-            let ns = self
-                .bed
-                .add_host(name, ip)
-                .with_context(|| format!("adding host {name}"))?;
-            println!("{name:<6} {ns}: eth0 {ip}/24, default via the node");
-            if name == "client" {
-                self.client = ns;
-            } else {
-                self.pods.push(ns);
-            }
-        }
-        Ok(())
-    }
-
-    fn start_backends(&mut self) -> Result<()> {
-        heading("2. Backends: `portald backend` in each pod (tcp/80, tcp/8080, udp/5353)");
-        let exe = self.exe.clone();
-        for (name, ns) in PODS.iter().zip(self.pods.clone()) {
-            let args = [
-                "backend", "--name", name, "--tcp", "80", "--tcp", "8080", "--udp", "5353",
-            ];
-            let pid = self
-                .bed
-                .spawn(&ns, &exe, &args)
-                .with_context(|| format!("starting the backend in {name}"))?;
-            if !self.bed.wait_for_log(pid, "ready", Duration::from_secs(10)) {
-                bail!(
-                    "the backend in {name} did not start within 10 s: {}",
-                    self.bed.log_of(pid).trim()
-                );
-            }
-            print!("{name}: {}", self.bed.log_of(pid));
-        }
-        Ok(())
-    }
-
-    fn write_services(&mut self) -> Result<()> {
-        heading("3. Services directory");
-        self.dir = self.bed.temp_dir().join("services");
-        self.socket = self.bed.temp_dir().join("portald.sock");
-        std::fs::create_dir_all(&self.dir)
-            .with_context(|| format!("creating `{}`", self.dir.display()))?;
-        // Whatever the umask: portald refuses to write into a directory others may write.
-        std::fs::set_permissions(
-            &self.dir,
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .with_context(|| format!("making `{}` writable by root only", self.dir.display()))?;
-        let files = [
-            ("apache-service.json", APACHE_SERVICE.to_string()),
-            ("web.yaml", WEB_SERVICE.to_string()),
-            ("dns.yaml", DNS_SERVICE.to_string()),
-            ("pod1.yaml", pod_yaml("pod1", POD1)),
-            ("pod2.yaml", pod_yaml("pod2", POD2)),
-        ];
-        for (name, text) in files {
-            let path = self.dir.join(name);
-            engine::safe_write::write(&path, text.as_bytes())
-                .with_context(|| format!("writing `{}`", path.display()))?;
-        }
-        println!("{}:", self.dir.display());
-        println!("  apache-service.json  the seed's v1beta1 service: 12345 -> containerPort 80, name=apache");
-        println!("  web.yaml             v1 web: http 80 -> named port `http`, admin 8081 -> 8080");
-        println!("  dns.yaml             v1 dns: 53/UDP -> 5353");
-        println!("  pod1.yaml pod2.yaml  the pods: labels name=apache app=web role=dns, podIPs {POD1} {POD2}");
-        println!(
-            "\n--- apache-service.json ---\n{}",
-            APACHE_SERVICE.trim_end()
-        );
         Ok(())
     }
 
@@ -349,216 +198,6 @@ impl Demo {
         }
     }
 
-    fn show_plan(&mut self) -> Result<()> {
-        heading("5. The plan against the live node: nothing should be left to do");
-        let node = self.bed.node().to_string();
-        let (dir, socket) = (path_str(&self.dir)?, path_str(&self.socket)?);
-        // The daemon's own node state: the plan sees the VIPs it chose.
-        let state = path_str(&self.bed.temp_dir().join("state.json"))?;
-        let args = [
-            "plan",
-            &dir,
-            "--control-socket",
-            &socket,
-            "--state-file",
-            &state,
-            "--detailed-exitcode",
-            "--backend",
-            self.backend_flag(),
-            "--mode",
-            self.mode_flag(),
-        ];
-        println!("$ portald {}", args.join(" "));
-        let out = self
-            .bed
-            .run(&node, &self.exe, &args)
-            .context("running `portald plan`")?;
-        print!("{}", String::from_utf8_lossy(&out.stdout));
-        eprint!("{}", String::from_utf8_lossy(&out.stderr));
-        match out.status.code() {
-            Some(0) => println!("(exit 0: no changes)"),
-            other => self.problems.push(format!(
-                "`portald plan` found changes against the running daemon (exit {other:?})"
-            )),
-        }
-        Ok(())
-    }
-
-    fn show_rules(&mut self) -> Result<()> {
-        let node = self.bed.node().to_string();
-        let lines = match self.backend {
-            BackendArg::Iptables => {
-                heading("6. Live rules: `iptables-save -t nat | grep PORTAL` in the node");
-                self.portal_rules(&node)?
-            }
-            BackendArg::Nftables => {
-                heading("6. Live rules: `nft list table ip portald` in the node");
-                self.portal_rules(&node)?
-            }
-        };
-        for line in &lines {
-            println!("{line}");
-        }
-        if lines.is_empty() {
-            self.problems
-                .push("no portald rules in the node's kernel".into());
-        }
-        Ok(())
-    }
-
-    /// portald's rules in the node's kernel, as text lines (empty when there are none).
-    fn portal_rules(&self, node: &str) -> Result<Vec<String>> {
-        match self.backend {
-            BackendArg::Iptables => {
-                let out = self
-                    .bed
-                    .run_checked(node, "iptables-save", &["-t", "nat"])
-                    .context("reading the node's NAT table")?;
-                Ok(String::from_utf8_lossy(&out.stdout)
-                    .lines()
-                    .filter(|l| l.contains("PORTAL"))
-                    .map(str::to_string)
-                    .collect())
-            }
-            BackendArg::Nftables => {
-                // A missing table makes nft fail: that is "no rules", not an error.
-                let out = self
-                    .bed
-                    .run(node, "nft", &["list", "table", "ip", "portald"])
-                    .context("running nft in the node")?;
-                if !out.status.success() {
-                    return Ok(Vec::new());
-                }
-                Ok(String::from_utf8_lossy(&out.stdout)
-                    .lines()
-                    .map(str::to_string)
-                    .collect())
-            }
-        }
-    }
-
-    fn traffic(&mut self, vips: &Vips) -> Result<()> {
-        heading("7. Traffic through the VIPs");
-        let node = self.bed.node().to_string();
-        let client = self.client.clone();
-        let sources = [
-            ("node (host traffic)", node.as_str()),
-            ("client (container traffic)", client.as_str()),
-        ];
-        let http_targets = [
-            ("apache-service", format!("{}:12345", vips.apache)),
-            ("web/http", format!("{}:80", vips.web)),
-            ("web/admin", format!("{}:8081", vips.web)),
-        ];
-        let mut per_target: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
-        let (mut total, mut answered) = (0, 0);
-        for (target, addr) in &http_targets {
-            for (source, ns) in sources {
-                let tally = self.curl_batch(ns, addr)?;
-                let what = format!("{HTTP_REQUESTS} x curl http://{addr}/ from {source}");
-                println!("{what:<72} -> {}", spread(&tally));
-                total += HTTP_REQUESTS;
-                answered += HTTP_REQUESTS - tally.failed;
-                merge(per_target.entry(target.to_string()).or_default(), &tally);
-            }
-        }
-        let dns = format!("{}:53", vips.dns);
-        for (source, ns) in &sources {
-            let tally = self.udp_batch(ns, &dns)?;
-            let what = format!("{UDP_QUERIES} x udp-probe {dns} from {source}");
-            println!("{what:<72} -> {}", spread(&tally));
-            total += UDP_QUERIES;
-            answered += UDP_QUERIES - tally.failed;
-            merge(per_target.entry("dns/dns".into()).or_default(), &tally);
-        }
-        println!("\nspread per service (both sources):");
-        for (target, answers) in &per_target {
-            let shown: Vec<String> = answers.iter().map(|(p, n)| format!("{p}={n}")).collect();
-            println!("  {target:<15} {}", shown.join(" "));
-            for pod in PODS {
-                if answers.get(pod).copied().unwrap_or(0) == 0 {
-                    self.problems
-                        .push(format!("{pod} got no traffic for {target}"));
-                }
-            }
-        }
-        println!("{answered}/{total} requests answered");
-        if answered != total {
-            self.problems
-                .push(format!("{} of {total} requests failed", total - answered));
-        }
-        Ok(())
-    }
-
-    /// `HTTP_REQUESTS` sequential requests in one curl run (the backend closes each
-    /// connection, so each request is a new connection the proxy balances).
-    fn curl_batch(&self, ns: &str, addr: &str) -> Result<Tally> {
-        let url = format!("http://{addr}/");
-        let mut args = vec!["-sS", "--connect-timeout", "2", "--max-time", "3"];
-        // A loop, not `repeat_n`: that needs Rust 1.82 and the workspace allows 1.80.
-        for _ in 0..HTTP_REQUESTS {
-            args.push(url.as_str());
-        }
-        let out = self.bed.run(ns, "curl", &args).context("running curl")?;
-        let mut tally = count_answers(&String::from_utf8_lossy(&out.stdout), |l| {
-            Some(l.trim().to_string())
-        });
-        tally.failed = HTTP_REQUESTS.saturating_sub(tally.answers.values().sum());
-        if tally.failed > 0 {
-            eprint!("{}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(tally)
-    }
-
-    fn udp_batch(&self, ns: &str, addr: &str) -> Result<Tally> {
-        let count = UDP_QUERIES.to_string();
-        let args = [
-            "udp-probe",
-            "--to",
-            addr,
-            "--count",
-            &count,
-            "--timeout-ms",
-            "2000",
-        ];
-        let out = self
-            .bed
-            .run(ns, &self.exe, &args)
-            .context("running udp-probe")?;
-        // Replies look like `pod1:probe-3`; other lines are the probe's own notes.
-        let mut tally = count_answers(&String::from_utf8_lossy(&out.stdout), |l| {
-            l.split_once(":probe-").map(|(pod, _)| pod.to_string())
-        });
-        tally.failed = UDP_QUERIES.saturating_sub(tally.answers.values().sum());
-        if tally.failed > 0 {
-            // The probe's notes say whether replies were missing or came from elsewhere.
-            for line in String::from_utf8_lossy(&out.stdout).lines() {
-                if !line.contains(":probe-") || line.starts_with("reply to") {
-                    eprintln!("  udp-probe: {line}");
-                }
-            }
-        }
-        Ok(tally)
-    }
-
-    fn show_status(&mut self) -> Result<()> {
-        heading("8. `portald status`");
-        let socket = path_str(&self.socket)?;
-        let node = self.bed.node().to_string();
-        let out = self
-            .bed
-            .run(&node, &self.exe, &["status", "--control-socket", &socket])
-            .context("running `portald status`")?;
-        print!("{}", String::from_utf8_lossy(&out.stdout));
-        if !out.status.success() {
-            self.problems.push(format!(
-                "`portald status` failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        Ok(())
-    }
-
     fn pause(&self, vips: &Vips) {
         heading("Paused: the testbed is live");
         println!("node namespace:   {}", self.bed.node());
@@ -641,64 +280,6 @@ fn watch_signals(wake: mpsc::Sender<()>) -> Arc<AtomicBool> {
         });
     });
     flag
-}
-
-struct Vips {
-    apache: Ipv4Addr,
-    web: Ipv4Addr,
-    dns: Ipv4Addr,
-}
-
-fn vips_of(status: &Status) -> Result<Vips> {
-    let find = |name: &str| {
-        status
-            .services
-            .iter()
-            .find(|s| s.name == name || s.name.ends_with(&format!("/{name}")))
-            .and_then(|s| s.vip)
-            .map(|v| v.0)
-            .with_context(|| format!("the daemon shows no VIP for service `{name}`"))
-    };
-    let vips = Vips {
-        apache: find("apache-service")?,
-        web: find("web")?,
-        dns: find("dns")?,
-    };
-    println!(
-        "VIPs: apache-service {}, web {}, dns {}",
-        vips.apache, vips.web, vips.dns
-    );
-    Ok(vips)
-}
-
-fn count_answers(text: &str, pod_of: impl Fn(&str) -> Option<String>) -> Tally {
-    let mut answers = BTreeMap::new();
-    for line in text.lines() {
-        if let Some(pod) = pod_of(line) {
-            if PODS.contains(&pod.as_str()) {
-                *answers.entry(pod).or_insert(0) += 1;
-            }
-        }
-    }
-    Tally { answers, failed: 0 }
-}
-
-fn spread(tally: &Tally) -> String {
-    let mut parts: Vec<String> = tally
-        .answers
-        .iter()
-        .map(|(p, n)| format!("{p}={n}"))
-        .collect();
-    if tally.failed > 0 {
-        parts.push(format!("FAILED={}", tally.failed));
-    }
-    parts.join(" ")
-}
-
-fn merge(into: &mut BTreeMap<String, usize>, tally: &Tally) {
-    for (pod, n) in &tally.answers {
-        *into.entry(pod.clone()).or_insert(0) += n;
-    }
 }
 
 fn heading(title: &str) {
