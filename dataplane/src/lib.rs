@@ -8,6 +8,10 @@
 //! TCP runs on its own worker threads, one single-threaded runtime each; every worker waits
 //! on each listening socket in its own epoll set, and a connection lives and dies on the
 //! worker that accepted it. UDP runs on the caller's runtime.
+//!
+//! A crate of its own, below the engine: sockets and tokio only, no planner and no loader
+//! (its [`Protocol`] is its own), so the proxy builds and is tested apart from the control
+//! plane.
 
 #![forbid(unsafe_code)]
 

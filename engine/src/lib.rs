@@ -1,4 +1,10 @@
 //! portald's engine: load → validate → allocate → compile → observe → diff → plan → apply.
+//!
+//! The control plane: the pure stages (`load` … `plan`, over the `model` and `listeners`
+//! types) and the few modules that touch the world (`exec`, the one process seam; `observe`;
+//! `apply`; the `daemon` with its reconciler). The userspace proxy is the `dataplane` crate,
+//! which the reconciler alone drives; the kernel dialects are the `planners` crate. Neither
+//! the CLI nor the test bed is a dependency.
 
 pub mod allocate;
 pub mod apply;
