@@ -3,7 +3,7 @@
 //! layout section says.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Command;
+use std::path::Path;
 
 /// What each crate of the workspace may depend on among the others, in any dependency
 /// section (normal, dev, build): a new crate must be placed here before it builds.
@@ -15,47 +15,36 @@ const ALLOWED: [(&str, &[&str]); 5] = [
     ("testbed", &[]),
 ];
 
-/// Each workspace crate and the workspace crates it names as dependencies, from
-/// `cargo metadata` (the resolved manifests, as cargo itself reads them).
+/// Each workspace crate and the workspace crates it names as dependencies, in any section,
+/// read from the manifests of the members that the workspace's Cargo.toml lists.
 fn workspace_dependencies() -> BTreeMap<String, BTreeSet<String>> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .args([
-            "metadata",
-            "--format-version",
-            "1",
-            "--no-deps",
-            "--locked",
-            "--offline",
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("cargo metadata runs");
-    assert!(
-        out.status.success(),
-        "cargo metadata failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let metadata: serde_json::Value = serde_json::from_slice(&out.stdout).expect("metadata JSON");
-    let packages = metadata["packages"].as_array().expect("a package list");
-    let names: BTreeSet<String> = packages
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("bin/ has a parent");
+    let manifest = |dir: &Path| -> toml::Table {
+        let path = dir.join("Cargo.toml");
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("reading `{}`: {e}", path.display()));
+        toml::from_str(&text).unwrap_or_else(|e| panic!("parsing `{}`: {e}", path.display()))
+    };
+    let members: Vec<toml::Table> = manifest(root)["workspace"]["members"]
+        .as_array()
+        .expect("a member list")
         .iter()
-        .map(|p| p["name"].as_str().expect("a package name").to_string())
+        .map(|m| manifest(&root.join(m.as_str().expect("a member path"))))
         .collect();
-    packages
+    let name = |m: &toml::Table| m["package"]["name"].as_str().expect("a name").to_string();
+    let names: BTreeSet<String> = members.iter().map(name).collect();
+    members
         .iter()
-        .map(|p| {
-            let deps = p["dependencies"]
-                .as_array()
-                .expect("a dependency list")
+        .map(|m| {
+            let deps = ["dependencies", "dev-dependencies", "build-dependencies"]
                 .iter()
-                .map(|d| d["name"].as_str().expect("a dependency name").to_string())
-                .filter(|d| names.contains(d))
+                .filter_map(|section| m.get(*section).and_then(toml::Value::as_table))
+                .flat_map(|table| table.keys().cloned())
+                .filter(|dep| names.contains(dep))
                 .collect();
-            (
-                p["name"].as_str().expect("a package name").to_string(),
-                deps,
-            )
+            (name(m), deps)
         })
         .collect()
 }

@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod scratch;
+
 use engine::compile::{PortView, ServiceView};
 pub use engine::daemon::control::{ListenerView, Status};
 use std::fs::File;
