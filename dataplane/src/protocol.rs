@@ -11,18 +11,12 @@ pub enum Protocol {
     Udp,
 }
 
-impl Protocol {
-    /// Lower-case name as the kernel tools and `portald status` spell it (`tcp`, `udp`).
-    pub fn as_str(self) -> &'static str {
-        match self {
+impl fmt::Display for Protocol {
+    /// Lower case, as the kernel tools and `portald status` spell it (`tcp`, `udp`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
             Protocol::Tcp => "tcp",
             Protocol::Udp => "udp",
-        }
-    }
-}
-
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        })
     }
 }

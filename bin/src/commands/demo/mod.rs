@@ -135,30 +135,36 @@ impl Demo {
         }
     }
 
-    fn start_daemon(&mut self) -> Result<()> {
-        heading("4. The daemon: `portald run` in the node");
-        let node = self.bed.node().to_string();
-        let (exe, dir, socket) = (
-            self.exe.clone(),
-            path_str(&self.dir)?,
-            path_str(&self.socket)?,
-        );
-        // The demo leaves nothing on the host: its node state lives with its namespaces.
+    /// `portald VERB` on the demo's directory, control socket and node state, with the
+    /// verb's own `flag`, then the demo's backend and mode.
+    fn portald_args(&self, verb: &str, flag: &str) -> Result<Vec<String>> {
+        // The demo leaves nothing on the host: its node state lives with its namespaces, and
+        // a plan reads the daemon's own, so it sees the VIPs the daemon chose.
         let state = path_str(&self.bed.temp_dir().join("state.json"))?;
+        let (dir, socket) = (path_str(&self.dir)?, path_str(&self.socket)?);
         let args = [
-            "run",
+            verb,
             &dir,
             "--control-socket",
             &socket,
             "--state-file",
             &state,
-            "--cleanup-on-exit",
+            flag,
             "--backend",
             self.backend_flag(),
             "--mode",
             self.mode_flag(),
         ];
+        Ok(args.map(str::to_string).to_vec())
+    }
+
+    fn start_daemon(&mut self) -> Result<()> {
+        heading("4. The daemon: `portald run` in the node");
+        let node = self.bed.node().to_string();
+        let exe = self.exe.clone();
+        let args = self.portald_args("run", "--cleanup-on-exit")?;
         println!("portald {}", args.join(" "));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let pid = self
             .bed
             .spawn(&node, &exe, &args)

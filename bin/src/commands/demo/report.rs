@@ -9,23 +9,9 @@ impl Demo {
     pub(super) fn show_plan(&mut self) -> Result<()> {
         heading("5. The plan against the live node: nothing should be left to do");
         let node = self.bed.node().to_string();
-        let (dir, socket) = (path_str(&self.dir)?, path_str(&self.socket)?);
-        // The daemon's own node state: the plan sees the VIPs it chose.
-        let state = path_str(&self.bed.temp_dir().join("state.json"))?;
-        let args = [
-            "plan",
-            &dir,
-            "--control-socket",
-            &socket,
-            "--state-file",
-            &state,
-            "--detailed-exitcode",
-            "--backend",
-            self.backend_flag(),
-            "--mode",
-            self.mode_flag(),
-        ];
+        let args = self.portald_args("plan", "--detailed-exitcode")?;
         println!("$ portald {}", args.join(" "));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = self
             .bed
             .run(&node, &self.exe, &args)
