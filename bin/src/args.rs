@@ -161,11 +161,11 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 30)]
     pub udp_idle_timeout_seconds: u64,
     /// Most UDP flows of one listener; a new one past it evicts the least recently used.
-    #[arg(long, default_value_t = engine::dataplane::DEFAULT_UDP_MAX_FLOWS)]
+    #[arg(long, default_value_t = dataplane::DEFAULT_UDP_MAX_FLOWS)]
     pub udp_max_flows: usize,
     /// Most UDP flows of one client IP address on one listener; a new one past it evicts
     /// that client's oldest (a client spraying source ports cannot crowd others out).
-    #[arg(long, default_value_t = engine::dataplane::DEFAULT_UDP_MAX_FLOWS_PER_CLIENT)]
+    #[arg(long, default_value_t = dataplane::DEFAULT_UDP_MAX_FLOWS_PER_CLIENT)]
     pub udp_max_flows_per_client: usize,
     /// Most proxied TCP connections open at once over all listeners (like HAProxy's
     /// maxconn); more wait in the listen backlog. Default: as many as file descriptors allow.
@@ -173,7 +173,7 @@ pub struct RunArgs {
     pub max_connections: Option<usize>,
     /// File descriptors kept free for the control path (spawning iptables/nft, the control
     /// socket, files): the data plane takes no more than the soft limit less this.
-    #[arg(long, default_value_t = engine::dataplane::DEFAULT_FD_RESERVE)]
+    #[arg(long, default_value_t = dataplane::DEFAULT_FD_RESERVE)]
     pub fd_reserve: usize,
     /// Idle time before TCP keepalive probes on client and endpoint sockets (seconds);
     /// 0 turns keepalive and the user timeout off.

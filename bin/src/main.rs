@@ -1,4 +1,8 @@
 //! `portald`: Kubernetes-style services (portal IPs) for any Linux host.
+//!
+//! The thin shell over the `engine` crate: settings, commands, output and exit codes. It
+//! names `planners` and `dataplane` types only for flags and output, and `testbed` only for
+//! `portald demo`.
 
 mod args;
 mod commands;

@@ -1,8 +1,11 @@
 //! The `portald` command line without kernel access: help, `check` exit codes and report
 //! formats, `plan --detailed-exitcode` against `--no-live` and `--live FILE`.
 
+mod support;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
+use support::scratch::Scratch;
 
 fn portald(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_portald"))
@@ -239,31 +242,6 @@ fn plan_in_kernel_mode_spreads_over_the_endpoints_in_both_dialects() {
         assert!(stdout.contains(spread), "{backend}: {stdout}");
         // No userspace hop: no listener is planned.
         assert!(!stdout.contains("listener"), "{backend}: {stdout}");
-    }
-}
-
-/// A services directory of the test's own, removed when dropped (also when the test fails).
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(what: &str) -> Scratch {
-        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir =
-            std::env::temp_dir().join(format!("portald-cli-{what}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("scratch dir");
-        Scratch(dir)
-    }
-
-    fn arg(&self) -> String {
-        self.0.display().to_string()
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -589,20 +567,10 @@ fn settings_come_from_flags_then_environment_then_the_config_file() {
     );
 }
 
-/// A folder removed when the test ends, pass or fail.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 fn status_on_a_socket_the_user_may_not_use_reports_a_permission_problem_naming_it() {
     use std::os::unix::fs::PermissionsExt;
-    let dir = TempDir(std::env::temp_dir().join(format!("portald-perm-{}", std::process::id())));
-    std::fs::create_dir_all(&dir.0).expect("temporary folder");
+    let dir = Scratch::new("perm");
     std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     // A listening socket as the daemon leaves it: root's, mode 0600.
     let socket = dir.0.join("portald.sock");

@@ -101,6 +101,23 @@ fn wait_reconciles(c: &Cluster, n: u64) {
     });
 }
 
+/// The three conflicts both backends report, each as `status` shows it: the legacy DNAT
+/// against `default/empty`, the foreign DNAT ahead of the container hook against
+/// `default/web` (at `nat`: location, rule), and the foreign drop of the portal range
+/// against `default/empty` (at `drop`).
+fn wait_three_conflicts(c: &Cluster, nat: (&str, &str), drop: (&str, &str)) -> [String; 3] {
+    [
+        wait_conflict(
+            c,
+            "default/empty",
+            "iptables-legacy nat/PREROUTING",
+            LEGACY_TEXT,
+        ),
+        wait_conflict(c, "default/web", nat.0, nat.1),
+        wait_conflict(c, "default/empty", drop.0, drop.1),
+    ]
+}
+
 /// Each message appears in the daemon's log exactly once.
 fn logged_once(c: &Cluster, messages: &[&str]) {
     let logs = c.daemon_logs();
@@ -165,25 +182,15 @@ fn iptables_foreign_rules_ahead_of_the_hooks_and_in_legacy_are_reported_and_kept
     let legacy_before = legacy_save(&c);
     let foreign_before = foreign_lines(&c.iptables_save());
 
-    let legacy = wait_conflict(
+    let [legacy, nat, drop] = wait_three_conflicts(
         &c,
-        "default/empty",
-        "iptables-legacy nat/PREROUTING",
-        LEGACY_TEXT,
-    );
-    let nat = wait_conflict(
-        &c,
-        "default/web",
-        "nat/PREROUTING",
-        "-A PREROUTING -d 10.11.0.40/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.244.1.9:80",
+        (
+            "nat/PREROUTING",
+            "-A PREROUTING -d 10.11.0.40/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.244.1.9:80",
+        ),
+        ("filter/FORWARD", "-A FORWARD -d 10.11.0.0/16 -j DROP"),
     );
     assert!(nat.contains("container hook"), "{nat}");
-    let drop = wait_conflict(
-        &c,
-        "default/empty",
-        "filter/FORWARD",
-        "-A FORWARD -d 10.11.0.0/16 -j DROP",
-    );
     assert!(drop.contains("container-reject hook"), "{drop}");
     // The legacy DNAT of `empty` does not name `web`'s VIP: not reported against it.
     assert!(
@@ -230,25 +237,15 @@ fn nftables_foreign_chains_ahead_of_the_hooks_and_legacy_rules_are_reported_and_
     c.write("services.yaml", SERVICES);
     c.start_daemon(&["--backend", "nftables", "--mode", "userspace"]);
 
-    let legacy = wait_conflict(
+    let [legacy, nat, drop] = wait_three_conflicts(
         &c,
-        "default/empty",
-        "iptables-legacy nat/PREROUTING",
-        LEGACY_TEXT,
-    );
-    let nat = wait_conflict(
-        &c,
-        "default/web",
-        "ip early/nat_first",
-        "ip daddr 10.11.0.40 tcp dport 80 dnat to 10.244.1.9:80",
+        (
+            "ip early/nat_first",
+            "ip daddr 10.11.0.40 tcp dport 80 dnat to 10.244.1.9:80",
+        ),
+        ("ip early/drop_first", "ip daddr 10.11.0.0/16 drop"),
     );
     assert!(nat.contains("container hook"), "{nat}");
-    let drop = wait_conflict(
-        &c,
-        "default/empty",
-        "ip early/drop_first",
-        "ip daddr 10.11.0.0/16 drop",
-    );
     wait_reconciles(&c, 2);
     logged_once(&c, &[&legacy, &nat, &drop]);
     assert_eq!(

@@ -45,6 +45,32 @@ fn started_pods(c: &mut Cluster, port: u16, count: usize) -> Vec<Pod> {
         .collect()
 }
 
+/// The seed's setup: its two pods serving port 80 and `apache-service.json` selecting them.
+fn seed_on_two_pods(c: &mut Cluster) {
+    started_pods(c, 80, 2);
+    c.write("apache-service.json", SEED_SERVICE);
+    c.write("pods.yaml", SEED_PODS);
+}
+
+/// The setup most tests start from: `count` (at most 3) pods serving port 8080 with label
+/// `app=web`, a client, and service `web` on `vip` (port 80 to the pods' 8080). Returns the
+/// pods and the client's namespace.
+fn web_on_pods(c: &mut Cluster, count: usize, vip: &str) -> (Vec<Pod>, String) {
+    let pods = started_pods(c, 8080, count);
+    let client = c.client("client", CLIENT);
+    c.write(
+        "web.yaml",
+        &service_yaml("web", Some(vip), "web", "TCP", 80, 8080),
+    );
+    let labelled = [
+        ("pod1", POD1, "web"),
+        ("pod2", POD2, "web"),
+        ("pod3", POD3, "web"),
+    ];
+    c.write("pods.yaml", &pods_yaml(&labelled[..count]));
+    (pods, client)
+}
+
 fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
@@ -52,10 +78,8 @@ fn strings(v: &[&str]) -> Vec<String> {
 #[test]
 fn seed_service_reaches_both_pods_from_host_and_from_another_namespace() {
     let mut c = Cluster::new("seed");
-    started_pods(&mut c, 80, 2);
+    seed_on_two_pods(&mut c);
     let client = c.client("client", CLIENT);
-    c.write("apache-service.json", SEED_SERVICE);
-    c.write("pods.yaml", SEED_PODS);
     c.start_daemon(&[]);
 
     let status = c.status();
@@ -171,20 +195,7 @@ fn client_ip_affinity_keeps_one_client_on_one_pod_and_without_it_requests_spread
 #[test]
 fn stopped_pod_is_skipped_by_retry() {
     let mut c = Cluster::new("retry");
-    let pods = started_pods(&mut c, 8080, 3);
-    let client = c.client("client", CLIENT);
-    c.write(
-        "web.yaml",
-        &service_yaml("web", Some("10.11.0.40"), "web", "TCP", 80, 8080),
-    );
-    c.write(
-        "pods.yaml",
-        &pods_yaml(&[
-            ("pod1", POD1, "web"),
-            ("pod2", POD2, "web"),
-            ("pod3", POD3, "web"),
-        ]),
-    );
+    let (pods, client) = web_on_pods(&mut c, 3, "10.11.0.40");
     c.start_daemon(&["--dial-timeouts-ms", "150,300"]);
     let url = "http://10.11.0.40/";
     assert_eq!(
@@ -235,19 +246,10 @@ fn stopped_pod_is_skipped_by_retry() {
 #[test]
 fn no_live_pod_is_refused_quickly() {
     let mut c = Cluster::new("refuse");
-    let pods = started_pods(&mut c, 8080, 2);
-    let client = c.client("client", CLIENT);
-    c.write(
-        "web.yaml",
-        &service_yaml("web", Some("10.11.0.50"), "web", "TCP", 80, 8080),
-    );
+    let (pods, client) = web_on_pods(&mut c, 2, "10.11.0.50");
     c.write(
         "empty.yaml",
         &service_yaml("empty", Some("10.11.0.51"), "nothing", "TCP", 80, 8080),
-    );
-    c.write(
-        "pods.yaml",
-        &pods_yaml(&[("pod1", POD1, "web"), ("pod2", POD2, "web")]),
     );
     // The production dial timeouts: a refusal must not wait for any of them.
     c.start_daemon(&["--dial-timeouts-ms", "250,500,1000,2000"]);
@@ -498,16 +500,7 @@ fn delete_rule(c: &Cluster, table: &str, line: &str) {
 #[test]
 fn drift_is_repaired_at_the_next_resync() {
     let mut c = Cluster::new("drift");
-    started_pods(&mut c, 8080, 2);
-    let client = c.client("client", CLIENT);
-    c.write(
-        "web.yaml",
-        &service_yaml("web", Some("10.11.0.70"), "web", "TCP", 80, 8080),
-    );
-    c.write(
-        "pods.yaml",
-        &pods_yaml(&[("pod1", POD1, "web"), ("pod2", POD2, "web")]),
-    );
+    let (_, client) = web_on_pods(&mut c, 2, "10.11.0.70");
     c.start_daemon(&["--resync-seconds", "2"]);
     let url = "http://10.11.0.70/";
     c.names(&client, url, 2);
@@ -640,19 +633,10 @@ fn foreign_rules_are_untouched_by_apply_restart_and_cleanup() {
 #[test]
 fn kill_9_restart_keeps_ports_and_rules() {
     let mut c = Cluster::new("kill9");
-    started_pods(&mut c, 8080, 2);
-    let client = c.client("client", CLIENT);
-    c.write(
-        "web.yaml",
-        &service_yaml("web", Some("10.11.0.90"), "web", "TCP", 80, 8080),
-    );
+    let (_, client) = web_on_pods(&mut c, 2, "10.11.0.90");
     c.write(
         "dns.yaml",
         &service_yaml("dns", Some("10.11.0.91"), "web", "UDP", 53, 5353),
-    );
-    c.write(
-        "pods.yaml",
-        &pods_yaml(&[("pod1", POD1, "web"), ("pod2", POD2, "web")]),
     );
     let first = c.start_daemon(&[]);
     let url = "http://10.11.0.90/";
@@ -715,16 +699,7 @@ fn table_of(chain: &str) -> &'static str {
 #[test]
 fn second_apply_sends_no_batch() {
     let mut c = Cluster::new("apply2");
-    started_pods(&mut c, 8080, 2);
-    let client = c.client("client", CLIENT);
-    c.write(
-        "web.yaml",
-        &service_yaml("web", Some("10.11.0.100"), "web", "TCP", 80, 8080),
-    );
-    c.write(
-        "pods.yaml",
-        &pods_yaml(&[("pod1", POD1, "web"), ("pod2", POD2, "web")]),
-    );
+    let (_, client) = web_on_pods(&mut c, 2, "10.11.0.100");
     // No resync during the test: only `apply` may repair.
     c.start_daemon(&["--resync-seconds", "600"]);
     let good = portal_lines(&c.iptables_save());
@@ -887,16 +862,7 @@ fn udp_echo_through_the_vip_and_flow_idle_timeout() {
 #[test]
 fn foreign_process_on_proxy_port_is_replaced_make_before_break() {
     let mut c = Cluster::new("takeover");
-    started_pods(&mut c, 8080, 2);
-    let client = c.client("client", CLIENT);
-    c.write(
-        "web.yaml",
-        &service_yaml("web", Some("10.11.0.110"), "web", "TCP", 80, 8080),
-    );
-    c.write(
-        "pods.yaml",
-        &pods_yaml(&[("pod1", POD1, "web"), ("pod2", POD2, "web")]),
-    );
+    let (_, client) = web_on_pods(&mut c, 2, "10.11.0.110");
     c.start_daemon(&[]);
     let url = "http://10.11.0.110/";
     c.names(&client, url, 2);
@@ -1004,10 +970,8 @@ fn the_daemon_writes_its_node_state_not_the_lock_and_that_write_starts_no_reconc
 #[test]
 fn sighup_reloads_without_dropping_a_request() {
     let mut c = Cluster::new("sighup");
-    started_pods(&mut c, 80, 2);
+    seed_on_two_pods(&mut c);
     let client = c.client("client", CLIENT);
-    c.write("apache-service.json", SEED_SERVICE);
-    c.write("pods.yaml", SEED_PODS);
     // No resync: every pass after the start is one the reload asked for.
     let pid = c.start_daemon(&["--resync-seconds", "600"]);
     let before = c.status().reconciles;
@@ -1060,9 +1024,7 @@ fn notifications(socket: &std::os::unix::net::UnixDatagram, wait: Duration) -> V
 #[test]
 fn the_daemon_speaks_the_systemd_notification_protocol() {
     let mut c = Cluster::new("sdnotify");
-    started_pods(&mut c, 80, 2);
-    c.write("apache-service.json", SEED_SERVICE);
-    c.write("pods.yaml", SEED_PODS);
+    seed_on_two_pods(&mut c);
     // The service manager's end: a datagram socket, as systemd binds for Type=notify.
     let path = c.temp().join("notify.sock");
     let manager = std::os::unix::net::UnixDatagram::bind(&path).expect("binds NOTIFY_SOCKET");
@@ -1501,9 +1463,7 @@ fn hostile_files_do_not_hold_back_another_files_change_and_a_broken_file_keeps_i
 #[test]
 fn json_logs_carry_typed_fields_one_event_a_line() {
     let mut c = Cluster::new("jsonlog");
-    started_pods(&mut c, 80, 2);
-    c.write("apache-service.json", SEED_SERVICE);
-    c.write("pods.yaml", SEED_PODS);
+    seed_on_two_pods(&mut c);
     c.start_daemon(&["--log-format", "json"]);
     let logs = c.daemon_logs();
     let events: Vec<serde_json::Value> = logs
@@ -1535,10 +1495,8 @@ fn json_logs_carry_typed_fields_one_event_a_line() {
 #[test]
 fn sighup_reads_the_config_file_again_and_takes_its_new_settings_live() {
     let mut c = Cluster::new("hupcfg");
-    started_pods(&mut c, 80, 2);
+    seed_on_two_pods(&mut c);
     let client = c.client("client", CLIENT);
-    c.write("apache-service.json", SEED_SERVICE);
-    c.write("pods.yaml", SEED_PODS);
     // The config file lives outside the services directory, as /etc/portald/config.yaml.
     let config = c.temp().join("config.yaml");
     std::fs::write(&config, "backend: iptables\n").unwrap();

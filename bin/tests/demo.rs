@@ -2,9 +2,9 @@
 //! hidden `portald backend` answers HTTP and UDP across the testbed's bridge, `udp-probe`
 //! sees its replies. Needs root, iproute2 and curl; fails, never skips, without them.
 
-use engine::netns::{Testbed, SIGTERM};
 use std::net::Ipv4Addr;
 use std::time::Duration;
+use testbed::{Testbed, SIGTERM};
 
 const PORTALD: &str = env!("CARGO_BIN_EXE_portald");
 const A: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);

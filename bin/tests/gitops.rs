@@ -1,8 +1,11 @@
 //! The CI side of GitOps without kernel access: `check --strict`, "did you mean", errors in
 //! the user's terms, repository-relative GitHub annotations, versioned JSON and its schemas.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use support::scratch::Scratch;
 
 fn portald(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_portald"))
@@ -17,42 +20,6 @@ fn code(out: &Output) -> i32 {
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// A directory of the test's own, removed when dropped (also when the test fails).
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(what: &str) -> Scratch {
-        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir =
-            std::env::temp_dir().join(format!("portald-gitops-{what}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("scratch dir");
-        Scratch(dir)
-    }
-
-    fn write(&self, name: &str, content: &str) -> &Self {
-        let path = self.0.join(name);
-        std::fs::create_dir_all(path.parent().expect("a parent")).expect("parent dir");
-        std::fs::write(path, content).expect("file written");
-        self
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-
-    fn arg(&self) -> String {
-        self.0.display().to_string()
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 const MISSPELT_FIELD: &str = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  clusterIP: 10.11.0.9\n  ports:\n  - port: 80\n    targetport: 8080\n";

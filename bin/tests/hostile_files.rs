@@ -166,6 +166,11 @@ fn diagnostic_of<'a>(diagnostics: &'a [serde_json::Value], file: &str) -> &'a se
         .unwrap_or_else(|| panic!("no diagnostic for `{file}`: {diagnostics:?}"))
 }
 
+/// A diagnostic's message text.
+fn message_of(d: &serde_json::Value) -> &str {
+    d["message"].as_str().expect("a message")
+}
+
 #[test]
 fn nested_brackets_of_400_kb_are_refused_quickly_while_a_good_file_still_loads() {
     let root = private_dir();
@@ -201,10 +206,7 @@ fn nested_brackets_of_400_kb_are_refused_quickly_while_a_good_file_still_loads()
         assert_eq!(d["severity"], "error", "{d}");
         assert_eq!(d["line"], line, "{d}");
         assert!(
-            d["message"]
-                .as_str()
-                .unwrap()
-                .contains("nested deeper than 64 levels"),
+            message_of(d).contains("nested deeper than 64 levels"),
             "{d}"
         );
     }
@@ -245,10 +247,7 @@ fn a_200_mb_file_is_refused_quickly_with_bounded_memory() {
     assert_eq!(names, ["default/web"]);
     let d = diagnostic_of(&diagnostics, "big.yaml");
     assert!(
-        d["message"]
-            .as_str()
-            .unwrap()
-            .contains("file is 209715200 bytes, over the limit of 4194304 bytes"),
+        message_of(d).contains("file is 209715200 bytes, over the limit of 4194304 bytes"),
         "{d}"
     );
 }

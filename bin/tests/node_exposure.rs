@@ -43,7 +43,7 @@ fn guard(backend: &str) {
     let (all, lines) = c.udp_probe(&client, "10.11.0.53:53", 3);
     assert!(all, "UDP through the VIP: {lines:?}");
 
-    let node_addr = engine::netns::NODE_ADDR;
+    let node_addr = testbed::NODE_ADDR;
     let direct = c.curl(&client, &format!("http://{node_addr}:{tcp}/"), 5);
     assert_eq!(
         direct.code,

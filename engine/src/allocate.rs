@@ -543,6 +543,17 @@ mod tests {
         }
     }
 
+    /// `allocate` of `list` in 10.11.0.0/16 from `lock` and `live`, with no broken file (the
+    /// lock entries of services not in `list` are dropped).
+    fn allocate_from(list: &[Service], lock: &Lock, live: &LiveHints) -> Allocation {
+        allocate(&services(list), lock, live, &config("10.11.0.0/16"), false)
+    }
+
+    /// A first allocation of `list`: no lock, nothing live.
+    fn fresh(list: &[Service]) -> Allocation {
+        allocate_from(list, &Lock::default(), &LiveHints::default())
+    }
+
     #[test]
     fn network_and_broadcast_addresses_are_never_handed_out() {
         let all: Vec<Service> = (0..2)
@@ -577,21 +588,9 @@ mod tests {
     #[test]
     fn lock_keeps_a_vip_when_an_earlier_service_appears() {
         let b = service("b", VipRequest::Auto);
-        let first = allocate(
-            &services(std::slice::from_ref(&b)),
-            &Lock::default(),
-            &LiveHints::default(),
-            &config("10.11.0.0/16"),
-            false,
-        );
+        let first = fresh(std::slice::from_ref(&b));
         let a = service("a", VipRequest::Auto);
-        let second = allocate(
-            &services(&[a.clone(), b.clone()]),
-            &first.lock,
-            &LiveHints::default(),
-            &config("10.11.0.0/16"),
-            false,
-        );
+        let second = allocate_from(&[a.clone(), b.clone()], &first.lock, &LiveHints::default());
         assert_eq!(first.vips[&b.key], second.vips[&b.key]);
         assert_ne!(second.vips[&a.key], second.vips[&b.key]);
     }
@@ -599,22 +598,10 @@ mod tests {
     #[test]
     fn explicit_cluster_ip_cannot_take_a_locked_address() {
         let a = service("a", VipRequest::Auto);
-        let first = allocate(
-            &services(std::slice::from_ref(&a)),
-            &Lock::default(),
-            &LiveHints::default(),
-            &config("10.11.0.0/16"),
-            false,
-        );
+        let first = fresh(std::slice::from_ref(&a));
         let taken = first.vips[&a.key].0;
         let b = service("b", VipRequest::Explicit(taken));
-        let second = allocate(
-            &services(&[a.clone(), b.clone()]),
-            &first.lock,
-            &LiveHints::default(),
-            &config("10.11.0.0/16"),
-            false,
-        );
+        let second = allocate_from(&[a.clone(), b.clone()], &first.lock, &LiveHints::default());
         assert_eq!(second.vips[&a.key].0, taken);
         assert!(!second.vips.contains_key(&b.key));
         assert!(second.diagnostics[0]
@@ -629,26 +616,14 @@ mod tests {
             foreign_ports: [(Protocol::Tcp, 20000)].into_iter().collect(),
             ..LiveHints::default()
         };
-        let out = allocate(
-            &services(&[a]),
-            &Lock::default(),
-            &live,
-            &config("10.11.0.0/16"),
-            false,
-        );
+        let out = allocate_from(&[a], &Lock::default(), &live);
         assert_eq!(out.proxy_ports.values().next().unwrap().0, 20001);
     }
 
     #[test]
     fn lock_entries_of_broken_files_survive_when_asked() {
         let a = service("a", VipRequest::Auto);
-        let first = allocate(
-            &services(std::slice::from_ref(&a)),
-            &Lock::default(),
-            &LiveHints::default(),
-            &config("10.11.0.0/16"),
-            false,
-        );
+        let first = fresh(std::slice::from_ref(&a));
         let kept = allocate(
             &BTreeMap::new(),
             &first.lock,
@@ -722,12 +697,10 @@ mod tests {
     #[test]
     fn a_locked_vip_is_honoured_while_a_removed_service_still_holds_it_live() {
         // `old` was deleted and `new` added in one commit; the lock gives `new` the freed VIP.
-        let out = allocate(
-            &services(&[service("new", VipRequest::Auto)]),
+        let out = allocate_from(
+            &[service("new", VipRequest::Auto)],
             &lock_of(&[("new", "10.11.0.1")]),
             &live_on(&[("old", "10.11.0.1")]),
-            &config("10.11.0.0/16"),
-            false,
         );
         assert_eq!(vip_of(&out, "new").as_deref(), Some("10.11.0.1"));
         assert!(out.diagnostics.is_empty(), "{:?}", out.diagnostics);
@@ -737,15 +710,13 @@ mod tests {
     fn the_lock_wins_over_a_vip_this_host_gave_another_service() {
         // This host saw `b` first and gave it .1; the lock says .1 is `a`'s and .2 `b`'s.
         let live = live_on(&[("b", "10.11.0.1")]);
-        let out = allocate(
-            &services(&[
+        let out = allocate_from(
+            &[
                 service("a", VipRequest::Auto),
                 service("b", VipRequest::Auto),
-            ]),
+            ],
             &lock_of(&[("a", "10.11.0.1"), ("b", "10.11.0.2")]),
             &live,
-            &config("10.11.0.0/16"),
-            false,
         );
         assert_eq!(vip_of(&out, "a").as_deref(), Some("10.11.0.1"));
         assert_eq!(vip_of(&out, "b").as_deref(), Some("10.11.0.2"));
@@ -753,12 +724,10 @@ mod tests {
 
     #[test]
     fn a_newcomer_never_takes_the_vip_the_lock_gives_a_service_not_arrived_yet() {
-        let out = allocate(
-            &services(&[service("b", VipRequest::Auto)]),
+        let out = allocate_from(
+            &[service("b", VipRequest::Auto)],
             &lock_of(&[("a", "10.11.0.1")]),
             &LiveHints::default(),
-            &config("10.11.0.0/16"),
-            false,
         );
         assert_eq!(vip_of(&out, "b").as_deref(), Some("10.11.0.2"));
     }
@@ -796,16 +765,14 @@ mod tests {
 
     #[test]
     fn two_services_locked_to_one_vip_is_an_error_naming_both_and_neither_gets_it() {
-        let out = allocate(
-            &services(&[
+        let out = allocate_from(
+            &[
                 service("a", VipRequest::Auto),
                 service("b", VipRequest::Auto),
                 service("c", VipRequest::Auto),
-            ]),
+            ],
             &lock_of(&[("a", "10.11.0.1"), ("b", "10.11.0.1")]),
             &LiveHints::default(),
-            &config("10.11.0.0/16"),
-            false,
         );
         assert_eq!(vip_of(&out, "a"), None);
         assert_eq!(vip_of(&out, "b"), None);
@@ -822,12 +789,10 @@ mod tests {
 
     #[test]
     fn a_locked_vip_outside_the_cidr_is_an_error_not_a_new_address() {
-        let out = allocate(
-            &services(&[service("a", VipRequest::Auto)]),
+        let out = allocate_from(
+            &[service("a", VipRequest::Auto)],
             &lock_of(&[("a", "192.168.0.1")]),
             &LiveHints::default(),
-            &config("10.11.0.0/16"),
-            false,
         );
         assert_eq!(vip_of(&out, "a"), None);
         assert!(out.diagnostics[0].is_error());
@@ -841,23 +806,15 @@ mod tests {
     #[test]
     fn without_a_lock_the_vip_this_host_recorded_is_kept_across_a_restart() {
         let b = service("b", VipRequest::Auto);
-        let first = allocate(
-            &services(std::slice::from_ref(&b)),
-            &Lock::default(),
-            &LiveHints::default(),
-            &config("10.11.0.0/16"),
-            false,
-        );
+        let first = fresh(std::slice::from_ref(&b));
         // Restarted with no rules left and a newcomer that sorts first: `b` keeps its VIP.
-        let again = allocate(
-            &services(&[service("a", VipRequest::Auto), b]),
+        let again = allocate_from(
+            &[service("a", VipRequest::Auto), b],
             &Lock::default(),
             &LiveHints {
                 state: first.lock.clone(),
                 ..LiveHints::default()
             },
-            &config("10.11.0.0/16"),
-            false,
         );
         assert_eq!(vip_of(&again, "b"), vip_of(&first, "b"));
         assert_ne!(vip_of(&again, "a"), vip_of(&first, "b"));

@@ -1,9 +1,9 @@
 //! Executes a plan: listeners open first, one atomic kernel batch, listeners close last; then
 //! re-observes and verifies that live equals intent.
 
-use crate::compile::{Listener, ListenerKey};
 use crate::diff::diff_nat;
 use crate::exec::{Exec, ExecError};
+use crate::listeners::{Listener, ListenerKey};
 use crate::observe::dialect;
 use crate::plan::{Plan, Step};
 use planners::{Action, Change, Invocation, NatState, PortalRule, Protocol, StrayRule};

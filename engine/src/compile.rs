@@ -5,6 +5,7 @@ use crate::allocate::{port_id, Allocation};
 use crate::config::{Backend, Config, Mode};
 use crate::diagnostics::{Diagnostic, Severity};
 use crate::endpoints::EndpointIndex;
+use crate::listeners::{listeners_as_list, Listener, ListenerKey};
 use crate::model::*;
 use planners::{
     Action, Comment, GuardedPort, Masquerade, NatState, Net, Path, PortalKey, PortalRule, Protocol,
@@ -13,44 +14,6 @@ use planners::{
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
-
-/// A proxy listener, identified by protocol and port.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Serialize,
-    Deserialize,
-    schemars::JsonSchema,
-)]
-pub struct ListenerKey {
-    #[serde(rename = "listener_protocol")]
-    pub protocol: Protocol,
-    #[serde(rename = "listener_port")]
-    pub port: ProxyPort,
-}
-
-impl std::fmt::Display for ListenerKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.protocol, self.port)
-    }
-}
-
-/// What one proxy listener serves.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-pub struct Listener {
-    /// `ns/name:port`, as in the rule comments.
-    pub name: String,
-    pub vip: Vip,
-    pub service_port: u16,
-    pub endpoints: Vec<Endpoint>,
-    pub affinity_seconds: Option<u32>,
-}
 
 /// The normalized model of one service port, for output and golden files.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -344,34 +307,5 @@ fn portal_net(config: &Config) -> Net {
     Net {
         addr: config.portal_cidr.network(),
         len: config.portal_cidr.prefix(),
-    }
-}
-
-/// Listener maps as lists in JSON, whose maps need string keys.
-pub mod listeners_as_list {
-    use super::{Listener, ListenerKey};
-    use crate::observe::ListenerEntry;
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-    use std::collections::BTreeMap;
-
-    pub fn serialize<S: Serializer>(
-        map: &BTreeMap<ListenerKey, Listener>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        let list: Vec<ListenerEntry> = map
-            .iter()
-            .map(|(k, l)| ListenerEntry {
-                key: *k,
-                listener: l.clone(),
-            })
-            .collect();
-        list.serialize(s)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<BTreeMap<ListenerKey, Listener>, D::Error> {
-        let list = Vec::<ListenerEntry>::deserialize(d)?;
-        Ok(list.into_iter().map(|e| (e.key, e.listener)).collect())
     }
 }

@@ -1,6 +1,7 @@
 //! Compares intent with what is live: the changes that turn one into the other.
 
-use crate::compile::{Intent, Listener, ListenerKey};
+use crate::compile::Intent;
+use crate::listeners::{Listener, ListenerKey};
 use crate::observe::Observed;
 use planners::{Change, NatState};
 use serde::{Deserialize, Serialize};

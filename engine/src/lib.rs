@@ -1,4 +1,10 @@
 //! portald's engine: load → validate → allocate → compile → observe → diff → plan → apply.
+//!
+//! The control plane: the pure stages (`load` … `plan`, over the `model` and `listeners`
+//! types) and the few modules that touch the world (`exec`, the one process seam; `observe`;
+//! `apply`; the `daemon` with its reconciler). The userspace proxy is the `dataplane` crate,
+//! which the reconciler alone drives; the kernel dialects are the `planners` crate. Neither
+//! the CLI nor the test bed is a dependency.
 
 pub mod allocate;
 pub mod apply;
@@ -6,15 +12,14 @@ pub mod catalog;
 pub mod compile;
 pub mod config;
 pub mod daemon;
-pub mod dataplane;
 pub mod diagnostics;
 pub mod diff;
 pub mod endpoints;
 pub mod escape;
 pub mod exec;
+pub mod listeners;
 pub mod load;
 pub mod model;
-pub mod netns;
 pub mod observe;
 pub mod pipeline;
 pub mod plan;

@@ -3,8 +3,8 @@
 //! service's VIP.
 
 use engine::allocate::Lock;
-use engine::compile::{Listener, ListenerKey};
 use engine::config::Config;
+use engine::listeners::{Listener, ListenerKey};
 use engine::load::{parse_file, ParsedFile, SourceFile};
 use engine::observe::Observed;
 use engine::pipeline::{run, Outcome};

@@ -2,8 +2,8 @@
 //! plans do not depend on file order, edges point forward, VIPs survive with the lock.
 
 use engine::allocate::Lock;
-use engine::compile::{Listener, ListenerKey};
 use engine::config::Config;
+use engine::listeners::{Listener, ListenerKey};
 use engine::load::{parse_file, ParsedFile, SourceFile};
 use engine::observe::Observed;
 use engine::pipeline::{run, Outcome};

@@ -1,7 +1,8 @@
 //! Kernel dialects for portald: render intended NAT state and parse live dumps, purely.
 //!
 //! Nothing here runs a process: a dialect says which command to run and what text to send,
-//! and the engine's one process seam does the running.
+//! and the engine's one process seam does the running. A leaf of the workspace: it depends
+//! on no other crate of it, and the engine is its caller.
 
 pub mod iptables;
 pub mod model;

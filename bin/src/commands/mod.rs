@@ -109,7 +109,7 @@ pub fn backend(arg: BackendArg) -> Backend {
 /// The daemon's open listeners in the engine's terms, from its status.
 pub fn listeners_of(
     status: &engine::daemon::control::Status,
-) -> std::collections::BTreeMap<engine::compile::ListenerKey, engine::compile::Listener> {
+) -> std::collections::BTreeMap<engine::listeners::ListenerKey, engine::listeners::Listener> {
     status
         .open
         .iter()

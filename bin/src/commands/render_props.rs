@@ -2,10 +2,11 @@
 //! record per line, no control character and bounded lines, on random hostile and huge input.
 
 use super::status;
-use engine::compile::{Listener, ListenerKey, PortView, ServiceView};
+use engine::compile::{PortView, ServiceView};
 use engine::config::{Backend, Mode};
 use engine::daemon::control::{ListenerView, ReconcileResult, Status};
 use engine::diagnostics::{render, Diagnostic, ReportFormat, Severity};
+use engine::listeners::{Listener, ListenerKey};
 use engine::model::{Endpoint, ProxyPort, ServiceType, SourceRef, TargetPort, Vip};
 use engine::plan::render::{plan_text, services_table};
 use engine::plan::{Plan, Step, Summary};

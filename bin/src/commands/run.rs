@@ -2,8 +2,8 @@
 
 use crate::args::RunArgs;
 use anyhow::{Context, Result};
+use dataplane::{raise_nofile_limit, DataPlaneConfig, Keepalive, OutlierDetection};
 use engine::daemon::{run as run_daemon, DaemonConfig};
-use engine::dataplane::{raise_nofile_limit, DataPlaneConfig, Keepalive, OutlierDetection};
 use engine::exec::SystemExec;
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,9 +2,9 @@
 
 use crate::args::SnapshotArgs;
 use anyhow::{Context, Result};
-use engine::compile::{Listener, ListenerKey};
 use engine::daemon::control::{request, ControlError, Request};
 use engine::exec::SystemExec;
+use engine::listeners::{Listener, ListenerKey};
 use engine::observe::{observe, Snapshot};
 use std::collections::BTreeMap;
 use std::path::Path;

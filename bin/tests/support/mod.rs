@@ -7,15 +7,17 @@
 
 #![allow(dead_code)]
 
+pub mod scratch;
+
 use engine::compile::{PortView, ServiceView};
 pub use engine::daemon::control::{ListenerView, Status};
-use engine::netns::Testbed;
 use std::fs::File;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
+use testbed::Testbed;
 
 pub const PORTALD: &str = env!("CARGO_BIN_EXE_portald");
 

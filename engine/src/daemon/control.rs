@@ -80,7 +80,7 @@ pub struct Status {
     pub services: Vec<ServiceView>,
     pub listeners: Vec<ListenerView>,
     /// The listeners as the reconciler opened them (what `plan` diffs against).
-    pub open: Vec<crate::observe::ListenerEntry>,
+    pub open: Vec<crate::listeners::ListenerEntry>,
     pub last_reconcile: Option<ReconcileResult>,
     pub diagnostics: Vec<Diagnostic>,
     /// Services held by `--require-lock` (`ns/name`): no lock entry, so no VIP.

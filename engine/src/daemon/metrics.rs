@@ -2,7 +2,7 @@
 //! kube-proxy's own metrics (pkg/proxy/metrics/metrics.go) with `portald_` for `kubeproxy_`.
 
 use crate::compile::Intent;
-use crate::dataplane::{DataPlane, ListenerStatus};
+use dataplane::{DataPlane, ListenerStatus};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -674,7 +674,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_ejected_endpoint_shows_as_unhealthy_with_its_transition_and_the_ejection_counted() {
-        use crate::dataplane::{Backends, DataPlaneConfig, ListenerSpec};
+        use dataplane::{Backends, DataPlaneConfig, ListenerSpec};
         let local = std::net::IpAddr::from([127, 0, 0, 1]);
         let dataplane = DataPlane::new(DataPlaneConfig {
             listen_addr: local,
@@ -695,7 +695,7 @@ mod tests {
         });
         let port = dataplane
             .open(ListenerSpec {
-                protocol: planners::Protocol::Tcp,
+                protocol: dataplane::Protocol::Tcp,
                 port: 0,
                 name: "default/web:http".into(),
                 backends: Backends {

@@ -11,9 +11,9 @@ pub mod systemd;
 pub mod watch;
 
 use crate::config::Config;
-use crate::dataplane::{DataPlane, DataPlaneConfig};
 use crate::exec::Exec;
 use control::{Request, Response, Status};
+use dataplane::{DataPlane, DataPlaneConfig};
 use reconciler::{DataPlaneControl, Reconciler};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -123,7 +123,7 @@ pub fn apply_once(
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start a runtime: {e}"))?;
-    let dataplane = DataPlane::new(crate::dataplane::DataPlaneConfig::default());
+    let dataplane = DataPlane::new(DataPlaneConfig::default());
     let control = Arc::new(DataPlaneControl::new(dataplane, runtime.handle().clone()));
     let status = Arc::new(Mutex::new(Status::default()));
     let mut reconciler = Reconciler::new(
@@ -667,17 +667,17 @@ async fn serve_control(
     // Out of descriptors, a failed accept leaves the connection queued and the socket
     // ready: retrying at once would spin a core and log without end. Back off instead, and
     // log once per run of failures.
-    let mut backoff = crate::dataplane::Backoff::new();
-    let mut failing = crate::dataplane::Episode::default();
+    let mut backoff = dataplane::Backoff::new();
+    let mut failing = dataplane::Episode::default();
     loop {
         let stream = match socket.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
                 match failing.failed() {
-                    Some(crate::dataplane::EpisodeLog::Started) => {
+                    Some(dataplane::EpisodeLog::Started) => {
                         tracing::warn!(error = %e, "control socket: accept failed; backing off");
                     }
-                    Some(crate::dataplane::EpisodeLog::Continues { failures, elapsed }) => {
+                    Some(dataplane::EpisodeLog::Continues { failures, elapsed }) => {
                         tracing::warn!(error = %e, failures, elapsed = ?elapsed, "control socket: accepts still failing");
                     }
                     None => {}
@@ -724,7 +724,7 @@ async fn serve_control(
                     snapshot.open = control
                         .listeners()
                         .into_iter()
-                        .map(|(key, listener)| crate::observe::ListenerEntry { key, listener })
+                        .map(|(key, listener)| crate::listeners::ListenerEntry { key, listener })
                         .collect();
                     Response {
                         ok: true,

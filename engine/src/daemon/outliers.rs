@@ -1,8 +1,7 @@
 //! Outlier detection's records (from the data plane) as `status` rows and metric labels.
 
 use super::control::EndpointHealthView;
-use crate::dataplane::{EndpointHealth, ListenerHealth};
-use planners::Protocol;
+use dataplane::{EndpointHealth, ListenerHealth, Protocol};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The `check` of outlier detection's rows and series.
@@ -13,7 +12,7 @@ pub const CHECK: &str = "outlier-detection";
 /// last `:` is the separator; a name without one (an overlong name's hashed comment) is
 /// kept whole as the Service.
 pub fn service_port(name: &str, protocol: Protocol) -> (String, String) {
-    let protocol = protocol.as_str().to_ascii_uppercase();
+    let protocol = protocol.to_string().to_ascii_uppercase();
     match name.rsplit_once(':') {
         Some((service, port)) => (service.to_string(), format!("{port}/{protocol}")),
         None => (name.to_string(), format!("?/{protocol}")),

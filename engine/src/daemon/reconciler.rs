@@ -5,17 +5,19 @@ use super::control::{ListenerView, ReconcileResult, Status};
 use super::metrics::{FailureCause, Metrics};
 use crate::allocate::Lock;
 use crate::apply::{apply, verify, ListenerControl};
-use crate::compile::{Intent, Listener, ListenerKey};
+use crate::compile::Intent;
 use crate::config::Config;
-use crate::dataplane::{Backends, DataPlane, ListenerSpec};
 use crate::diagnostics::{Diagnostic, Severity};
 use crate::escape::Text;
 use crate::exec::Exec;
+use crate::listeners::{Listener, ListenerKey};
 use crate::load::{load_dir_digest, load_dir_with, ParsedFile};
 use crate::observe::{observe, observe_other, Observed};
 use crate::pipeline;
 use crate::plan::render::plan_text;
 use crate::plan::{saved, Plan};
+use dataplane::{Backends, DataPlane, ListenerSpec};
+use planners::Protocol;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -56,10 +58,27 @@ impl DataPlaneControl {
     }
 }
 
+/// The data plane's transport for a listener of the rule model: the two crates each keep
+/// their own enum (the data plane depends on no planner), and they meet only here.
+fn transport(protocol: Protocol) -> dataplane::Protocol {
+    match protocol {
+        Protocol::Tcp => dataplane::Protocol::Tcp,
+        Protocol::Udp => dataplane::Protocol::Udp,
+    }
+}
+
+/// The rule model's protocol of a data plane listener, for `status`.
+fn rule_protocol(transport: dataplane::Protocol) -> Protocol {
+    match transport {
+        dataplane::Protocol::Tcp => Protocol::Tcp,
+        dataplane::Protocol::Udp => Protocol::Udp,
+    }
+}
+
 impl ListenerControl for DataPlaneControl {
     fn open(&self, key: ListenerKey, listener: &Listener) -> Result<(), String> {
         let spec = ListenerSpec {
-            protocol: key.protocol,
+            protocol: transport(key.protocol),
             port: key.port.0,
             name: listener.name.clone(),
             backends: Self::backends(listener),
@@ -76,7 +95,11 @@ impl ListenerControl for DataPlaneControl {
 
     fn update(&self, key: ListenerKey, listener: &Listener) -> Result<(), String> {
         self.dataplane
-            .update(key.protocol, key.port.0, Self::backends(listener))
+            .update(
+                transport(key.protocol),
+                key.port.0,
+                Self::backends(listener),
+            )
             .map_err(|e| error_chain(&e))?;
         self.open
             .lock()
@@ -87,7 +110,7 @@ impl ListenerControl for DataPlaneControl {
 
     fn close(&self, key: ListenerKey) -> Result<(), String> {
         self.runtime
-            .block_on(self.dataplane.close(key.protocol, key.port.0))
+            .block_on(self.dataplane.close(transport(key.protocol), key.port.0))
             .map_err(|e| error_chain(&e))?;
         self.open.lock().expect("listener map lock").remove(&key);
         Ok(())
@@ -626,7 +649,7 @@ impl Reconciler {
             .status()
             .into_iter()
             .map(|s| ListenerView {
-                protocol: s.protocol,
+                protocol: rule_protocol(s.protocol),
                 port: s.port,
                 name: s.name,
                 endpoints: s.endpoints.iter().map(ToString::to_string).collect(),

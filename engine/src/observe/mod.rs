@@ -6,9 +6,9 @@ pub mod forward_policy;
 pub mod routes;
 pub mod sockets;
 
-use crate::compile::{Listener, ListenerKey};
 use crate::config::Backend;
 use crate::exec::{Exec, ExecError};
+use crate::listeners::{Listener, ListenerEntry, ListenerKey};
 use planners::{Dialect, Live, ParseError, Protocol};
 use serde::{Deserialize, Serialize};
 use sockets::HeldSocket;
@@ -173,15 +173,6 @@ pub struct Snapshot {
     pub listeners: Vec<ListenerEntry>,
     #[serde(default)]
     pub sockets: Vec<HeldSocket>,
-}
-
-/// A listener with its key, for JSON (whose maps need string keys).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-pub struct ListenerEntry {
-    #[serde(flatten)]
-    pub key: ListenerKey,
-    #[serde(flatten)]
-    pub listener: Listener,
 }
 
 pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;

@@ -4,9 +4,9 @@ pub mod graph;
 pub mod render;
 pub mod saved;
 
-use crate::compile::{Listener, ListenerKey};
 use crate::config::{Backend, Mode};
 use crate::diff::{ChangeSet, ListenerChange};
+use crate::listeners::{Listener, ListenerKey};
 use crate::observe::dialect;
 use planners::{Change, NatState};
 use serde::{Deserialize, Serialize};

@@ -1,8 +1,9 @@
 //! Human output: the services table (as the seed printed it) and `+ ~ -` plan lines.
 
 use super::{Plan, Step};
-use crate::compile::{Listener, ServiceView};
+use crate::compile::ServiceView;
 use crate::escape;
+use crate::listeners::Listener;
 use crate::model::Endpoint;
 use planners::{Action, Change, PortalRule};
 use std::fmt::Write;
@@ -112,7 +113,7 @@ fn rule(rule: &PortalRule) -> String {
     )
 }
 
-fn listener(key: &crate::compile::ListenerKey, l: &Listener) -> String {
+fn listener(key: &crate::listeners::ListenerKey, l: &Listener) -> String {
     let affinity = l
         .affinity_seconds
         .map(|s| format!(" (ClientIP affinity {s}s)"))

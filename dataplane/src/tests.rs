@@ -537,18 +537,19 @@ async fn silent_endpoint_times_out_and_next_is_used() {
     assert_eq!((status.failures, status.rejected), (1, 0));
 }
 
+/// A data plane with one TCP listener over endpoints `a` then `b`, with client-IP affinity
+/// for `affinity`: the plane, the listener's port and `a`'s task (to stop it).
+async fn affine_a_then_b(affinity: Duration) -> (DataPlane, u16, JoinHandle<()>) {
+    let plane = DataPlane::new(config());
+    let (a, a_task) = backend("a").await;
+    let (b, _) = backend("b").await;
+    let port = open(&plane, Protocol::Tcp, &[a, b], Some(affinity)).await;
+    (plane, port, a_task)
+}
+
 #[tokio::test]
 async fn affinity_keeps_client_on_one_endpoint() {
-    let plane = DataPlane::new(config());
-    let (a, _) = backend("a").await;
-    let (b, _) = backend("b").await;
-    let port = open(
-        &plane,
-        Protocol::Tcp,
-        &[a, b],
-        Some(Duration::from_secs(60)),
-    )
-    .await;
+    let (_plane, port, _) = affine_a_then_b(Duration::from_secs(60)).await;
 
     let mut seen = Vec::new();
     for source in [LOCAL, LOCAL, LOCAL, OTHER, LOCAL, OTHER] {
@@ -560,10 +561,7 @@ async fn affinity_keeps_client_on_one_endpoint() {
 
 #[tokio::test]
 async fn affinity_expires_after_timeout() {
-    let plane = DataPlane::new(config());
-    let (a, _) = backend("a").await;
-    let (b, _) = backend("b").await;
-    let port = open(&plane, Protocol::Tcp, &[a, b], Some(ms(300))).await;
+    let (_plane, port, _) = affine_a_then_b(ms(300)).await;
 
     assert_eq!(ask(port).await, "a");
     assert_eq!(ask(port).await, "a");
@@ -574,16 +572,7 @@ async fn affinity_expires_after_timeout() {
 
 #[tokio::test]
 async fn affinity_moves_when_its_endpoint_fails() {
-    let plane = DataPlane::new(config());
-    let (a, a_task) = backend("a").await;
-    let (b, _) = backend("b").await;
-    let port = open(
-        &plane,
-        Protocol::Tcp,
-        &[a, b],
-        Some(Duration::from_secs(60)),
-    )
-    .await;
+    let (plane, port, a_task) = affine_a_then_b(Duration::from_secs(60)).await;
     assert_eq!(ask(port).await, "a");
 
     stop(a_task).await;

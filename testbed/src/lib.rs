@@ -3,7 +3,8 @@
 //! background processes that are always reaped, with every namespace deleted on drop.
 //!
 //! This is the test and demo shell, not the engine's kernel seam: it shells out to `ip`
-//! with `std::process::Command` directly.
+//! with `std::process::Command` directly. A crate of its own so that the product's engine
+//! carries no test bed: only `portald demo` and the tests depend on it.
 
 use std::collections::BTreeMap;
 use std::fs::File;

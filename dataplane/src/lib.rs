@@ -10,13 +10,19 @@
 //! TCP runs on its own worker threads, one single-threaded runtime each; every worker waits
 //! on each listening socket in its own epoll set, and a connection lives and dies on the
 //! worker that accepted it. UDP runs on the caller's runtime.
+//!
+//! A crate of its own, below the engine: sockets and tokio only, no planner and no loader
+//! (its [`Protocol`] is its own), so the proxy builds and is tested apart from the control
+//! plane.
 
 #![forbid(unsafe_code)]
 
+mod activity;
 mod balancer;
 mod copy;
 mod limits;
 mod outlier;
+mod protocol;
 mod sockopt;
 mod splice;
 mod tcp;
@@ -30,11 +36,11 @@ pub use limits::{
     EpisodeLog, NofileLimit,
 };
 pub use outlier::OutlierDetection;
+pub use protocol::Protocol;
 pub use sockopt::{original_dst, Keepalive};
 
 use balancer::Balancer;
 use limits::Budget;
-use planners::Protocol;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io;

@@ -8,7 +8,7 @@
 //!
 //! The system calls (`pipe2`, `splice`, `fcntl`) go through `nix`'s safe wrappers.
 
-use super::copy::Activity;
+use super::activity::Activity;
 use super::lock;
 use nix::fcntl::{fcntl, FcntlArg, OFlag, SpliceFFlags};
 use std::future::poll_fn;

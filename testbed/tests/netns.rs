@@ -3,12 +3,12 @@
 //! Needs root and iproute2 (and curl); fails, never skips, without them.
 //!
 //! The server in a host is this very test binary, re-run with `NETNS_TEST_SERVE` set (see
-//! `helper_http_server`), so the engine's tests need no other program to listen.
+//! `helper_http_server`), so the testbed's tests need no other program to listen.
 
-use engine::netns::{Testbed, NODE_ADDR};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener};
 use std::time::{Duration, Instant};
+use testbed::{Testbed, NODE_ADDR};
 
 const A: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
 const B: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 3);

@@ -6,6 +6,7 @@
 //! writes until the reader has nothing more, and gives the buffer back. Thousands of idle
 //! connections thus cost their sockets and a task each, not 2 × 16 KiB.
 
+use super::activity::Activity;
 use super::splice;
 use socket2::SockRef;
 use std::cell::RefCell;
@@ -18,7 +19,6 @@ use std::task::Poll;
 use tokio::io::{AsyncRead, AsyncWriteExt, Interest, ReadBuf};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::time::{Duration, Instant};
 
 /// Bytes one read may take. Large enough that a bulk transfer makes few syscalls; it costs
 /// nothing while a connection is idle.
@@ -63,35 +63,6 @@ impl Drop for Held<'_> {
                 pool.push(buf);
             }
         });
-    }
-}
-
-/// When either direction of a connection last moved (a read, a write, or an EOF), so the
-/// half-close timeout measures silence, not age.
-pub(super) struct Activity {
-    base: Instant,
-    /// Nanoseconds after `base` of the latest activity.
-    last: AtomicU64,
-}
-
-impl Activity {
-    pub(super) fn new() -> Self {
-        Activity {
-            base: Instant::now(),
-            last: AtomicU64::new(0),
-        }
-    }
-
-    pub(super) fn touch(&self) {
-        let since_base = Instant::now().saturating_duration_since(self.base);
-        self.last.fetch_max(
-            u64::try_from(since_base.as_nanos()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
-    }
-
-    pub(super) fn last(&self) -> Instant {
-        self.base + Duration::from_nanos(self.last.load(Ordering::Relaxed))
     }
 }
 

@@ -1,6 +1,7 @@
 //! TCP listeners: accept, dial an endpoint with retries, and copy both ways with half-close.
 
-use super::copy::{forward, Activity, Link};
+use super::activity::Activity;
+use super::copy::{forward, Link};
 use super::limits::{is_resource_shortage, Backoff, Budget, EpisodeLog};
 use super::sockopt::{original_dst, reset, set_keepalive, Keepalive};
 use super::{DataPlaneConfig, Shared, TaskCtx};
