@@ -312,7 +312,10 @@ pub fn compile(
         intent.services.push(view);
     }
     if !forward.is_empty() {
-        let slot = [Scaffold::Chain(Slot::Forward), Scaffold::Hook(Slot::Forward)];
+        let slot = [
+            Scaffold::Chain(Slot::Forward),
+            Scaffold::Hook(Slot::Forward),
+        ];
         let entries = forward.into_iter().map(Scaffold::Forward);
         intent.companion.scaffold = slot.into_iter().chain(entries).collect();
         if config.backend == Backend::Iptables {

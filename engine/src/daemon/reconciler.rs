@@ -448,6 +448,7 @@ impl Reconciler {
             outcome.conflicts.len(),
         );
         let mut diagnostics = status_diagnostics(loaded, &outcome, &lock, &self.config);
+        let mut forward_drops = 0;
         if self.config.mode == crate::config::Mode::Kernel {
             // Bridges and their ports change under the daemon: looked at every pass.
             use crate::observe::bridges;
@@ -463,6 +464,7 @@ impl Reconciler {
                     &forward_policy::dropping_forward_chains(&observed.dump),
                     &observed.companions,
                 );
+                forward_drops = chains.len();
                 warnings.extend(forward_policy::forward_drop_warnings(&chains));
             }
             for d in warnings {
@@ -471,6 +473,7 @@ impl Reconciler {
                 }
             }
         }
+        self.metrics.forward_drops(forward_drops);
         // Each problem is logged once, when a pass first sees it; `status` shows them all.
         for d in &diagnostics {
             if !self.reported.contains(d) {
@@ -499,9 +502,7 @@ impl Reconciler {
                 self.step = match e {
                     crate::apply::ApplyError::Batch(_)
                     | crate::apply::ApplyError::Retire(_)
-                    | crate::apply::ApplyError::Companion { .. } => {
-                        FailureCause::KernelBatch
-                    }
+                    | crate::apply::ApplyError::Companion { .. } => FailureCause::KernelBatch,
                     crate::apply::ApplyError::Verify { .. } => FailureCause::Verify,
                     _ => FailureCause::Listener,
                 };

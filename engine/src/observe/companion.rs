@@ -186,7 +186,11 @@ mod tests {
         let docker = read(Flavour::Nft, DOCKER).unwrap();
         assert!(docker.forward_drops);
         assert_eq!(docker.wanted(&forward), forward);
-        let open = read(Flavour::Nft, &DOCKER.replace("FORWARD DROP", "FORWARD ACCEPT")).unwrap();
+        let open = read(
+            Flavour::Nft,
+            &DOCKER.replace("FORWARD DROP", "FORWARD ACCEPT"),
+        )
+        .unwrap();
         assert!(!open.forward_drops);
         assert!(open.wanted(&forward).is_empty());
     }

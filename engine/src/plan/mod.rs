@@ -104,7 +104,7 @@ pub struct Plan {
     /// The plans for the iptables flavours beside the backend, applied right after this
     /// plan's own batch: the companion forward chain added where a FORWARD policy drops,
     /// removed where it no longer does, and (with nftables) what an iptables run left
-    /// removed around it. See [`crate::observe::companion`].
+    /// removed around it (see the `observe::companion` module).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub companions: Vec<Plan>,
     /// What the plan was made from (set by `portald plan`): `apply PLANFILE` refuses a plan

@@ -930,8 +930,14 @@ mod tests {
     fn the_policy_of_a_built_in_chain_is_read_from_its_table_only() {
         let dump = "*nat\n:FORWARD ACCEPT [0:0]\nCOMMIT\n*filter\n:INPUT ACCEPT [0:0]\n\
             :FORWARD DROP [12:345]\n:DOCKER - [0:0]\nCOMMIT\n";
-        assert_eq!(builtin_policy(dump, "filter", "FORWARD").as_deref(), Some("DROP"));
-        assert_eq!(builtin_policy(dump, "nat", "FORWARD").as_deref(), Some("ACCEPT"));
+        assert_eq!(
+            builtin_policy(dump, "filter", "FORWARD").as_deref(),
+            Some("DROP")
+        );
+        assert_eq!(
+            builtin_policy(dump, "nat", "FORWARD").as_deref(),
+            Some("ACCEPT")
+        );
         assert_eq!(builtin_policy(dump, "filter", "DOCKER"), None);
         assert_eq!(builtin_policy("", "filter", "FORWARD"), None);
     }
