@@ -535,11 +535,7 @@ impl Reconciler {
         for companion in &after.companions {
             let wanted = companion.wanted(&intent.companion);
             verify(&wanted, &companion.live.owned, &companion.live.stray).map_err(|e| {
-                format!(
-                    "after apply, what portald owns in {}: {}",
-                    companion.flavour,
-                    error_chain(&e)
-                )
+                format!("in {}: {}", companion.flavour, error_chain(&e))
             })?;
         }
         if after.listeners != intent.listeners {
