@@ -287,6 +287,21 @@ fn backend_switches_under_a_docker_forward_drop_keep_traffic_and_only_the_shared
     assert_eq!(portal_lines(&save(&c, "iptables-legacy")), COMPANION);
     assert_eq!(foreign_lines(&save(&c, "iptables-nft")), baseline);
     plans_nothing(&c, "nftables");
+
+    // Userspace mode forwards nothing of portald's: the chains go.
+    let out = c.portald(&["switch", "--mode", "userspace"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for tool in ["iptables-nft", "iptables-legacy"] {
+        assert!(
+            portal_lines(&save(&c, tool)).is_empty(),
+            "{tool} in userspace mode"
+        );
+    }
+    assert_eq!(c.get(&client, WEB_URL), "pod1", "userspace mode");
 }
 
 #[test]

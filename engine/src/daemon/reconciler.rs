@@ -534,9 +534,8 @@ impl Reconciler {
         }
         for companion in &after.companions {
             let wanted = companion.wanted(&intent.companion);
-            verify(&wanted, &companion.live.owned, &companion.live.stray).map_err(|e| {
-                format!("in {}: {}", companion.flavour, error_chain(&e))
-            })?;
+            verify(&wanted, &companion.live.owned, &companion.live.stray)
+                .map_err(|e| format!("in {}: {}", companion.flavour, error_chain(&e)))?;
         }
         if after.listeners != intent.listeners {
             return Err("after apply, the open listeners differ from the intent".into());
