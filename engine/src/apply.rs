@@ -36,6 +36,12 @@ pub enum ApplyError {
     Batch(#[source] ExecError),
     #[error("the kernel refused the batch that removes the other backend's rules")]
     Retire(#[source] ExecError),
+    #[error("the kernel refused the {flavour} batch of portald's companion forward chain")]
+    Companion {
+        flavour: &'static str,
+        #[source]
+        source: ExecError,
+    },
     #[error("after apply, the live state differs from the intent:\n{diff}")]
     Verify { diff: String },
 }
@@ -197,7 +203,7 @@ pub fn apply(
 ) -> Result<ApplyReport, ApplyError> {
     let mut report = ApplyReport::default();
     let mut batch_done = false;
-    let mut retired = plan.retire.is_none();
+    let mut retired = plan.retire.is_none() && plan.companions.is_empty();
     for step in &plan.steps {
         if step.phase() == 2 && !retired {
             retire(plan, exec)?;
@@ -227,7 +233,7 @@ pub fn apply(
             Step::Kernel(_) => {
                 // All kernel steps go in the one atomic batch, at the first kernel step.
                 if !batch_done && !plan.batch.is_empty() {
-                    let command = dialect(plan.backend).apply_command();
+                    let command = plan.apply_command();
                     let progress = Progress::start(plan, &command.to_string());
                     let sent = exec.run(&command, Some(&plan.batch));
                     progress.finish(sent.is_ok());
@@ -251,8 +257,21 @@ pub fn apply(
     Ok(report)
 }
 
-/// Removes what portald owns through the other backend, after the new state is in place.
+/// After the new state is in place: brings the iptables flavours beside the backend to
+/// what is wanted there (the companion forward chain, see
+/// [`crate::observe::companion`]), then removes what portald owns through the other backend.
 fn retire(plan: &Plan, exec: &dyn Exec) -> Result<(), ApplyError> {
+    for companion in &plan.companions {
+        if companion.batch.is_empty() {
+            continue;
+        }
+        exec.run(&companion.apply_command(), Some(&companion.batch))
+            .map_err(|source| ApplyError::Companion {
+                flavour: companion.flavour.map(|f| f.name()).unwrap_or("iptables"),
+                source,
+            })?;
+        flush_flows(exec, &companion.kernel_changes());
+    }
     let Some(old) = &plan.retire else {
         return Ok(());
     };

@@ -48,6 +48,12 @@ pub struct Intent {
     #[serde(with = "listeners_as_list")]
     pub listeners: BTreeMap<ListenerKey, Listener>,
     pub services: Vec<ServiceView>,
+    /// Kernel mode: what portald wants in an iptables flavour beside its backend whose filter
+    /// FORWARD drops by policy (see [`crate::observe::companion`]): the forward slot of the
+    /// iptables dialect, its chain, its jump and one accept per portal range. Empty in
+    /// userspace mode (nothing is forwarded). Not part of the golden model.
+    #[serde(skip)]
+    pub companion: NatState,
 }
 
 /// `ns/name:port` for a rule comment. Names were validated as DNS labels, so this only fails
@@ -107,16 +113,14 @@ pub fn compile(
         intent.nat.scaffold.insert(Scaffold::Chain(*slot));
         intent.nat.scaffold.insert(Scaffold::Hook(*slot));
     }
+    // The ranges whose translated traffic is let through a dropping FORWARD: the iptables
+    // backend's own forward slot, and the companion chain beside either backend.
+    let mut forward: Vec<Net> = Vec::new();
     if config.mode == Mode::Kernel {
         for m in masquerades(config) {
             intent.nat.scaffold.insert(Scaffold::Masquerade(m));
         }
-        if config.backend == Backend::Iptables {
-            intent
-                .nat
-                .scaffold
-                .insert(Scaffold::Forward(portal_net(config)));
-        }
+        forward.push(portal_net(config));
     }
     let index = EndpointIndex::new(catalog);
     for (key, service) in &catalog.services {
@@ -149,14 +153,13 @@ pub fn compile(
                 view.external_ips.clear();
             }
         }
-        if config.mode == Mode::Kernel && config.backend == Backend::Iptables {
+        if config.mode == Mode::Kernel {
             // External IPs are portals too: their translated traffic is let through.
             for address in addresses
                 .iter()
                 .filter(|a| !config.portal_cidr.contains(**a))
             {
-                let net = Net::new(*address, 32).expect("a /32 has no host bits");
-                intent.nat.scaffold.insert(Scaffold::Forward(net));
+                forward.push(Net::new(*address, 32).expect("a /32 has no host bits"));
             }
         }
         for port in &service.ports {
@@ -270,6 +273,20 @@ pub fn compile(
             });
         }
         intent.services.push(view);
+    }
+    if !forward.is_empty() {
+        let slot = [
+            Scaffold::Chain(Slot::Forward),
+            Scaffold::Hook(Slot::Forward),
+        ];
+        let entries = forward.into_iter().map(Scaffold::Forward);
+        intent.companion.scaffold = slot.into_iter().chain(entries).collect();
+        if config.backend == Backend::Iptables {
+            intent
+                .nat
+                .scaffold
+                .extend(intent.companion.scaffold.iter().copied());
+        }
     }
     (intent, diagnostics)
 }

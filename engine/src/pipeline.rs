@@ -89,6 +89,15 @@ pub fn run(
             plan.retire = Some(Box::new(retire));
         }
     }
+    for companion in &observed.companions {
+        let wanted = companion.wanted(&intent.companion);
+        plan.push_companion(crate::plan::companion_plan(
+            companion,
+            &wanted,
+            config.mode,
+            has_errors,
+        ));
+    }
     Outcome {
         assembled,
         allocation,

@@ -20,7 +20,7 @@ fn apply_once(args: &ApplyArgs, config: &engine::config::Config) -> Result<u8> {
     .map_err(anyhow::Error::msg)
     .with_context(|| format!("applying `{}`", args.target.display()))?;
     print!("{}", engine::plan::render::plan_text(&plan));
-    if !batch_sent && plan.retire.is_none() {
+    if !batch_sent && plan.retire.is_none() && plan.companions.is_empty() {
         println!("No batch sent: the kernel already matched.");
     }
     Ok(0)

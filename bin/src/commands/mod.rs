@@ -93,6 +93,8 @@ pub fn observe(live: &LiveArgs, backend: Backend) -> Result<Observed> {
         "observing the kernel (use --live FILE or --no-live to plan without kernel access)",
     )?;
     observed.other = engine::observe::observe_other(backend, &SystemExec);
+    observed.companions =
+        engine::observe::companion::observe_companions(backend, &observed.dump, &SystemExec);
     let other_flavour =
         engine::observe::observe_other_flavour(backend, &observed.dump, &SystemExec);
     observed.live.foreign.extend(other_flavour);

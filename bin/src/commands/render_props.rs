@@ -178,6 +178,8 @@ fn plan() -> impl Strategy<Value = Plan> {
                 held_back: 1,
                 observed: NatState::default(),
                 retire: None,
+                flavour: None,
+                companions: Vec::new(),
                 inputs: None,
             };
             Plan {

@@ -173,7 +173,7 @@ impl Metrics {
         );
         registry.register(
             "portald_conflicts",
-            "Conflicts found by the last pass: allocation (clusterIP, ports) and foreign_rule",
+            "Conflicts found by the last pass: allocation (clusterIP, ports), foreign_rule, and forward_drop (a foreign forward chain that drops the VIPs' traffic)",
             metrics.conflicts.clone(),
         );
         // Every cause from the start at 0, so `rate()` and alerts see a series before the
@@ -329,6 +329,17 @@ impl Metrics {
                 .get_or_create(&KindLabels { kind })
                 .set(count(n));
         }
+    }
+
+    /// Sets the foreign forward chains that drop by policy and that portald cannot let its
+    /// translated traffic through (kernel mode, nftables; see `observe::forward_policy`),
+    /// as `portald_conflicts{kind="forward_drop"}`: each is named in `status` and the log.
+    pub fn forward_drops(&self, chains: usize) {
+        self.conflicts
+            .get_or_create(&KindLabels {
+                kind: "forward_drop",
+            })
+            .set(count(chains));
     }
 
     /// `/healthz`: healthy while the last pass succeeded and did so within `2 × resync`.

@@ -12,7 +12,7 @@ use crate::escape::Text;
 use crate::exec::Exec;
 use crate::listeners::{Listener, ListenerKey};
 use crate::load::{load_dir_digest, load_dir_with, ParsedFile};
-use crate::observe::{observe, observe_other, Observed};
+use crate::observe::{companion, observe, observe_other, Observed};
 use crate::pipeline;
 use crate::plan::render::plan_text;
 use crate::plan::{saved, Plan};
@@ -427,6 +427,11 @@ impl Reconciler {
         )
         .map_err(|e| error_chain(&e))?;
         observed.other = observe_other(self.config.backend, self.exec.as_ref());
+        observed.companions = crate::observe::companion::observe_companions(
+            self.config.backend,
+            &observed.dump,
+            self.exec.as_ref(),
+        );
         let other_flavour = crate::observe::observe_other_flavour(
             self.config.backend,
             &observed.dump,
@@ -466,6 +471,7 @@ impl Reconciler {
             outcome.conflicts.len(),
         );
         let mut diagnostics = status_diagnostics(loaded, &outcome, &lock, &self.config);
+        let mut forward_drops = 0;
         if self.config.mode == crate::config::Mode::Kernel {
             // Bridges and their ports change under the daemon: looked at every pass.
             use crate::observe::bridges;
@@ -477,7 +483,11 @@ impl Reconciler {
             );
             if self.config.backend == crate::config::Backend::Nftables {
                 use crate::observe::forward_policy;
-                let chains = forward_policy::dropping_forward_chains(&observed.dump);
+                let chains = forward_policy::not_crossed(
+                    &forward_policy::dropping_forward_chains(&observed.dump),
+                    &observed.companions,
+                );
+                forward_drops = chains.len();
                 warnings.extend(forward_policy::forward_drop_warnings(&chains));
             }
             for d in warnings {
@@ -486,6 +496,7 @@ impl Reconciler {
                 }
             }
         }
+        self.metrics.forward_drops(forward_drops);
         // Each problem is logged once, when a pass first sees it; `status` shows them all.
         for d in &diagnostics {
             if !self.reported.contains(d) {
@@ -512,9 +523,9 @@ impl Reconciler {
         let report =
             apply(&outcome.plan, self.exec.as_ref(), self.control.as_ref()).map_err(|e| {
                 self.step = match e {
-                    crate::apply::ApplyError::Batch(_) | crate::apply::ApplyError::Retire(_) => {
-                        FailureCause::KernelBatch
-                    }
+                    crate::apply::ApplyError::Batch(_)
+                    | crate::apply::ApplyError::Retire(_)
+                    | crate::apply::ApplyError::Companion { .. } => FailureCause::KernelBatch,
                     crate::apply::ApplyError::Verify { .. } => FailureCause::Verify,
                     _ => FailureCause::Listener,
                 };
@@ -543,6 +554,11 @@ impl Reconciler {
                 live.owned.rules.len() + live.owned.scaffold.len(),
                 live.stray.len()
             ));
+        }
+        for companion in &after.companions {
+            let wanted = companion.wanted(&intent.companion);
+            verify(&wanted, &companion.live.owned, &companion.live.stray)
+                .map_err(|e| format!("in {}: {}", companion.flavour, error_chain(&e)))?;
         }
         if after.listeners != intent.listeners {
             return Err("after apply, the open listeners differ from the intent".into());
@@ -621,6 +637,7 @@ impl Reconciler {
             ));
         }
         saved::verify(plan, &observed.live, observed.other.as_ref()).map_err(|e| e.to_string())?;
+        saved::verify_companions(plan, &observed.companions).map_err(|e| e.to_string())?;
         apply(plan, self.exec.as_ref(), self.control.as_ref()).map_err(|e| error_chain(&e))?;
         Ok(plan_text(plan))
     }
@@ -715,6 +732,13 @@ pub fn cleanup(
         plan.summary.remove += retire.summary.remove;
         plan.retire = Some(Box::new(retire));
     }
+    // The companion forward chains too: nothing of portald's is wanted anywhere.
+    let flavours = companion::flavours_to_clean(backend, &observed.dump);
+    let companions = companion::observe_flavours(&flavours, exec);
+    for beside in &companions {
+        let none = planners::NatState::default();
+        plan.push_companion(crate::plan::companion_plan(beside, &none, mode, false));
+    }
     struct NoListeners;
     impl ListenerControl for NoListeners {
         fn open(&self, key: ListenerKey, _: &Listener) -> Result<(), String> {
@@ -739,6 +763,19 @@ pub fn cleanup(
         return Err(format!(
             "after cleanup, portald still owns rules through {other}"
         ));
+    }
+    // The flavours read before (the dump may have lost the header that named them).
+    for beside in &companions {
+        let Ok(out) = exec.run(&beside.flavour.save_command(), None) else {
+            continue;
+        };
+        let left = companion::read(beside.flavour, &out.stdout).map_err(|e| error_chain(&e))?;
+        if !(left.live.owned.is_empty() && left.live.stray.is_empty()) {
+            return Err(format!(
+                "after cleanup, portald still owns rules through {}",
+                beside.flavour
+            ));
+        }
     }
     Ok(plan)
 }

@@ -2,6 +2,7 @@
 //! listeners it runs, and which ports other processes hold.
 
 pub mod bridges;
+pub mod companion;
 pub mod forward_policy;
 pub mod routes;
 pub mod sockets;
@@ -30,8 +31,12 @@ pub struct Observed {
     pub live: Live,
     pub listeners: BTreeMap<ListenerKey, Listener>,
     pub sockets: Vec<HeldSocket>,
-    /// What portald owns through the other backend, when it owns anything there.
+    /// What portald owns through the other backend, when it owns anything there (with
+    /// nftables, the iptables side is read flavour by flavour in `companions`).
     pub other: Option<(Backend, Live)>,
+    /// The iptables flavours beside the backend: the companion forward chain portald keeps
+    /// there, and (with nftables) what an iptables run left.
+    pub companions: Vec<companion::Companion>,
     /// This host's node state file (proxy ports, VIPs it chose without a lock entry): not
     /// kernel state, but node-local like it, and read by allocation the same way.
     pub node_state: crate::allocate::Lock,
@@ -89,6 +94,7 @@ pub fn observe(
         listeners,
         sockets: sockets::read_sockets(),
         other: None,
+        companions: Vec::new(),
         node_state: Default::default(),
     })
 }
@@ -105,6 +111,11 @@ pub fn other_backend(backend: Backend) -> Backend {
 /// tool, or whose dump cannot be read, has nothing of portald's there that could be
 /// removed anyway; that is logged, not an error.
 pub fn observe_other(backend: Backend, exec: &dyn Exec) -> Option<(Backend, Live)> {
+    if backend == Backend::Nftables {
+        // Both iptables flavours are read as companions: one of them may hold a chain
+        // portald still wants (see `companion`).
+        return None;
+    }
     let other = other_backend(backend);
     let dialect = dialect(other);
     let dump = match exec.run(&dialect.observe_command(), None) {
@@ -237,6 +248,7 @@ pub fn from_file_text(backend: Backend, text: &str, path: &str) -> Result<Observ
             .collect(),
         sockets: snapshot.sockets,
         other: None,
+        companions: Vec::new(),
         node_state: Default::default(),
     })
 }

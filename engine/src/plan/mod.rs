@@ -7,6 +7,7 @@ pub mod saved;
 use crate::config::{Backend, Mode};
 use crate::diff::{ChangeSet, ListenerChange};
 use crate::listeners::{Listener, ListenerKey};
+use crate::observe::companion::{Companion, Flavour};
 use crate::observe::dialect;
 use planners::{Change, NatState};
 use serde::{Deserialize, Serialize};
@@ -96,6 +97,16 @@ pub struct Plan {
     /// before the old one goes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retire: Option<Box<Plan>>,
+    /// Set on a plan for an iptables flavour beside the backend (one of `companions`): its
+    /// batch goes to that flavour's `iptables-restore`, not to the backend's tool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flavour: Option<Flavour>,
+    /// The plans for the iptables flavours beside the backend, applied right after this
+    /// plan's own batch: the companion forward chain added where a FORWARD policy drops,
+    /// removed where it no longer does, and (with nftables) what an iptables run left
+    /// removed around it (see the `observe::companion` module).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub companions: Vec<Plan>,
     /// What the plan was made from (set by `portald plan`): `apply PLANFILE` refuses a plan
     /// without it, or made from other services or another lock than the daemon's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -104,7 +115,28 @@ pub struct Plan {
 
 impl Plan {
     pub fn is_empty(&self) -> bool {
-        self.steps.is_empty() && self.retire.is_none()
+        self.steps.is_empty() && self.retire.is_none() && self.companions.is_empty()
+    }
+
+    /// The command that takes this plan's batch: the flavour's for a companion plan, else
+    /// the backend's.
+    pub fn apply_command(&self) -> planners::Invocation {
+        match self.flavour {
+            Some(flavour) => flavour.restore_command(),
+            None => dialect(self.backend).apply_command(),
+        }
+    }
+
+    /// Adds a companion plan (one that changes something) and counts its steps.
+    pub fn push_companion(&mut self, companion: Plan) {
+        if companion.is_empty() {
+            return;
+        }
+        self.summary.add += companion.summary.add;
+        self.summary.change += companion.summary.change;
+        self.summary.remove += companion.summary.remove;
+        self.held_back += companion.held_back;
+        self.companions.push(companion);
     }
 
     pub fn kernel_changes(&self) -> Vec<Change> {
@@ -170,6 +202,8 @@ pub fn make_plan(changes: &ChangeSet, observed: &NatState, backend: Backend, mod
         held_back: changes.held_back,
         observed: observed.clone(),
         retire: None,
+        flavour: None,
+        companions: Vec::new(),
         inputs: None,
     }
 }
@@ -188,4 +222,40 @@ pub fn removal_plan(live: &planners::Live, backend: Backend, mode: Mode) -> Plan
             .map(|stray| Change::RemoveStray { stray }),
     );
     make_plan(&changes, &live.owned, backend, mode)
+}
+
+/// The plan that brings an iptables flavour beside the backend to `wanted` (the companion
+/// forward chain, or nothing): everything else portald owns there, strays included, goes.
+/// With `hold_removals` (some input files are broken) nothing is removed.
+pub fn companion_plan(
+    companion: &Companion,
+    wanted: &NatState,
+    mode: Mode,
+    hold_removals: bool,
+) -> Plan {
+    let mut changes = ChangeSet::default();
+    let removals = crate::diff::diff_nat(wanted, &companion.live.owned)
+        .into_iter()
+        .chain(
+            companion
+                .live
+                .stray
+                .iter()
+                .cloned()
+                .map(|stray| Change::RemoveStray { stray }),
+        );
+    for change in removals {
+        let removal = matches!(
+            change,
+            Change::RemoveRule { .. } | Change::RemoveScaffold { .. } | Change::RemoveStray { .. }
+        );
+        if removal && hold_removals {
+            changes.held_back += 1;
+        } else {
+            changes.nat.push(change);
+        }
+    }
+    let mut plan = make_plan(&changes, &companion.live.owned, Backend::Iptables, mode);
+    plan.flavour = Some(companion.flavour);
+    plan
 }

@@ -212,6 +212,17 @@ pub fn plan_text(plan: &Plan) -> String {
             let _ = writeln!(out, "  {line}");
         }
     }
+    for beside in &plan.companions {
+        let flavour = beside.flavour.map(|f| f.name()).unwrap_or("iptables");
+        let _ = writeln!(
+            out,
+            "  then in {flavour}, beside the {} backend (the forward chain portald keeps where FORWARD drops):",
+            plan.backend
+        );
+        for line in plan_text(beside).lines().filter(|l| l.starts_with("  ")) {
+            let _ = writeln!(out, "  {line}");
+        }
+    }
     if plan.is_empty() {
         out.push_str("No changes: the live state matches the services.\n");
     }

@@ -4,6 +4,7 @@
 use super::{Plan, Step};
 use crate::config::Backend;
 use crate::load::hex;
+use crate::observe::companion::Companion;
 use crate::observe::dialect;
 use planners::{Change, Live};
 use serde::{Deserialize, Serialize};
@@ -54,6 +55,8 @@ pub enum SavedPlanError {
         "the plan retires what portald owns through {backend}, but portald owns nothing there now"
     )]
     NothingToRetire { backend: Backend },
+    #[error("the plan changes portald's chains in an iptables flavour that is not beside the daemon's backend now: the file was edited, or the state changed")]
+    NoSuchFlavour,
 }
 
 /// Refuses a plan made from other inputs than `here` (the daemon's own, digested now).
@@ -106,6 +109,24 @@ pub fn verify(
                 })
             }
         }
+    }
+    Ok(())
+}
+
+/// Checks a plan's companion plans (see [`crate::observe::companion`]) like [`verify`]
+/// checks the plan: each against what portald owns now in its flavour, read in
+/// `companions`; a flavour that was not read has nothing of portald's to change.
+pub fn verify_companions(plan: &Plan, companions: &[Companion]) -> Result<(), SavedPlanError> {
+    for beside in &plan.companions {
+        let live = companions
+            .iter()
+            .find(|c| Some(c.flavour) == beside.flavour)
+            .map(|c| &c.live)
+            .ok_or(SavedPlanError::NoSuchFlavour)?;
+        if !beside.companions.is_empty() || beside.retire.is_some() {
+            return Err(SavedPlanError::NoSuchFlavour);
+        }
+        verify_one(beside, live)?;
     }
     Ok(())
 }

@@ -43,7 +43,7 @@ pub mod tokenize;
 
 use crate::{Change, Dialect, Invocation, Live, NatState, ParseError, PortalKey, Slot};
 
-pub use parse::{is_terminal_target, other_flavour_foreign};
+pub use parse::{builtin_policy, is_terminal_target, other_flavour_foreign};
 pub use render::rule_spec;
 
 /// The table of portald's NAT chains.

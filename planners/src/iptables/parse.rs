@@ -686,6 +686,25 @@ pub fn other_flavour_foreign(dump: &str, flavour: &str) -> Result<Vec<ForeignRul
     Ok(lines)
 }
 
+/// The policy of a built-in chain (`DROP`, `ACCEPT`) as an `iptables-save` dump declares it
+/// (`:FORWARD DROP [0:0]` in `*filter`); `None` when the dump has no such table or chain.
+pub fn builtin_policy(dump: &str, table_name: &str, chain_name: &str) -> Option<String> {
+    let mut current = None;
+    for line in dump.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix('*') {
+            current = Some(name.trim());
+        } else if line == "COMMIT" {
+            current = None;
+        } else if let (Some(declaration), Some(name)) = (line.strip_prefix(':'), current) {
+            let mut words = declaration.split_whitespace();
+            if name == table_name && words.next() == Some(chain_name) {
+                return words.next().filter(|p| *p != "-").map(str::to_string);
+            }
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -905,6 +924,22 @@ mod tests {
             ..key
         };
         assert!(!live.foreign[0].covers(&elsewhere));
+    }
+
+    #[test]
+    fn the_policy_of_a_built_in_chain_is_read_from_its_table_only() {
+        let dump = "*nat\n:FORWARD ACCEPT [0:0]\nCOMMIT\n*filter\n:INPUT ACCEPT [0:0]\n\
+            :FORWARD DROP [12:345]\n:DOCKER - [0:0]\nCOMMIT\n";
+        assert_eq!(
+            builtin_policy(dump, "filter", "FORWARD").as_deref(),
+            Some("DROP")
+        );
+        assert_eq!(
+            builtin_policy(dump, "nat", "FORWARD").as_deref(),
+            Some("ACCEPT")
+        );
+        assert_eq!(builtin_policy(dump, "filter", "DOCKER"), None);
+        assert_eq!(builtin_policy("", "filter", "FORWARD"), None);
     }
 
     #[test]
