@@ -6,6 +6,7 @@
 //! table ip portald {
 //!     map container_redirect {            # Action::Redirect: key -> proxy port
 //!         type ipv4_addr . inet_proto . inet_service : inet_service
+//!         counter                         # each element (portal) counts its packets
 //!         elements = { 10.11.0.1 . tcp . 80 comment "default/apache-service:80" : 12345 }
 //!     }
 //!     map container_dnat {                # Action::DnatLocal: key -> local addr . port
@@ -45,6 +46,7 @@
 //! refreshes its entry; a new client is spread by `numgen` (probability 1/n, 1/(n-1), ...,
 //! like iptables' `statistic` cascade) and recorded.
 
+mod counters;
 mod expr;
 mod json;
 mod parse;
@@ -57,6 +59,7 @@ use crate::{
 use serde_json::{json, Value};
 use std::net::SocketAddrV4;
 
+pub use counters::{counters_command, portal_counters, PortalCounters};
 pub use json::render_json;
 
 /// The nftables dialect (`nft`, libnftables JSON dumps).
@@ -195,6 +198,16 @@ pub(crate) const ENTRY_SETS: [(&str, Slot); 4] = [
     (GUARD_SET, Slot::ProxyGuard),
     (FORWARD_SET, Slot::Forward),
 ];
+
+/// Whether a map counts its elements' packets and bytes (`counter` in its declaration, so
+/// every element gets its own counter): the NAT maps, whose elements are the portals, like
+/// the per-portal rules whose counters `iptables-save -c` shows. nft refuses a `counter` on
+/// an element of a map declared without one, and a map's declaration cannot change in place.
+pub(crate) fn is_counted(map: &str) -> bool {
+    Path::ALL
+        .into_iter()
+        .any(|path| Kind::NAT.iter().any(|kind| map_name(path, *kind) == map))
+}
 
 /// Whether a set holds ranges (`flags interval`).
 pub(crate) fn is_interval(set: &str) -> bool {

@@ -6,9 +6,9 @@
 
 use super::expr::{facts, rule_text};
 use super::{
-    affinity_set, chain_name, hook_chain, hook_facts, jump_exprs, map_name, service_chain,
-    service_exprs, slot_exprs, slot_maps, Kind, AFFINITY_SET_SIZE, ENTRY_SETS, FAMILY, FORWARD_SET,
-    GUARD_SET, HAIRPIN_SET, MASQUERADE_SET, TABLE,
+    affinity_set, chain_name, hook_chain, hook_facts, is_counted, jump_exprs, map_name,
+    service_chain, service_exprs, slot_exprs, slot_maps, Kind, AFFINITY_SET_SIZE, ENTRY_SETS,
+    FAMILY, FORWARD_SET, GUARD_SET, HAIRPIN_SET, MASQUERADE_SET, TABLE,
 };
 use crate::{
     Action, Comment, ForeignRule, GuardedPort, Live, Masquerade, Net, ParseError, Path, PortalKey,
@@ -238,7 +238,7 @@ pub(crate) fn parse_live(dump: &str) -> Result<Live, ParseError> {
             table
                 .maps
                 .get(name.as_str())
-                .is_some_and(|(_, m)| typed(m, key, *data))
+                .is_some_and(|(_, m)| typed(m, key, *data) && (!is_counted(name) || has_counter(m)))
         });
         let chain = chain_name(slot);
         if maps_ok
@@ -354,6 +354,13 @@ fn typed(map: &Value, key: &[&str], data: Option<&str>) -> bool {
     key_ok && map.get("map").and_then(Value::as_str) == data
 }
 
+/// Whether a map is declared with `counter` (each element counts its packets and bytes).
+fn has_counter(map: &Value) -> bool {
+    map.get("stmt")
+        .and_then(Value::as_array)
+        .is_some_and(|stmts| stmts.iter().any(|s| s.get("counter").is_some()))
+}
+
 /// Elements of portald's maps and sets become rules; an element that cannot be one (no
 /// comment, an odd protocol, a key already taken by an earlier lookup, a service chain not
 /// exactly as portald writes it) is a stray.
@@ -375,6 +382,17 @@ fn read_elements(
                 .map(|(_, k, _)| k)
                 .unwrap_or_default();
             if !typed(map, &key_type, kind.data_type()) {
+                continue;
+            }
+            // A map from before portald counted its portals: the slot is reported absent
+            // and the map a stray, so the batch makes it anew (a declaration cannot change
+            // in place) and adds the portals back; the service chains and sets of its
+            // elements are orphans then, refilled by the portals that keep them.
+            if is_counted(&name) && !has_counter(map) {
+                live.stray.push(StrayRule {
+                    chain: name.clone(),
+                    text: format!("map {name}"),
+                });
                 continue;
             }
             let elems = map.get("elem").and_then(Value::as_array);
