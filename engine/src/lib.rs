@@ -13,6 +13,7 @@ pub mod endpoints;
 pub mod escape;
 pub mod exec;
 pub mod load;
+pub mod log_fields;
 pub mod model;
 pub mod netns;
 pub mod observe;
