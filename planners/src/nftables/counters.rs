@@ -1,9 +1,9 @@
 //! Reads the packet and byte counters of portald's portals from `nft -j list table ip
 //! portald`: each element of a NAT map (a portal) carries its own counter.
 
+use super::schema::{Dump, Item};
 use super::{map_name, Kind, FAMILY, TABLE};
 use crate::{Invocation, ParseError, Path};
-use serde_json::Value;
 use std::collections::BTreeMap;
 
 /// Packets and bytes per (service port, path).
@@ -31,27 +31,34 @@ pub fn portal_counters(dump: &str) -> Result<PortalCounters, ParseError> {
         line,
         message,
     };
-    let root: Value = serde_json::from_str(dump)
-        .map_err(|e| error(e.line().max(1), format!("not libnftables JSON: {e}")))?;
-    let items = root
-        .get("nftables")
-        .and_then(Value::as_array)
-        .ok_or_else(|| error(1, "no `nftables` list at the top".to_string()))?;
+    let root: Dump = serde_json::from_str(dump).map_err(|e| {
+        let message = if e.is_data() {
+            "no top-level `nftables` array".to_string()
+        } else {
+            format!("not libnftables JSON: {e}")
+        };
+        error(e.line().max(1), message)
+    })?;
     let maps: BTreeMap<String, Path> = Path::ALL
         .into_iter()
         .flat_map(|path| Kind::NAT.map(|kind| (map_name(path, kind), path)))
         .collect();
     let mut out = BTreeMap::new();
-    for map in items.iter().filter_map(|item| item.get("map")) {
-        let ours = map["family"] == FAMILY && map["table"] == TABLE;
-        let Some(path) = map["name"].as_str().and_then(|name| maps.get(name)) else {
+    for raw in root.nftables {
+        let Some(map) = serde_json::from_str::<Item>(raw.get())
+            .ok()
+            .and_then(|item| item.map)
+        else {
+            continue;
+        };
+        let ours = map.family.as_deref() == Some(FAMILY) && map.table.as_deref() == Some(TABLE);
+        let Some(path) = map.name.as_deref().and_then(|name| maps.get(name)) else {
             continue;
         };
         if !ours {
             continue;
         }
-        let elems = map.get("elem").and_then(Value::as_array);
-        for pair in elems.into_iter().flatten() {
+        for pair in map.elements() {
             // A map element is `[key, data]`; the key's `elem` holds comment and counter.
             let Some(elem) = pair.get(0).and_then(|key| key.get("elem")) else {
                 continue;

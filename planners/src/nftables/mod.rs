@@ -51,6 +51,7 @@ mod expr;
 mod json;
 mod parse;
 mod render;
+mod schema;
 
 use crate::{
     Action, Change, Dialect, Invocation, Live, NatState, ParseError, Path, PortalKey, Scaffold,
