@@ -1,7 +1,7 @@
 //! Reads the packet and byte counters of portald's portals from `nft -j list table ip
 //! portald`: each element of a NAT map (a portal) carries its own counter.
 
-use super::schema::{Dump, Item};
+use super::schema::{Dump, Element, Item};
 use super::{map_name, Kind, FAMILY, TABLE};
 use crate::{Invocation, ParseError, Path};
 use std::collections::BTreeMap;
@@ -58,23 +58,17 @@ pub fn portal_counters(dump: &str) -> Result<PortalCounters, ParseError> {
         if !ours {
             continue;
         }
-        for pair in map.elements() {
-            // A map element is `[key, data]`; the key's `elem` holds comment and counter.
-            let Some(elem) = pair.get(0).and_then(|key| key.get("elem")) else {
+        for elem in map.elements() {
+            // A map element is `[key, data]`; its key holds comment and counter.
+            let Element::Mapped(key, _) = Element::read(elem) else {
                 continue;
             };
-            let (Some(comment), Some(counter)) = (elem["comment"].as_str(), elem.get("counter"))
-            else {
-                continue;
-            };
-            let (Some(packets), Some(bytes)) =
-                (counter["packets"].as_u64(), counter["bytes"].as_u64())
-            else {
+            let (Some(comment), Some(counter)) = (key.comment(), key.counter()) else {
                 continue;
             };
             let entry: &mut (u64, u64) = out.entry((comment.to_string(), *path)).or_default();
-            entry.0 += packets;
-            entry.1 += bytes;
+            entry.0 += counter.packets;
+            entry.1 += counter.bytes;
         }
     }
     Ok(out)

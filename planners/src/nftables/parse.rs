@@ -5,7 +5,7 @@
 //! plan puts it right.
 
 use super::expr::{facts, rule_text};
-use super::schema::{Dump, Item, KeyType, RuleObject, SetObject};
+use super::schema::{Dump, Element, Item, Key, KeyType, RuleObject, SetObject};
 use super::{
     affinity_set, chain_name, hook_chain, hook_facts, is_counted, jump_exprs, map_name,
     service_chain, service_exprs, slot_exprs, slot_maps, Kind, AFFINITY_SET_SIZE, ENTRY_SETS,
@@ -353,7 +353,8 @@ fn read_elements(
                 continue;
             }
             for elem in map.elements() {
-                let rule = element_rule(path, kind, elem).and_then(|mut rule| {
+                let element = Element::read(elem);
+                let rule = element_rule(path, kind, &element).and_then(|mut rule| {
                     if let Action::Balance { .. } = rule.action {
                         rule.action = service_action(table, &rule.key)?;
                     }
@@ -376,7 +377,7 @@ fn read_elements(
                     }
                     _ => live.stray.push(StrayRule {
                         chain: name.clone(),
-                        text: element_text(elem),
+                        text: element_text(&element),
                     }),
                 }
             }
@@ -385,15 +386,15 @@ fn read_elements(
 }
 
 /// The element's key, comment and action (a Balance with no endpoints yet: the chain says).
-fn element_rule(path: Path, kind: Kind, elem: &Value) -> Option<PortalRule> {
-    let (key, data) = match kind {
-        Kind::NoEndpoints => (elem, &Value::Null),
-        _ => split_pair(elem)?,
+fn element_rule(path: Path, kind: Kind, elem: &Element) -> Option<PortalRule> {
+    let (key, data) = match (kind, elem) {
+        (Kind::NoEndpoints, Element::Single(key)) => (key, &Value::Null),
+        (Kind::NoEndpoints, Element::Mapped(..)) => return None,
+        (_, Element::Mapped(key, data)) => (key, data),
+        (_, Element::Single(_)) => return None,
     };
-    let inner = key.get("elem");
-    let val = inner.map_or(key, |e| &e["val"]);
-    let comment = Comment::new(inner?.get("comment")?.as_str()?).ok()?;
-    let parts = val.get("concat")?.as_array()?;
+    let comment = Comment::new(key.comment()?).ok()?;
+    let parts = key.val().get("concat")?.as_array()?;
     let [vip, protocol, port] = parts.as_slice() else {
         return None;
     };
@@ -533,7 +534,7 @@ fn read_entries(table: &Table, live: &mut Live) {
             continue;
         };
         for elem in set.elements() {
-            match entry_of(name, elem) {
+            match entry_of(name, &Element::read(elem)) {
                 Some(entry) => {
                     live.owned.scaffold.insert(entry);
                 }
@@ -547,7 +548,11 @@ fn read_entries(table: &Table, live: &mut Live) {
 }
 
 /// The scaffold entry an element of the named set stands for.
-fn entry_of(set: &str, elem: &Value) -> Option<Scaffold> {
+fn entry_of(set: &str, elem: &Element) -> Option<Scaffold> {
+    // portald writes these elements bare: no comment, no data.
+    let Element::Single(Key::Bare(elem)) = elem else {
+        return None;
+    };
     let parts = || elem.get("concat").and_then(Value::as_array);
     match set {
         MASQUERADE_SET => match parts()?.as_slice() {
@@ -606,15 +611,13 @@ fn port_of(value: &Value) -> Option<u16> {
 
 /// `10.11.0.1 . tcp . 80 comment "x" : 12345`, as nft lists an element; the key comes first
 /// so the batch can delete the element from this text.
-fn element_text(elem: &Value) -> String {
-    let (key, data) = match split_pair(elem) {
-        Some((key, data)) => (key, Some(data)),
-        None => (elem, None),
+fn element_text(elem: &Element) -> String {
+    let (key, data) = match elem {
+        Element::Mapped(key, data) => (key, Some(data)),
+        Element::Single(key) => (key, None),
     };
-    let inner = key.get("elem");
-    let val = inner.map_or(key, |e| &e["val"]);
-    let mut text = concat_text(val);
-    if let Some(comment) = inner.and_then(|e| e.get("comment")).and_then(Value::as_str) {
+    let mut text = concat_text(key.val());
+    if let Some(comment) = key.comment() {
         text.push_str(&format!(" comment \"{comment}\""));
     }
     if let Some(data) = data {

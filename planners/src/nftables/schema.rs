@@ -1,6 +1,8 @@
 //! Serde types for the objects of the libnftables JSON schema (libnftables-json(5)) that
-//! portald reads from `nft -j list`: chains, rules, maps and sets. Rule statements and
-//! set elements are still `serde_json::Value` here (see [`RuleObject::expr`]).
+//! portald reads from `nft -j list`: chains, rules, maps and sets, and their elements. Rule
+//! statements and the expressions inside an element (its value, a map's data) are still
+//! `serde_json::Value` (see [`RuleObject::expr`]); the render (`json.rs`, the expected rules
+//! in `mod.rs`) still builds `Value`s with `json!`.
 //!
 //! Own types, not the `nftables` crate: 0.6.3, tried against `fixtures/live/nftables`,
 //! parses the foreign rulesets and every rule there, but fails on a map whose data is a
@@ -149,6 +151,73 @@ impl SetObject {
     }
 }
 
+/// One element of a set (`key`) or map (`[key, data]`), as the dump lists it. The data
+/// and the key's value stay JSON expressions (`"10.11.0.1"`, `{"concat": [...]}`,
+/// `{"goto": {"target": ...}}`).
+#[derive(Deserialize, Debug, Clone, PartialEq)]
+#[serde(untagged)]
+pub(crate) enum Element {
+    Mapped(Key, Value),
+    Single(Key),
+}
+
+impl Element {
+    /// Reads an element of any shape: one that is neither form is a bare key.
+    pub(crate) fn read(value: &Value) -> Element {
+        Element::deserialize(value).unwrap_or_else(|_| Element::Single(Key::Bare(value.clone())))
+    }
+}
+
+/// An element's key: bare, or described with the facts nft keeps per element.
+#[derive(Deserialize, Debug, Clone, PartialEq)]
+#[serde(untagged)]
+pub(crate) enum Key {
+    Described { elem: Described },
+    Bare(Value),
+}
+
+impl Key {
+    /// The key's value (`{"concat": ["10.11.0.1", "tcp", 80]}`).
+    pub(crate) fn val(&self) -> &Value {
+        match self {
+            Key::Described { elem } => &elem.val,
+            Key::Bare(value) => value,
+        }
+    }
+
+    pub(crate) fn comment(&self) -> Option<&str> {
+        match self {
+            Key::Described { elem } => elem.comment.as_deref(),
+            Key::Bare(_) => None,
+        }
+    }
+
+    pub(crate) fn counter(&self) -> Option<Counter> {
+        match self {
+            Key::Described { elem } => elem.counter,
+            Key::Bare(_) => None,
+        }
+    }
+}
+
+/// `{"val": ..., "comment": ..., "counter": {...}}`.
+#[derive(Deserialize, Debug, Clone, PartialEq)]
+pub(crate) struct Described {
+    #[serde(default)]
+    pub val: Value,
+    #[serde(default, deserialize_with = "lenient")]
+    pub comment: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    pub counter: Option<Counter>,
+}
+
+/// An element's counter (a map declared with `counter`).
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,5 +246,35 @@ mod tests {
         )
         .unwrap();
         assert_eq!(chain.chain.unwrap().prio, Some(-110));
+    }
+
+    #[test]
+    fn elements_read_as_keyed_or_mapped_with_their_comment_and_counter() {
+        let mapped: Value = serde_json::from_str(
+            r#"[{"elem": {"val": {"concat": ["10.11.0.1", "tcp", 80]}, "comment": "a:80",
+                 "counter": {"packets": 3, "bytes": 180}}}, 34001]"#,
+        )
+        .unwrap();
+        let element = Element::read(&mapped);
+        let Element::Mapped(key, data) = &element else {
+            panic!("{element:?}")
+        };
+        assert_eq!(key.comment(), Some("a:80"));
+        assert_eq!(
+            key.counter(),
+            Some(Counter {
+                packets: 3,
+                bytes: 180
+            })
+        );
+        assert_eq!(key.val()["concat"][2], 80);
+        assert_eq!(data, &Value::from(34001));
+        let bare = Value::from("10.244.1.2");
+        assert_eq!(
+            Element::read(&bare),
+            Element::Single(Key::Bare(bare.clone()))
+        );
+        let odd: Value = serde_json::from_str(r#"[1, 2, 3]"#).unwrap();
+        assert_eq!(Element::read(&odd), Element::Single(Key::Bare(odd.clone())));
     }
 }
