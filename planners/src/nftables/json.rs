@@ -1,6 +1,7 @@
 //! Renders a state as the libnftables JSON that `nft -j list ruleset` prints once it is
 //! applied: what a fake kernel or a captured snapshot hands to the parse.
 
+use super::stmt::{to_value, Expr, Stmt};
 use super::{
     affinity_set, chain_name, entries_in, entry_json, hook_chain, hook_facts, is_counted,
     is_interval, jump_exprs, map_name, rules_in, service_chain, service_exprs, slot_exprs,
@@ -20,9 +21,14 @@ fn element(rule: &PortalRule) -> Value {
         key["elem"]["counter"] = json!({"packets": 0, "bytes": 0});
     }
     let data = match &rule.action {
-        Action::Redirect { to_port } => json!(to_port),
-        Action::DnatLocal { to } => json!({"concat": [to.ip().to_string(), to.port()]}),
-        Action::Balance { .. } => json!({"goto": {"target": service_chain(&rule.key)}}),
+        Action::Redirect { to_port } => to_value(&Expr::Number(u64::from(*to_port))),
+        Action::DnatLocal { to } => to_value(&Expr::concat(vec![
+            Expr::text(to.ip().to_string()),
+            Expr::Number(u64::from(to.port())),
+        ])),
+        Action::Balance { .. } => to_value(&Stmt::Goto {
+            target: service_chain(&rule.key),
+        }),
         Action::Reject => return key,
     };
     json!([key, data])
