@@ -45,6 +45,17 @@
 //! of the client addresses it served: a client found in a set goes back to that endpoint and
 //! refreshes its entry; a new client is spread by `numgen` (probability 1/n, 1/(n-1), ...,
 //! like iptables' `statistic` cascade) and recorded.
+//!
+//! The libnftables JSON goes through serde types of portald's own, not the `nftables`
+//! crate: 0.6.3, tried on the dumps in `fixtures/live/nftables`, cannot parse a map whose
+//! data is a verdict or a concatenation (both of which portald writes), drops a map's
+//! `counter` statement, does not write elements back as `nft -j list` prints them, and
+//! fails a whole dump on one construct it does not know (details in `schema.rs`).
+//! `schema.rs` reads the dump's chains, rules, maps, sets and elements; `stmt.rs` types the
+//! statements and expressions of portald's own rules and elements. Still untyped: the
+//! statements of rules read from the dump (`expr.rs` shows any statement of a foreign rule
+//! as text and reads its facts; own rules are compared by canonical JSON text) and the
+//! object level of the fake kernel's dump (`json.rs`).
 
 mod counters;
 mod expr;
