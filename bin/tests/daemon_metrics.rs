@@ -1,6 +1,7 @@
 //! Tier 3: the daemon's `/metrics`, `/healthz` and `/livez` on their default addresses
 //! inside a node namespace, scraped by a real Prometheus server (a child process, never a
-//! system service) and checked by `promtool`; health follows a kernel that refuses batches.
+//! system service) and checked by `promtool`; health follows a kernel that refuses batches;
+//! the kernel's own per-portal counters with either backend.
 //! Needs root, iproute2, iptables, curl, socat, and Debian's `prometheus` package.
 
 mod support;
@@ -118,6 +119,45 @@ fn query(c: &Cluster, promql: &str) -> Result<f64, String> {
     }
 }
 
+/// A Prometheus server in the node namespace scraping the daemon every second; its pid.
+fn start_prometheus(c: &mut Cluster) -> u32 {
+    let dir = c.bed.temp_dir().join("prometheus");
+    std::fs::create_dir_all(dir.join("data")).expect("prometheus directory");
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+         scrape_configs:\n  - job_name: portald\n    static_configs:\n      - targets: ['127.0.0.1:10249']\n",
+    )
+    .expect("prometheus config");
+    let node = c.node();
+    c.spawn(
+        &node,
+        "prometheus",
+        &[
+            format!("--config.file={}", config.display()),
+            format!("--storage.tsdb.path={}", dir.join("data").display()),
+            format!("--web.listen-address={PROMETHEUS}"),
+        ],
+    )
+}
+
+/// Waits until the Prometheus server `prometheus` answers `promql` with `want`.
+fn seen(c: &Cluster, prometheus: u32, promql: &str, want: f64) {
+    poll(
+        &format!("Prometheus to answer {promql} = {want}"),
+        PROMETHEUS_WAIT,
+        || match query(c, promql) {
+            Ok(v) if v == want => Ok(()),
+            Ok(v) => Err(format!("{v}")),
+            Err(e) => Err(format!(
+                "{e}\nprometheus log:\n{}",
+                c.bed.log_of(prometheus)
+            )),
+        },
+    )
+}
+
 #[test]
 fn prometheus_scrapes_the_daemon_and_sees_its_services_connections_and_bytes() {
     let mut c = Cluster::new("prom");
@@ -166,38 +206,8 @@ fn prometheus_scrapes_the_daemon_and_sees_its_services_connections_and_bytes() {
     );
 
     // A real Prometheus server scrapes it every second.
-    let dir = c.bed.temp_dir().join("prometheus");
-    std::fs::create_dir_all(dir.join("data")).expect("prometheus directory");
-    let config = dir.join("prometheus.yml");
-    std::fs::write(
-        &config,
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-         scrape_configs:\n  - job_name: portald\n    static_configs:\n      - targets: ['127.0.0.1:10249']\n",
-    )
-    .expect("prometheus config");
-    let prometheus = c.spawn(
-        &node,
-        "prometheus",
-        &[
-            format!("--config.file={}", config.display()),
-            format!("--storage.tsdb.path={}", dir.join("data").display()),
-            format!("--web.listen-address={PROMETHEUS}"),
-        ],
-    );
-    let seen = |promql: &str, want: f64| {
-        poll(
-            &format!("Prometheus to answer {promql} = {want}"),
-            PROMETHEUS_WAIT,
-            || match query(&c, promql) {
-                Ok(v) if v == want => Ok(()),
-                Ok(v) => Err(format!("{v}")),
-                Err(e) => Err(format!(
-                    "{e}\nprometheus log:\n{}",
-                    c.bed.log_of(prometheus)
-                )),
-            },
-        )
-    };
+    let prometheus = start_prometheus(&mut c);
+    let seen = |promql: &str, want: f64| seen(&c, prometheus, promql, want);
     seen("up{job=\"portald\"}", 1.0);
     seen("portald_services", 1.0);
     seen("sum(portald_proxy_connections_accepted_total)", 3.0);
@@ -222,6 +232,92 @@ fn prometheus_scrapes_the_daemon_and_sees_its_services_connections_and_bytes() {
     c.write("second.yaml", &claiming("second"));
     seen("portald_invalid_files", 1.0);
     seen("portald_conflicts{kind=\"allocation\"}", 1.0);
+}
+
+/// Bytes of the first packet of each test connection, the SYN the kernel's NAT counters
+/// see: an IPv4 header (20), a TCP header (20) and the options Linux puts on a SYN by
+/// default (20: MSS, SACK permitted, timestamps, window scale).
+const SYN_BYTES: f64 = 60.0;
+
+/// The nftables backend's portal counters on `/metrics`, under the iptables backend's names:
+/// `host` counts the node's own connections to the VIP, `container` another namespace's,
+/// each by exactly the connections made; and a pass after the traffic changes nothing.
+fn nftables_counters_rise_by_the_connections_of_each_path(mode: &str) {
+    let mut c = Cluster::new(&format!("nftc-{}", &mode[..1]));
+    c.pod("pod1", POD1, &[("pod1", &[80], &[])]);
+    let client = c.client("client", CLIENT);
+    c.write("apache-service.json", SEED_SERVICE);
+    c.write("pods.yaml", SEED_POD);
+    c.start_daemon(&["--backend", "nftables", "--mode", mode]);
+    let node = c.node();
+    let counters = |path: &str| {
+        let (code, text) = get(&c, METRICS_URL);
+        assert_eq!(code, 200, "{text}");
+        let labels = [
+            "service_port=\"default/apache-service:12345\"",
+            &format!("path=\"{path}\""),
+        ];
+        let packets = labelled(&text, "portald_kernel_rule_packets_total", &labels);
+        let bytes = labelled(&text, "portald_kernel_rule_bytes_total", &labels);
+        (packets, bytes, text)
+    };
+    for path in ["host", "container"] {
+        let (packets, bytes, text) = counters(path);
+        assert_eq!((packets, bytes), (Some(0.0), Some(0.0)), "{path}:\n{text}");
+    }
+
+    for _ in 0..3 {
+        assert_eq!(c.get(&node, "http://10.11.0.1:12345/"), "pod1");
+    }
+    for _ in 0..2 {
+        assert_eq!(c.get(&client, "http://10.11.0.1:12345/"), "pod1");
+    }
+    let (packets, bytes, text) = counters("host");
+    assert_eq!(
+        (packets, bytes),
+        (Some(3.0), Some(3.0 * SYN_BYTES)),
+        "host:\n{text}"
+    );
+    let (packets, bytes, text) = counters("container");
+    assert_eq!(
+        (packets, bytes),
+        (Some(2.0), Some(2.0 * SYN_BYTES)),
+        "container:\n{text}"
+    );
+    let (clean, said) = promtool_check(&text);
+    assert!(clean, "promtool check metrics: {said}\n{text}");
+
+    // Counting changes nothing the diff sees: the next resync sends no batch.
+    let before = c.status().reconciles;
+    c.wait_status("a resync after the traffic", |s| match &s.last_reconcile {
+        Some(r) if s.reconciles > before && r.trigger == "resync" => {
+            if r.ok && !r.batch_sent {
+                Ok(())
+            } else {
+                panic!("the resync after traffic changed something: {r:?}")
+            }
+        }
+        other => Err(format!("{} reconciles, last {other:?}", s.reconciles)),
+    });
+
+    // A real Prometheus server sees the same.
+    let prometheus = start_prometheus(&mut c);
+    seen(
+        &c,
+        prometheus,
+        "sum(portald_kernel_rule_packets_total{service_port=\"default/apache-service:12345\"})",
+        5.0,
+    );
+}
+
+#[test]
+fn nftables_userspace_mode_counts_each_paths_connections_on_its_portal() {
+    nftables_counters_rise_by_the_connections_of_each_path("userspace");
+}
+
+#[test]
+fn nftables_kernel_mode_counts_each_paths_connections_on_its_portal() {
+    nftables_counters_rise_by_the_connections_of_each_path("kernel");
 }
 
 /// Malformed YAML (an unclosed flow mapping).

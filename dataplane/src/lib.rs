@@ -21,6 +21,7 @@ mod activity;
 mod balancer;
 mod copy;
 mod limits;
+pub mod log_fields;
 mod outlier;
 mod protocol;
 mod sockopt;
@@ -713,10 +714,11 @@ impl DataPlane {
                 vec![(stop, tokio::spawn(serve))]
             }
         };
+        let endpoints = crate::log_fields::texts(&spec.backends.endpoints);
         tracing::info!(
             listener = %id,
-            endpoints = ?spec.backends.endpoints,
-            affinity = ?spec.backends.affinity,
+            endpoints = crate::log_fields::list(&endpoints),
+            affinity_seconds = spec.backends.affinity.map(|a| a.as_secs()),
             "listener open"
         );
         std::mem::forget(taken);
@@ -735,10 +737,11 @@ impl DataPlane {
         let listener = listeners
             .get(&(protocol, port))
             .ok_or_else(|| DataPlaneError::NotOpen(unnamed(protocol, port)))?;
+        let endpoints = crate::log_fields::texts(&backends.endpoints);
         tracing::info!(
             listener = %listener.shared.id,
-            endpoints = ?backends.endpoints,
-            affinity = ?backends.affinity,
+            endpoints = crate::log_fields::list(&endpoints),
+            affinity_seconds = backends.affinity.map(|a| a.as_secs()),
             "listener updated"
         );
         listener.shared.balancer().update(&backends);

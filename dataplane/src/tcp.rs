@@ -119,7 +119,7 @@ pub(super) async fn serve(
                 if std::mem::take(&mut failing) {
                     backoff.reset();
                     if let Some((failures, lasted)) = budget.note_recovered() {
-                        tracing::warn!(listener = %shared.id, failures, lasted = ?lasted, "accept recovered");
+                        tracing::warn!(listener = %shared.id, failures, lasted_ms = crate::log_fields::millis(lasted), "accept recovered");
                     }
                 }
                 // This loop may have been waiting in accept since before the last slot went:
@@ -156,7 +156,7 @@ pub(super) async fn serve(
                         tracing::warn!(listener = %shared.id, error = %e, "accept failed; backing off");
                     }
                     Some(EpisodeLog::Continues { failures, elapsed }) => {
-                        tracing::warn!(listener = %shared.id, error = %e, failures, elapsed = ?elapsed, "accepts still failing");
+                        tracing::warn!(listener = %shared.id, error = %e, failures, elapsed_ms = crate::log_fields::millis(elapsed), "accepts still failing");
                     }
                     // A connection reset or aborted while queued is that client's trouble
                     // only; still backed off, so that an unforeseen lasting error cannot spin.
@@ -206,7 +206,8 @@ async fn proxy(client: TcpStream, peer: SocketAddr, shared: &Shared, config: &Da
     if tracing::enabled!(tracing::Level::DEBUG) {
         // A getsockopt per connection, only worth it when someone reads it.
         let original = original_dst(&client);
-        tracing::debug!(listener = %id, client = %peer, original_dst = ?original, "connection accepted");
+        // No field when the socket has no NAT destination to tell.
+        tracing::debug!(listener = %id, client = %peer, original_dst = original.map(tracing::field::display), "connection accepted");
     }
 
     let plan = shared.plan(peer.ip(), config.max_attempts);
@@ -217,7 +218,8 @@ async fn proxy(client: TcpStream, peer: SocketAddr, shared: &Shared, config: &Da
         return;
     }
     let Some((endpoint, upstream)) = dial(&plan, shared, config).await else {
-        tracing::warn!(listener = %id, client = %peer, tried = ?plan, "no endpoint answered; resetting client");
+        let tried = crate::log_fields::texts(&plan);
+        tracing::warn!(listener = %id, client = %peer, tried = crate::log_fields::list(&tried), "no endpoint answered; resetting client");
         shared.balancer().failed(peer.ip());
         shared.rejected();
         reset(client);

@@ -325,7 +325,7 @@ impl Listener<'_> {
             return None;
         };
         if let Some((failures, lasted)) = lock(self.shortage).ended() {
-            tracing::warn!(listener = %shared.id, failures, lasted = ?lasted, "new flows served again");
+            tracing::warn!(listener = %shared.id, failures, lasted_ms = crate::log_fields::millis(lasted), "new flows served again");
         }
         shared
             .balancer()
@@ -376,7 +376,7 @@ impl Listener<'_> {
                         tracing::warn!(listener = %self.shared.id, %client, fds_held = held, fds_budget = may, "no file descriptor for a new flow; datagrams dropped");
                     }
                     Some(EpisodeLog::Continues { failures, elapsed }) => {
-                        tracing::warn!(listener = %self.shared.id, failures, elapsed = ?elapsed, "still no file descriptor for new flows");
+                        tracing::warn!(listener = %self.shared.id, failures, elapsed_ms = crate::log_fields::millis(elapsed), "still no file descriptor for new flows");
                     }
                     None => {}
                 }

@@ -19,6 +19,8 @@ pub mod escape;
 pub mod exec;
 pub mod listeners;
 pub mod load;
+/// Typed log fields, shared with the data plane (the lowest crate that logs).
+pub use dataplane::log_fields;
 pub mod model;
 pub mod observe;
 pub mod pipeline;

@@ -51,6 +51,7 @@ fn every_fixture_parses_with_the_expected_counts() {
         ("busy", 4, 6, 1, 34),
         ("portald-damaged", 3, 6, 4, 0),
         ("portald-kernel", 10, 9, 1, 0),
+        ("portald-uncounted", 2, 0, 12, 0),
     ];
     let mut failures = Vec::new();
     for (name, scaffold, rules, stray, foreign) in expected {
@@ -248,7 +249,7 @@ fn unknown_expressions_and_odd_shapes_never_fail_the_parse() {
         {"flowtable": {"name": "f"}},
         {"map": {"family": "ip", "table": "portald", "name": "container_redirect",
                  "type": ["ipv4_addr", "inet_proto", "inet_service"], "map": "inet_service",
-                 "elem": [[{"concat": ["10.11.0.1", "sctp", 80]}, 1], "odd"]}}
+                 "stmt": [{"counter": null}], "elem": [[{"concat": ["10.11.0.1", "sctp", 80]}, 1], "odd"]}}
     ]}"#;
     let live = Nftables.parse_live(dump).expect("odd dumps still parse");
     assert_eq!(live.foreign.len(), 1);
@@ -348,4 +349,35 @@ fn a_masquerade_element_whose_client_and_endpoint_networks_differ_is_a_stray() {
         "{:?}",
         live.stray
     );
+}
+
+#[test]
+fn a_table_from_before_the_portal_counters_has_its_nat_maps_made_anew() {
+    let live = parse("portald-uncounted");
+    // Each NAT map is a stray to delete whole, its chain absent so that the batch adds it
+    // back (with the maps, now counted); the portals are not owned, so they are added too.
+    assert_eq!(
+        live.owned.scaffold.iter().copied().collect::<Vec<_>>(),
+        vec![Scaffold::Hook(Slot::Container), Scaffold::Hook(Slot::Host)]
+    );
+    assert!(live.owned.rules.is_empty(), "{:?}", live.owned.rules);
+    let maps: Vec<&str> = live
+        .stray
+        .iter()
+        .filter(|s| s.text == format!("map {}", s.chain))
+        .map(|s| s.chain.as_str())
+        .collect();
+    assert_eq!(
+        maps,
+        [
+            "container_redirect",
+            "container_dnat",
+            "container_services",
+            "host_redirect",
+            "host_dnat",
+            "host_services"
+        ]
+    );
+    // The same table as batches write it now is read whole.
+    assert_eq!(parse("portald").owned.rules.len(), 6);
 }

@@ -290,3 +290,47 @@ proptest! {
         prop_assert!(live.stray.is_empty());
     }
 }
+
+#[test]
+fn one_batch_makes_the_maps_of_a_table_from_before_the_portal_counters_anew() {
+    // What the same setup gives when written as batches write it now.
+    let reference = Netns::new("nft");
+    reference.setup(&["portald_table", "portald_kernel"]);
+    let want = reference.observe().owned;
+    drop(reference);
+
+    let ns = Netns::new("nft");
+    ns.setup(&["portald_uncounted", "portald_kernel"]);
+    let live = ns.observe();
+    // As the diff would have it: every stray goes, the NAT chains (reported absent) are
+    // added, and the portals the parse did not own are added.
+    let mut changes: Vec<Change> = live
+        .stray
+        .iter()
+        .map(|s| Change::RemoveStray { stray: s.clone() })
+        .collect();
+    changes.extend(
+        want.scaffold
+            .difference(&live.owned.scaffold)
+            .map(|s| Change::AddScaffold { scaffold: *s }),
+    );
+    changes.extend(
+        want.rules
+            .values()
+            .filter(|r| !live.owned.rules.contains_key(&r.key))
+            .map(|r| Change::AddRule { rule: r.clone() }),
+    );
+    ns.apply(&Nftables.render_batch(&changes));
+    let upgraded = ns.observe();
+    assert!(upgraded.stray.is_empty(), "{:?}", upgraded.stray);
+    assert_eq!(upgraded.owned, want);
+    let table = ns.ok(
+        "nft",
+        &["list", "map", "ip", "portald", "container_services"],
+        None,
+    );
+    assert!(
+        table.contains("counter packets 0 bytes 0 comment \"default/web:80\""),
+        "{table}"
+    );
+}

@@ -523,7 +523,13 @@ fn handle(
             *ready = false;
             match reconciler.reload_settings() {
                 Ok(changed) if changed.is_empty() => tracing::info!("reload: settings unchanged"),
-                Ok(changed) => tracing::info!(changed = ?changed, "reload: new settings taken"),
+                Ok(changed) => {
+                    let changed = crate::log_fields::texts(&changed);
+                    tracing::info!(
+                        changed = crate::log_fields::list(&changed),
+                        "reload: new settings taken"
+                    )
+                }
                 Err(e) => tracing::error!(
                     error = %crate::escape::Text(&e),
                     "reload: cannot read the settings; the running ones stay"
@@ -678,7 +684,7 @@ async fn serve_control(
                         tracing::warn!(error = %e, "control socket: accept failed; backing off");
                     }
                     Some(dataplane::EpisodeLog::Continues { failures, elapsed }) => {
-                        tracing::warn!(error = %e, failures, elapsed = ?elapsed, "control socket: accepts still failing");
+                        tracing::warn!(error = %e, failures, elapsed_ms = crate::log_fields::millis(elapsed), "control socket: accepts still failing");
                     }
                     None => {}
                 }
@@ -688,7 +694,11 @@ async fn serve_control(
         };
         if let Some((failures, lasted)) = failing.ended() {
             backoff.reset();
-            tracing::warn!(failures, lasted = ?lasted, "control socket: accept recovered");
+            tracing::warn!(
+                failures,
+                lasted_ms = crate::log_fields::millis(lasted),
+                "control socket: accept recovered"
+            );
         }
         let tx = tx.clone();
         let status = status.clone();

@@ -1,24 +1,34 @@
 //! Renders a state as the libnftables JSON that `nft -j list ruleset` prints once it is
 //! applied: what a fake kernel or a captured snapshot hands to the parse.
 
+use super::stmt::{to_value, Expr, Stmt};
 use super::{
-    affinity_set, chain_name, entries_in, entry_json, hook_chain, hook_facts, is_interval,
-    jump_exprs, rules_in, service_chain, service_exprs, slot_exprs, slot_maps, AFFINITY_SET_SIZE,
-    ENTRY_SETS, FAMILY, TABLE,
+    affinity_set, chain_name, entries_in, entry_json, hook_chain, hook_facts, is_counted,
+    is_interval, jump_exprs, map_name, rules_in, service_chain, service_exprs, slot_exprs,
+    slot_maps, Kind, AFFINITY_SET_SIZE, ENTRY_SETS, FAMILY, TABLE,
 };
 use crate::{Action, NatState, PortalRule, Scaffold, Slot};
 use serde_json::{json, Value};
 
-/// A map or set element as the dump lists it.
+/// A map or set element as the dump lists it; an element of a counted map with its
+/// counter (at zero: the parse never reads the values).
 fn element(rule: &PortalRule) -> Value {
-    let key = json!({"elem": {
+    let mut key = json!({"elem": {
         "val": {"concat": [rule.key.vip.to_string(), rule.key.protocol.as_str(), rule.key.port]},
         "comment": rule.comment.as_str(),
     }});
+    if is_counted(&map_name(rule.key.path, Kind::of(&rule.action))) {
+        key["elem"]["counter"] = json!({"packets": 0, "bytes": 0});
+    }
     let data = match &rule.action {
-        Action::Redirect { to_port } => json!(to_port),
-        Action::DnatLocal { to } => json!({"concat": [to.ip().to_string(), to.port()]}),
-        Action::Balance { .. } => json!({"goto": {"target": service_chain(&rule.key)}}),
+        Action::Redirect { to_port } => to_value(&Expr::Number(u64::from(*to_port))),
+        Action::DnatLocal { to } => to_value(&Expr::concat(vec![
+            Expr::text(to.ip().to_string()),
+            Expr::Number(u64::from(to.port())),
+        ])),
+        Action::Balance { .. } => to_value(&Stmt::Goto {
+            target: service_chain(&rule.key),
+        }),
         Action::Reject => return key,
     };
     json!([key, data])
@@ -61,6 +71,9 @@ pub fn render_json(state: &NatState) -> String {
                 }
                 if is_interval(&name) {
                     map["flags"] = json!(["interval"]);
+                }
+                if is_counted(&name) {
+                    map["stmt"] = json!([{"counter": null}]);
                 }
                 if !elems.is_empty() {
                     map["elem"] = Value::Array(elems);

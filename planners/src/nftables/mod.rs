@@ -6,6 +6,7 @@
 //! table ip portald {
 //!     map container_redirect {            # Action::Redirect: key -> proxy port
 //!         type ipv4_addr . inet_proto . inet_service : inet_service
+//!         counter                         # each element (portal) counts its packets
 //!         elements = { 10.11.0.1 . tcp . 80 comment "default/apache-service:80" : 12345 }
 //!     }
 //!     map container_dnat {                # Action::DnatLocal: key -> local addr . port
@@ -44,19 +45,35 @@
 //! of the client addresses it served: a client found in a set goes back to that endpoint and
 //! refreshes its entry; a new client is spread by `numgen` (probability 1/n, 1/(n-1), ...,
 //! like iptables' `statistic` cascade) and recorded.
+//!
+//! The libnftables JSON goes through serde types of portald's own, not the `nftables`
+//! crate: 0.6.3, tried on the dumps in `fixtures/live/nftables`, cannot parse a map whose
+//! data is a verdict or a concatenation (both of which portald writes), drops a map's
+//! `counter` statement, does not write elements back as `nft -j list` prints them, and
+//! fails a whole dump on one construct it does not know (details in `schema.rs`).
+//! `schema.rs` reads the dump's chains, rules, maps, sets and elements; `stmt.rs` types the
+//! statements and expressions of portald's own rules and elements. Still untyped: the
+//! statements of rules read from the dump (`expr.rs` shows any statement of a foreign rule
+//! as text and reads its facts; own rules are compared by canonical JSON text) and the
+//! object level of the fake kernel's dump (`json.rs`).
 
+mod counters;
 mod expr;
 mod json;
 mod parse;
 mod render;
+mod schema;
+mod stmt;
 
 use crate::{
     Action, Change, Dialect, Invocation, Live, NatState, ParseError, Path, PortalKey, Scaffold,
     Slot,
 };
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::net::SocketAddrV4;
+use stmt::{is, to_value, Expr, Stmt};
 
+pub use counters::{counters_command, portal_counters, PortalCounters};
 pub use json::render_json;
 
 /// The nftables dialect (`nft`, libnftables JSON dumps).
@@ -168,24 +185,32 @@ pub(crate) fn entry_element(scaffold: &Scaffold) -> Option<(&'static str, String
 
 /// The same element as `nft -j` lists it.
 pub(crate) fn entry_json(scaffold: &Scaffold) -> Option<(&'static str, Value)> {
-    let prefix = |n: &crate::Net| json!({"prefix": {"addr": n.addr.to_string(), "len": n.len}});
-    match scaffold {
-        Scaffold::Chain(_) | Scaffold::Hook(_) => None,
-        Scaffold::Masquerade(m) => Some((
+    let entry = match scaffold {
+        Scaffold::Chain(_) | Scaffold::Hook(_) => return None,
+        Scaffold::Masquerade(m) => (
             MASQUERADE_SET,
-            json!({"concat": [prefix(&m.network), prefix(&m.network), prefix(&m.portals)]}),
-        )),
-        Scaffold::Hairpin(a) => Some((
+            Expr::concat(vec![
+                Expr::prefix(&m.network),
+                Expr::prefix(&m.network),
+                Expr::prefix(&m.portals),
+            ]),
+        ),
+        Scaffold::Hairpin(a) => (
             HAIRPIN_SET,
-            json!({"concat": [a.to_string(), a.to_string()]}),
-        )),
-        Scaffold::ProxyGuard(p) => {
-            Some((GUARD_SET, json!({"concat": [p.protocol.as_str(), p.port]})))
-        }
+            Expr::concat(vec![Expr::text(a.to_string()), Expr::text(a.to_string())]),
+        ),
+        Scaffold::ProxyGuard(p) => (
+            GUARD_SET,
+            Expr::concat(vec![
+                Expr::text(p.protocol.as_str()),
+                Expr::Number(u64::from(p.port)),
+            ]),
+        ),
         // An interval set lists a single address as itself, a wider range as a prefix.
-        Scaffold::Forward(n) if n.len == 32 => Some((FORWARD_SET, json!(n.addr.to_string()))),
-        Scaffold::Forward(n) => Some((FORWARD_SET, prefix(n))),
-    }
+        Scaffold::Forward(n) if n.len == 32 => (FORWARD_SET, Expr::text(n.addr.to_string())),
+        Scaffold::Forward(n) => (FORWARD_SET, Expr::prefix(n)),
+    };
+    Some((entry.0, to_value(&entry.1)))
 }
 
 /// The sets of scaffold entries, each with the slot whose chain looks it up.
@@ -195,6 +220,16 @@ pub(crate) const ENTRY_SETS: [(&str, Slot); 4] = [
     (GUARD_SET, Slot::ProxyGuard),
     (FORWARD_SET, Slot::Forward),
 ];
+
+/// Whether a map counts its elements' packets and bytes (`counter` in its declaration, so
+/// every element gets its own counter): the NAT maps, whose elements are the portals, like
+/// the per-portal rules whose counters `iptables-save -c` shows. nft refuses a `counter` on
+/// an element of a map declared without one, and a map's declaration cannot change in place.
+pub(crate) fn is_counted(map: &str) -> bool {
+    Path::ALL
+        .into_iter()
+        .any(|path| Kind::NAT.iter().any(|kind| map_name(path, *kind) == map))
+}
 
 /// Whether a set holds ranges (`flags interval`).
 pub(crate) fn is_interval(set: &str) -> bool {
@@ -285,11 +320,18 @@ pub(crate) fn jump_rule(slot: Slot) -> String {
 
 /// The same rule as `nft -j` lists its expressions.
 pub(crate) fn jump_exprs(slot: Slot) -> Value {
-    let jump = json!({"jump": {"target": chain_name(slot)}});
+    let jump = Stmt::Jump {
+        target: chain_name(slot).to_string(),
+    };
     if filters(slot) {
-        json!([{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": "new"}}, jump])
+        let new = Stmt::Match {
+            op: "in",
+            left: Expr::ct("state", None),
+            right: Expr::text("new"),
+        };
+        to_value(&[new, jump])
     } else {
-        json!([jump])
+        to_value(&[jump])
     }
 }
 
@@ -333,104 +375,146 @@ pub(crate) fn slot_rules(slot: Slot) -> Vec<String> {
     }
 }
 
-fn l4_any() -> Value {
-    json!({"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": {"set": ["tcp", "udp"]}}})
+/// `meta l4proto { tcp, udp }`.
+fn l4_any() -> Stmt {
+    is(
+        Expr::meta("l4proto"),
+        Expr::set(vec![Expr::text("tcp"), Expr::text("udp")]),
+    )
 }
 
-fn key_expr() -> Value {
-    json!({"concat": [
-        {"payload": {"protocol": "ip", "field": "daddr"}},
-        {"meta": {"key": "l4proto"}},
-        {"payload": {"protocol": "th", "field": "dport"}},
-    ]})
+/// `ip daddr . meta l4proto . PROTO dport`: nft lists `th dport` after a single protocol
+/// match as that protocol's.
+fn key_expr(transport: &'static str) -> Expr {
+    Expr::concat(vec![
+        Expr::payload("ip", "daddr"),
+        Expr::meta("l4proto"),
+        Expr::payload(transport, "dport"),
+    ])
+}
+
+/// A set lookup: `left @set`.
+fn lookup(left: Expr, set: &str) -> Stmt {
+    is(left, Expr::text(format!("@{set}")))
+}
+
+/// `reject with tcp reset` for TCP, `reject` (ICMP port unreachable) for UDP.
+fn reject(transport: &str) -> Stmt {
+    match transport {
+        "tcp" => Stmt::Reject {
+            kind: "tcp reset",
+            expr: None,
+        },
+        _ => Stmt::Reject {
+            kind: "icmp",
+            expr: Some("port-unreachable"),
+        },
+    }
 }
 
 /// The rules of a slot's chain as `nft -j` lists their expressions.
 pub(crate) fn slot_exprs(slot: Slot) -> Vec<Value> {
-    match slot.path() {
+    let rules: Vec<Vec<Stmt>> = match slot.path() {
         Some(path) if slot == Slot::nat(path) => Kind::NAT
             .iter()
             .map(|kind| {
-                let map = format!("@{}", map_name(path, *kind));
-                let lookup = json!({"map": {"key": key_expr(), "data": map}});
+                let map = Expr::text(format!("@{}", map_name(path, *kind)));
                 match kind {
-                    Kind::Redirect => json!([l4_any(), {"redirect": {"port": lookup}}]),
-                    Kind::Dnat => json!([l4_any(), {"dnat": {"family": "ip", "addr": lookup}}]),
-                    _ => json!([l4_any(), {"vmap": {"key": key_expr(), "data": map}}]),
+                    Kind::Redirect => vec![
+                        l4_any(),
+                        Stmt::Redirect {
+                            port: Expr::map(key_expr("th"), map),
+                        },
+                    ],
+                    Kind::Dnat => vec![
+                        l4_any(),
+                        Stmt::Dnat {
+                            family: Some("ip"),
+                            addr: Expr::map(key_expr("th"), map),
+                            port: None,
+                        },
+                    ],
+                    _ => vec![
+                        l4_any(),
+                        Stmt::Vmap {
+                            key: key_expr("th"),
+                            data: map,
+                        },
+                    ],
                 }
             })
             .collect(),
         Some(path) => {
-            let set = format!("@{}", map_name(path, Kind::NoEndpoints));
-            // nft lists `meta l4proto tcp ... th dport` as `... tcp dport`.
-            let key = |proto: &str| {
-                json!({"concat": [
-                    {"payload": {"protocol": "ip", "field": "daddr"}},
-                    {"meta": {"key": "l4proto"}},
-                    {"payload": {"protocol": proto, "field": "dport"}},
-                ]})
-            };
-            vec![
-                json!([
-                    {"match": {"op": "==", "left": key("tcp"), "right": set}},
-                    {"reject": {"type": "tcp reset"}},
-                ]),
-                json!([
-                    {"match": {"op": "==", "left": key("udp"), "right": set}},
-                    {"reject": {"type": "icmp", "expr": "port-unreachable"}},
-                ]),
-            ]
+            let set = map_name(path, Kind::NoEndpoints);
+            ["tcp", "udp"]
+                .into_iter()
+                .map(|proto| vec![lookup(key_expr(proto), &set), reject(proto)])
+                .collect()
         }
         None => {
-            let dnat =
-                json!({"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}});
-            let saddr = json!({"payload": {"protocol": "ip", "field": "saddr"}});
+            let dnat = || Stmt::Match {
+                op: "in",
+                left: Expr::ct("status", None),
+                right: Expr::text("dnat"),
+            };
+            let original = || Expr::ct("ip daddr", Some("original"));
             match slot {
                 // nft lists `meta l4proto tcp meta l4proto . th dport` as
                 // `meta l4proto . tcp dport`, and `ct status & dnat == 0` as `ct status ! dnat`.
-                Slot::ProxyGuard => {
-                    let rule = |proto: &str, reject: Value| {
-                        json!([
-                            {"match": {"op": "==", "left": {"concat": [
-                                {"meta": {"key": "l4proto"}},
-                                {"payload": {"protocol": proto, "field": "dport"}},
-                            ]}, "right": format!("@{GUARD_SET}")}},
-                            {"match": {"op": "!", "left": {"ct": {"key": "status"}}, "right": "dnat"}},
-                            {"reject": reject},
-                        ])
-                    };
-                    vec![
-                        rule("tcp", json!({"type": "tcp reset"})),
-                        rule("udp", json!({"type": "icmp", "expr": "port-unreachable"})),
-                    ]
-                }
-                Slot::Forward => vec![json!([
-                    dnat,
-                    {"match": {"op": "==", "left": {"ct": {"key": "ip daddr", "dir": "original"}}, "right": format!("@{FORWARD_SET}")}},
-                    {"accept": null},
-                ])],
+                Slot::ProxyGuard => ["tcp", "udp"]
+                    .into_iter()
+                    .map(|proto| {
+                        vec![
+                            lookup(
+                                Expr::concat(vec![
+                                    Expr::meta("l4proto"),
+                                    Expr::payload(proto, "dport"),
+                                ]),
+                                GUARD_SET,
+                            ),
+                            Stmt::Match {
+                                op: "!",
+                                left: Expr::ct("status", None),
+                                right: Expr::text("dnat"),
+                            },
+                            reject(proto),
+                        ]
+                    })
+                    .collect(),
+                Slot::Forward => vec![vec![
+                    dnat(),
+                    lookup(original(), FORWARD_SET),
+                    Stmt::Accept(()),
+                ]],
                 _ => vec![
-                    json!([
-                        dnat,
-                        {"match": {"op": "==", "left": {"concat": [
-                            saddr,
-                            {"payload": {"protocol": "ip", "field": "daddr"}},
-                            {"ct": {"key": "ip daddr", "dir": "original"}},
-                        ]}, "right": format!("@{MASQUERADE_SET}")}},
-                        {"masquerade": null},
-                    ]),
-                    json!([
-                        dnat,
-                        {"match": {"op": "==", "left": {"concat": [
-                            saddr,
-                            {"payload": {"protocol": "ip", "field": "daddr"}},
-                        ]}, "right": format!("@{HAIRPIN_SET}")}},
-                        {"masquerade": null},
-                    ]),
+                    vec![
+                        dnat(),
+                        lookup(
+                            Expr::concat(vec![
+                                Expr::payload("ip", "saddr"),
+                                Expr::payload("ip", "daddr"),
+                                original(),
+                            ]),
+                            MASQUERADE_SET,
+                        ),
+                        Stmt::Masquerade(()),
+                    ],
+                    vec![
+                        dnat(),
+                        lookup(
+                            Expr::concat(vec![
+                                Expr::payload("ip", "saddr"),
+                                Expr::payload("ip", "daddr"),
+                            ]),
+                            HAIRPIN_SET,
+                        ),
+                        Stmt::Masquerade(()),
+                    ],
                 ],
             }
         }
-    }
+    };
+    rules.iter().map(to_value).collect()
 }
 
 /// The maps and sets a slot's chain looks up: `(name, key type, data type)`.
@@ -568,38 +652,50 @@ pub(crate) fn service_exprs(
     endpoints: &[SocketAddrV4],
     affinity: Option<u32>,
 ) -> Vec<Value> {
-    let l4 = json!({"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": key.protocol.as_str()}});
+    let l4 = || is(Expr::meta("l4proto"), Expr::text(key.protocol.as_str()));
     let n = endpoints.len();
-    let saddr = json!({"payload": {"protocol": "ip", "field": "saddr"}});
+    let saddr = || Expr::payload("ip", "saddr");
     let set = |e: &SocketAddrV4| format!("@{}", affinity_set(key, e));
     let tail = |e: &SocketAddrV4| {
-        let dnat = json!({"dnat": {"addr": e.ip().to_string(), "port": e.port()}});
+        let dnat = Stmt::Dnat {
+            family: None,
+            addr: Expr::text(e.ip().to_string()),
+            port: Some(Expr::Number(u64::from(e.port()))),
+        };
         match affinity {
             Some(_) => vec![
-                json!({"set": {"op": "update", "elem": saddr, "set": set(e)}}),
+                Stmt::Set {
+                    op: "update",
+                    elem: saddr(),
+                    set: set(e),
+                },
                 dnat,
             ],
             None => vec![dnat],
         }
     };
-    let mut rules: Vec<Value> = Vec::new();
+    let mut rules: Vec<Vec<Stmt>> = Vec::new();
     if affinity.is_some() {
         for e in endpoints {
-            let seen = json!({"match": {"op": "==", "left": saddr, "right": set(e)}});
-            let mut rule = vec![l4.clone(), seen];
+            let mut rule = vec![l4(), is(saddr(), Expr::text(set(e)))];
             rule.extend(tail(e));
-            rules.push(Value::Array(rule));
+            rules.push(rule);
         }
     }
     for (i, e) in endpoints.iter().enumerate() {
-        let mut rule = vec![l4.clone()];
+        let mut rule = vec![l4()];
         if i + 1 < n {
-            rule.push(json!({"match": {"op": "==", "left": {"numgen": {"mode": "random", "mod": n - i, "offset": 0}}, "right": 0}}));
+            let pick = Expr::Named(stmt::Named::Numgen {
+                mode: "random",
+                modulus: (n - i) as u64,
+                offset: 0,
+            });
+            rule.push(is(pick, Expr::Number(0)));
         }
         rule.extend(tail(e));
-        rules.push(Value::Array(rule));
+        rules.push(rule);
     }
-    rules
+    rules.iter().map(to_value).collect()
 }
 
 impl Dialect for Nftables {

@@ -5,10 +5,11 @@
 //! plan puts it right.
 
 use super::expr::{facts, rule_text};
+use super::schema::{Dump, Element, Item, Key, KeyType, RuleObject, SetObject};
 use super::{
-    affinity_set, chain_name, hook_chain, hook_facts, jump_exprs, map_name, service_chain,
-    service_exprs, slot_exprs, slot_maps, Kind, AFFINITY_SET_SIZE, ENTRY_SETS, FAMILY, FORWARD_SET,
-    GUARD_SET, HAIRPIN_SET, MASQUERADE_SET, TABLE,
+    affinity_set, chain_name, hook_chain, hook_facts, is_counted, jump_exprs, map_name,
+    service_chain, service_exprs, slot_exprs, slot_maps, Kind, AFFINITY_SET_SIZE, ENTRY_SETS,
+    FAMILY, FORWARD_SET, GUARD_SET, HAIRPIN_SET, MASQUERADE_SET, TABLE,
 };
 use crate::{
     Action, Comment, ForeignRule, GuardedPort, Live, Masquerade, Net, ParseError, Path, PortalKey,
@@ -40,15 +41,11 @@ struct Rule {
 }
 
 impl Rule {
-    fn read(body: &Value) -> Rule {
-        let exprs = body
-            .get("expr")
-            .cloned()
-            .unwrap_or(Value::Array(Vec::new()));
-        let stmts = exprs.as_array().map(Vec::as_slice).unwrap_or_default();
+    fn read(body: RuleObject) -> Rule {
+        let stmts = body.expr.unwrap_or_default();
         let mut targets = Vec::new();
         let mut updates = None;
-        for stmt in stmts {
+        for stmt in &stmts {
             if let Some(dnat) = stmt.get("dnat") {
                 targets.extend(dnat_targets(dnat));
             }
@@ -61,9 +58,9 @@ impl Rule {
             }
         }
         Rule {
-            handle: body.get("handle").and_then(Value::as_u64),
-            canon: exprs.to_string(),
-            comment: str_of(body, "comment").map(str::to_string),
+            handle: body.handle,
+            canon: Value::Array(stmts).to_string(),
+            comment: body.comment,
             targets,
             updates,
         }
@@ -80,10 +77,6 @@ impl Rule {
     }
 }
 
-fn str_of<'a>(body: &'a Value, key: &str) -> Option<&'a str> {
-    body.get(key).and_then(Value::as_str)
-}
-
 /// A chain of portald's table.
 struct Chain {
     hook: Option<String>,
@@ -95,7 +88,7 @@ struct Chain {
 #[derive(Default)]
 struct Table {
     /// Maps and sets by name, with `"map"` or `"set"`.
-    maps: BTreeMap<String, (&'static str, Value)>,
+    maps: BTreeMap<String, (&'static str, SetObject)>,
     chains: BTreeMap<String, Chain>,
     rules: BTreeMap<String, Vec<Rule>>,
 }
@@ -104,13 +97,6 @@ impl Table {
     fn rules_of(&self, chain: &str) -> &[Rule] {
         self.rules.get(chain).map(Vec::as_slice).unwrap_or_default()
     }
-}
-
-/// The dump's items, each still as text: one is read at a time.
-#[derive(serde::Deserialize)]
-struct Dump<'a> {
-    #[serde(borrow)]
-    nftables: Vec<&'a serde_json::value::RawValue>,
 }
 
 pub(crate) fn parse_live(dump: &str) -> Result<Live, ParseError> {
@@ -123,8 +109,8 @@ pub(crate) fn parse_live(dump: &str) -> Result<Live, ParseError> {
         error(e.line().max(1), message)
     })?;
 
-    let ours = |body: &Value| {
-        str_of(body, "family") == Some(FAMILY) && str_of(body, "table") == Some(TABLE)
+    let ours = |family: &Option<String>, table: &Option<String>| {
+        family.as_deref() == Some(FAMILY) && table.as_deref() == Some(TABLE)
     };
     let mut table = Table::default();
     let mut live = Live::default();
@@ -134,71 +120,54 @@ pub(crate) fn parse_live(dump: &str) -> Result<Live, ParseError> {
     let mut foreign_hooks: BTreeMap<(String, String, String), (String, i64)> = BTreeMap::new();
     let mut ending: Vec<(usize, (String, String, String))> = Vec::new();
     for raw in root.nftables {
-        let Ok(Value::Object(mut item)) = serde_json::from_str::<Value>(raw.get()) else {
+        let Ok(item) = serde_json::from_str::<Item>(raw.get()) else {
             continue;
         };
         if let Some((kind, body)) = item
-            .remove("map")
+            .map
             .map(|m| ("map", m))
-            .or_else(|| item.remove("set").map(|s| ("set", s)))
+            .or_else(|| item.set.map(|s| ("set", s)))
         {
-            if let (true, Some(name)) = (ours(&body), str_of(&body, "name").map(str::to_string)) {
+            if let (true, Some(name)) = (ours(&body.family, &body.table), body.name.clone()) {
                 table.maps.insert(name, (kind, body));
             }
-        } else if let Some(chain) = item.get("chain") {
-            if let (false, Some(hook), Some(prio)) = (
-                ours(chain),
-                str_of(chain, "hook"),
-                chain.get("prio").and_then(Value::as_i64),
-            ) {
+        } else if let Some(chain) = item.chain {
+            let own = ours(&chain.family, &chain.table);
+            if let (false, Some(hook), Some(prio)) = (own, &chain.hook, chain.prio) {
                 let place = (
-                    str_of(chain, "family").unwrap_or_default().to_string(),
-                    str_of(chain, "table").unwrap_or_default().to_string(),
-                    str_of(chain, "name").unwrap_or_default().to_string(),
+                    chain.family.clone().unwrap_or_default(),
+                    chain.table.clone().unwrap_or_default(),
+                    chain.name.clone().unwrap_or_default(),
                 );
-                foreign_hooks.insert(place, (hook.to_string(), prio));
+                foreign_hooks.insert(place, (hook.clone(), prio));
             }
-            if let (true, Some(name)) = (ours(chain), str_of(chain, "name")) {
+            if let (true, Some(name)) = (own, chain.name) {
                 let info = Chain {
-                    hook: str_of(chain, "hook").map(str::to_string),
-                    kind: str_of(chain, "type").map(str::to_string),
-                    prio: chain.get("prio").and_then(Value::as_i64),
+                    hook: chain.hook,
+                    kind: chain.kind,
+                    prio: chain.prio,
                 };
-                table.chains.insert(name.to_string(), info);
+                table.chains.insert(name, info);
             }
-        } else if let Some(rule) = item.get("rule") {
+        } else if let Some(rule) = item.rule {
             // A rule always names its place; one that does not is skipped, not fatal.
-            let (Some(family), Some(table_name), Some(chain)) = (
-                str_of(rule, "family"),
-                str_of(rule, "table"),
-                str_of(rule, "chain"),
-            ) else {
+            let (Some(family), Some(table_name), Some(chain)) =
+                (rule.family.clone(), rule.table.clone(), rule.chain.clone())
+            else {
                 continue;
             };
-            if ours(rule) {
-                table
-                    .rules
-                    .entry(chain.to_string())
-                    .or_default()
-                    .push(Rule::read(rule));
+            if ours(&rule.family, &rule.table) {
+                table.rules.entry(chain).or_default().push(Rule::read(rule));
             } else {
-                let exprs = rule
-                    .get("expr")
-                    .and_then(Value::as_array)
-                    .map(Vec::as_slice)
-                    .unwrap_or_default();
+                let exprs = rule.expr.as_deref().unwrap_or_default();
                 let facts = facts(exprs);
-                if facts.ends && matches!(family, "ip" | "inet") && catches_new(exprs) {
-                    let place = (
-                        family.to_string(),
-                        table_name.to_string(),
-                        chain.to_string(),
-                    );
+                if facts.ends && matches!(family.as_str(), "ip" | "inet") && catches_new(exprs) {
+                    let place = (family.clone(), table_name.clone(), chain.clone());
                     ending.push((live.foreign.len(), place));
                 }
                 live.foreign.push(ForeignRule {
                     location: format!("{family} {table_name}/{chain}"),
-                    text: rule_text(exprs, str_of(rule, "comment")),
+                    text: rule_text(exprs, rule.comment.as_deref()),
                     dst: facts.dst,
                     protocol: facts.protocol,
                     dport: facts.dport,
@@ -238,7 +207,7 @@ pub(crate) fn parse_live(dump: &str) -> Result<Live, ParseError> {
             table
                 .maps
                 .get(name.as_str())
-                .is_some_and(|(_, m)| typed(m, key, *data))
+                .is_some_and(|(_, m)| typed(m, key, *data) && (!is_counted(name) || m.counts()))
         });
         let chain = chain_name(slot);
         if maps_ok
@@ -345,13 +314,8 @@ fn holds_all(table: &Table, chain: &str, expected: &[Value]) -> bool {
 }
 
 /// Whether a map or set has the given key and data types.
-fn typed(map: &Value, key: &[&str], data: Option<&str>) -> bool {
-    let key_ok = match &map["type"] {
-        Value::Array(t) => t.iter().map(Value::as_str).eq(key.iter().map(|k| Some(*k))),
-        Value::String(t) => key == [t.as_str()],
-        _ => false,
-    };
-    key_ok && map.get("map").and_then(Value::as_str) == data
+fn typed(map: &SetObject, key: &[&str], data: Option<&str>) -> bool {
+    map.key.as_ref().is_some_and(|k| k.parts() == key) && map.data.as_deref() == data
 }
 
 /// Elements of portald's maps and sets become rules; an element that cannot be one (no
@@ -377,9 +341,20 @@ fn read_elements(
             if !typed(map, &key_type, kind.data_type()) {
                 continue;
             }
-            let elems = map.get("elem").and_then(Value::as_array);
-            for elem in elems.into_iter().flatten() {
-                let rule = element_rule(path, kind, elem).and_then(|mut rule| {
+            // A map from before portald counted its portals: the slot is reported absent
+            // and the map a stray, so the batch makes it anew (a declaration cannot change
+            // in place) and adds the portals back; the service chains and sets of its
+            // elements are orphans then, refilled by the portals that keep them.
+            if is_counted(&name) && !map.counts() {
+                live.stray.push(StrayRule {
+                    chain: name.clone(),
+                    text: format!("map {name}"),
+                });
+                continue;
+            }
+            for elem in map.elements() {
+                let element = Element::read(elem);
+                let rule = element_rule(path, kind, &element).and_then(|mut rule| {
                     if let Action::Balance { .. } = rule.action {
                         rule.action = service_action(table, &rule.key)?;
                     }
@@ -402,7 +377,7 @@ fn read_elements(
                     }
                     _ => live.stray.push(StrayRule {
                         chain: name.clone(),
-                        text: element_text(elem),
+                        text: element_text(&element),
                     }),
                 }
             }
@@ -411,15 +386,15 @@ fn read_elements(
 }
 
 /// The element's key, comment and action (a Balance with no endpoints yet: the chain says).
-fn element_rule(path: Path, kind: Kind, elem: &Value) -> Option<PortalRule> {
-    let (key, data) = match kind {
-        Kind::NoEndpoints => (elem, &Value::Null),
-        _ => split_pair(elem)?,
+fn element_rule(path: Path, kind: Kind, elem: &Element) -> Option<PortalRule> {
+    let (key, data) = match (kind, elem) {
+        (Kind::NoEndpoints, Element::Single(key)) => (key, &Value::Null),
+        (Kind::NoEndpoints, Element::Mapped(..)) => return None,
+        (_, Element::Mapped(key, data)) => (key, data),
+        (_, Element::Single(_)) => return None,
     };
-    let inner = key.get("elem");
-    let val = inner.map_or(key, |e| &e["val"]);
-    let comment = Comment::new(inner?.get("comment")?.as_str()?).ok()?;
-    let parts = val.get("concat")?.as_array()?;
+    let comment = Comment::new(key.comment()?).ok()?;
+    let parts = key.val().get("concat")?.as_array()?;
     let [vip, protocol, port] = parts.as_slice() else {
         return None;
     };
@@ -496,21 +471,18 @@ fn service_action(table: &Table, key: &PortalKey) -> Option<Action> {
         None => None,
         Some(name) => {
             let (_, set) = table.maps.get(name.as_str())?;
-            let seconds = u32::try_from(set.get("timeout")?.as_u64()?).ok()?;
+            let seconds = u32::try_from(set.timeout?).ok()?;
             Some(seconds)
         }
     };
     if let Some(seconds) = affinity_seconds {
         for endpoint in &endpoints {
             let (kind, set) = table.maps.get(affinity_set(key, endpoint).as_str())?;
-            let flags_ok = set["flags"]
-                .as_array()
-                .is_some_and(|f| f.iter().any(|x| x == "timeout"));
             if *kind != "set"
-                || set["type"] != "ipv4_addr"
-                || set["timeout"].as_u64() != Some(u64::from(seconds))
-                || set["size"].as_u64() != Some(u64::from(AFFINITY_SET_SIZE))
-                || !flags_ok
+                || set.key != Some(KeyType::One("ipv4_addr".to_string()))
+                || set.timeout != Some(u64::from(seconds))
+                || set.size != Some(u64::from(AFFINITY_SET_SIZE))
+                || !set.has_flag("timeout")
             {
                 return None;
             }
@@ -561,13 +533,8 @@ fn read_entries(table: &Table, live: &mut Live) {
         let Some((_, set)) = table.maps.get(name) else {
             continue;
         };
-        for elem in set
-            .get("elem")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            match entry_of(name, elem) {
+        for elem in set.elements() {
+            match entry_of(name, &Element::read(elem)) {
                 Some(entry) => {
                     live.owned.scaffold.insert(entry);
                 }
@@ -581,7 +548,11 @@ fn read_entries(table: &Table, live: &mut Live) {
 }
 
 /// The scaffold entry an element of the named set stands for.
-fn entry_of(set: &str, elem: &Value) -> Option<Scaffold> {
+fn entry_of(set: &str, elem: &Element) -> Option<Scaffold> {
+    // portald writes these elements bare: no comment, no data.
+    let Element::Single(Key::Bare(elem)) = elem else {
+        return None;
+    };
     let parts = || elem.get("concat").and_then(Value::as_array);
     match set {
         MASQUERADE_SET => match parts()?.as_slice() {
@@ -640,15 +611,13 @@ fn port_of(value: &Value) -> Option<u16> {
 
 /// `10.11.0.1 . tcp . 80 comment "x" : 12345`, as nft lists an element; the key comes first
 /// so the batch can delete the element from this text.
-fn element_text(elem: &Value) -> String {
-    let (key, data) = match split_pair(elem) {
-        Some((key, data)) => (key, Some(data)),
-        None => (elem, None),
+fn element_text(elem: &Element) -> String {
+    let (key, data) = match elem {
+        Element::Mapped(key, data) => (key, Some(data)),
+        Element::Single(key) => (key, None),
     };
-    let inner = key.get("elem");
-    let val = inner.map_or(key, |e| &e["val"]);
-    let mut text = concat_text(val);
-    if let Some(comment) = inner.and_then(|e| e.get("comment")).and_then(Value::as_str) {
+    let mut text = concat_text(key.val());
+    if let Some(comment) = key.comment() {
         text.push_str(&format!(" comment \"{comment}\""));
     }
     if let Some(data) = data {

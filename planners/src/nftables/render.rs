@@ -2,8 +2,8 @@
 
 use super::{
     affinity_set, chain_name, element_key, element_value, entries_in, entry_element, hook_chain,
-    hook_spec, is_interval, jump_rule, map_name, rules_in, service_chain, service_rules, slot_maps,
-    slot_rules, Kind, AFFINITY_SET_SIZE, ENTRY_SETS, FAMILY, TABLE,
+    hook_spec, is_counted, is_interval, jump_rule, map_name, rules_in, service_chain,
+    service_rules, slot_maps, slot_rules, Kind, AFFINITY_SET_SIZE, ENTRY_SETS, FAMILY, TABLE,
 };
 use crate::{Action, Change, NatState, PortalRule, Scaffold, Slot, StrayRule};
 use std::collections::BTreeSet;
@@ -26,6 +26,9 @@ fn map_declaration(name: &str, key: &[&str], data: Option<&str>) -> String {
     }
     if is_interval(name) {
         text.push_str("; flags interval");
+    }
+    if is_counted(name) {
+        text.push_str("; counter");
     }
     text
 }
@@ -162,6 +165,46 @@ pub(crate) fn render_batch(changes: &[Change]) -> String {
             _ => None,
         })
         .collect();
+    // Whole maps the batch deletes whose slot chain it also adds: made anew right there
+    // (see `add_scaffold`), not at the end, where the new map would already stand.
+    let remade: BTreeSet<String> = changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::RemoveStray { stray } if stray.text == format!("map {}", stray.chain) => {
+                Some(stray.chain.clone())
+            }
+            _ => None,
+        })
+        .filter(|map| {
+            changes.iter().any(|c| match c {
+                Change::AddScaffold {
+                    scaffold: Scaffold::Chain(slot),
+                } => slot_maps(*slot).iter().any(|(name, _, _)| name == map),
+                _ => false,
+            })
+        })
+        .collect();
+    // Service chains and affinity sets the batch fills: an orphan of the same name (left
+    // by a map made anew, or by hand) is taken over, not deleted after the element that
+    // refers to it again.
+    let filled: BTreeSet<String> = changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::AddRule { rule } | Change::ReplaceRule { new: rule, .. } => Some(rule),
+            _ => None,
+        })
+        .filter(|rule| matches!(rule.action, Action::Balance { .. }))
+        .flat_map(|rule| {
+            let mut names = sets_of(rule);
+            names.insert(service_chain(&rule.key));
+            names
+        })
+        .collect();
+    let taken_over = |stray: &StrayRule| {
+        filled.contains(&stray.chain)
+            && (stray.text == format!("chain {}", stray.chain)
+                || stray.text == format!("set {}", stray.chain))
+    };
     let mut out = String::new();
     let mut late = Vec::new();
     let mut table_added = false;
@@ -172,14 +215,17 @@ pub(crate) fn render_batch(changes: &[Change]) -> String {
                 if !std::mem::replace(&mut table_added, true) {
                     let _ = writeln!(out, "add table {FAMILY} {TABLE}");
                 }
-                add_scaffold(&mut out, *scaffold)
+                add_scaffold(&mut out, *scaffold, &remade)
             }
             Change::RemoveScaffold { scaffold } => remove_scaffold(&mut out, *scaffold),
             Change::AddRule { rule } => add_rule(&mut out, rule),
             Change::RemoveRule { rule } => remove_rule(&mut out, rule),
             Change::ReplaceRule { old, new } => replace_rule(&mut out, old, new),
             Change::RemoveStray { stray } => {
-                if !swept.contains(&stray.chain) {
+                if !swept.contains(&stray.chain)
+                    && !remade.contains(&stray.chain)
+                    && !taken_over(stray)
+                {
                     remove_stray(&mut out, &mut late, stray);
                 }
             }
@@ -209,10 +255,22 @@ fn scaffold_chain(scaffold: Scaffold) -> Option<&'static str> {
     }
 }
 
-fn add_scaffold(out: &mut String, scaffold: Scaffold) {
+/// Adds a chain or hook (with the maps a chain looks up) or a set entry. A map in `remade`
+/// exists with another declaration: the chain is emptied of the rules that refer to it,
+/// and it is deleted (its elements with it) before it is added again.
+fn add_scaffold(out: &mut String, scaffold: Scaffold, remade: &BTreeSet<String>) {
     match scaffold {
         Scaffold::Chain(slot) => {
-            for (name, key, data) in slot_maps(slot) {
+            let maps = slot_maps(slot);
+            let chain = chain_name(slot);
+            if maps.iter().any(|(name, _, _)| remade.contains(name)) {
+                let _ = writeln!(out, "add chain {FAMILY} {TABLE} {chain}");
+                let _ = writeln!(out, "flush chain {FAMILY} {TABLE} {chain}");
+                for (name, _, _) in maps.iter().filter(|(name, _, _)| remade.contains(name)) {
+                    let _ = writeln!(out, "delete map {FAMILY} {TABLE} {name}");
+                }
+            }
+            for (name, key, data) in maps {
                 let kind = if data.is_some() { "map" } else { "set" };
                 let _ = writeln!(
                     out,
@@ -220,7 +278,6 @@ fn add_scaffold(out: &mut String, scaffold: Scaffold) {
                     map_declaration(&name, &key, data)
                 );
             }
-            let chain = chain_name(slot);
             let _ = writeln!(out, "add chain {FAMILY} {TABLE} {chain}");
             let _ = writeln!(out, "flush chain {FAMILY} {TABLE} {chain}");
             for rule in slot_rules(slot) {
