@@ -98,9 +98,9 @@ fn main() {
         format!("{} files", all.len()),
     ));
 
-    // The full line index (a second YAML parse with yaml_rust2): off the happy path since
-    // object lines come from a scan; built for a file only when a diagnostic or an explicit
-    // VIP needs a field's line, or the scan cannot be sure.
+    // The full line index (a scan of the text): off the happy path since object lines come
+    // from a line scan; built for a file only when a diagnostic, an explicit VIP or a `List`
+    // needs a field's line, or the line scan cannot be sure.
     if positions {
         let t = Instant::now();
         for s in &sources {

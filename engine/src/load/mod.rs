@@ -5,7 +5,6 @@
 
 mod convert;
 pub mod depth;
-mod fast;
 pub mod fields;
 pub mod file;
 pub mod positions;
@@ -177,8 +176,9 @@ pub fn parse_file_limited(file: &SourceFile, limits: &InputLimits) -> ParsedFile
     parse_file_with(file, Shortcuts::On)
 }
 
-/// Whether [`parse_file`] takes its shortcuts (the fast YAML reader, the scan for object
-/// lines); off, it takes the general way for everything, which the tests compare with.
+/// Whether [`parse_file`] takes its shortcut (the line scan for where objects start, see
+/// [`positions::document_lines`]); off, every line comes from the full line index, which the
+/// tests compare with.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Shortcuts {
     On,
@@ -207,12 +207,7 @@ fn parse_file_with(file: &SourceFile, shortcuts: Shortcuts) -> ParsedFile {
         objects: Vec::new(),
         diagnostics: Vec::new(),
     };
-    let documents = match shortcuts {
-        Shortcuts::On => yaml::parse_documents(&file.text, json),
-        Shortcuts::Off if json => yaml::parse_documents(&file.text, json),
-        Shortcuts::Off => yaml::parse_yaml(&file.text),
-    };
-    match documents {
+    match yaml::parse_documents(&file.text, json) {
         Err(e) => parsed.diagnostics.push(Diagnostic {
             file: file.path.clone(),
             line: e.line,
@@ -349,7 +344,7 @@ mod tests {
         }
     }
 
-    /// The shortcuts change nothing: same objects, same diagnostics with the same lines, on
+    /// The shortcut changes nothing: same objects, same diagnostics with the same lines, on
     /// the fixtures, the examples, the corpus, and small edits of them (a line deleted, its
     /// indentation changed, a bad port or name put on it).
     #[test]
