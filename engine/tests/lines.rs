@@ -399,3 +399,24 @@ spec:
         ],
     );
 }
+
+/// Lines taken from the `portald check` of before the single YAML path.
+#[test]
+fn a_block_scalar_item_is_on_its_first_line_of_text_and_a_lone_cr_ends_a_line() {
+    let text = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  ports:\n  - port: 80\n  externalIPs:\n  - 10.0.0.1\n  - |\n\n    10.0.0.x\n  - >-\n    10.0.0.y\n  - \"10.0.0.z\"\n";
+    assert_report(
+        "block-items.yaml",
+        text,
+        &[
+            "block-items.yaml:12: error: Service `default/web`: `spec.externalIPs[1]`: `\\n10.0.0.x\\n` is not an IPv4 address",
+            "block-items.yaml:14: error: Service `default/web`: `spec.externalIPs[2]`: `10.0.0.y` is not an IPv4 address",
+            "block-items.yaml:15: error: Service `default/web`: `spec.externalIPs[3]`: `10.0.0.z` is not an IPv4 address",
+        ],
+    );
+    let text = "apiVersion: v1\rkind: Service\rmetadata:\r  name: web\rspec:\r  ports:\r  - port: 80\r    protocol: SCTP\r";
+    assert_report(
+        "cr.yaml",
+        text,
+        &["cr.yaml:8: error: Service `default/web`: `spec.ports[0].protocol`: protocol SCTP is not supported (TCP or UDP)"],
+    );
+}
