@@ -346,7 +346,7 @@ impl<'a> Scanner<'a> {
                     };
                     self.push(kind, line, String::new());
                     self.bump();
-                    while !is_blankz(self.cur()) && !(self.flow > 0 && is_flow(self.cur())) {
+                    while !(is_blankz(self.cur()) || self.flow > 0 && is_flow(self.cur())) {
                         self.bump();
                     }
                 }
@@ -404,12 +404,16 @@ impl<'a> Scanner<'a> {
                 col: self.col,
                 at: self.at,
             };
-            self.keys.last_mut().map(|last| *last = Some(key));
+            if let Some(last) = self.keys.last_mut() {
+                *last = Some(key);
+            }
         }
     }
 
     fn remove_key(&mut self) {
-        self.keys.last_mut().map(|last| *last = None);
+        if let Some(last) = self.keys.last_mut() {
+            *last = None;
+        }
     }
 
     /// Opens a block collection at `col` when it is deeper than the current one; its start
@@ -516,15 +520,14 @@ impl<'a> Scanner<'a> {
     fn plain_continues(&self) -> bool {
         let (c, next) = (self.cur(), self.next());
         let value = c == Some(':') && (is_blankz(next) || (self.flow > 0 && is_flow(next)));
-        !value && !(self.flow > 0 && is_flow(c))
+        !(value || self.flow > 0 && is_flow(c))
     }
 
     /// A single- or double-quoted scalar, decoded (line folding approximated by one space).
     fn quoted(&mut self, quote: char) -> String {
         self.bump();
         let mut text = String::new();
-        loop {
-            let Some(c) = self.cur() else { break };
+        while let Some(c) = self.cur() {
             if c == quote {
                 self.bump();
                 if quote == '\'' && self.cur() == Some('\'') {
