@@ -9,6 +9,7 @@ pub mod depth;
 pub mod fields;
 pub mod file;
 pub mod positions;
+mod scan;
 pub mod spec;
 pub mod yaml;
 
