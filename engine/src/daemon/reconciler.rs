@@ -11,7 +11,8 @@ use crate::diagnostics::{Diagnostic, Severity};
 use crate::escape::Text;
 use crate::exec::Exec;
 use crate::listeners::{Listener, ListenerKey};
-use crate::load::{load_dir_digest, load_dir_with, ParsedFile};
+use crate::load::cache::ParseCache;
+use crate::load::{load_dir_digest, ParsedFile};
 use crate::observe::{companion, observe, observe_other, Observed};
 use crate::pipeline;
 use crate::plan::render::plan_text;
@@ -152,6 +153,8 @@ pub struct Reconciler {
     step: FailureCause,
     /// Last version of each file that had no error: what stays in force while it is broken.
     last_good: BTreeMap<String, ParsedFile>,
+    /// What each file parsed to at the last pass: a file is parsed again only when changed.
+    parsed: ParseCache,
     /// The node state file (proxy ports, VIPs chosen without a lock entry); `None`: kept
     /// in memory only.
     state_path: Option<PathBuf>,
@@ -189,6 +192,7 @@ impl Reconciler {
             metrics: Arc::default(),
             step: FailureCause::Load,
             last_good: BTreeMap::new(),
+            parsed: ParseCache::new(),
             state_path: None,
             state: None,
             last_intent: Intent::default(),
@@ -333,8 +337,10 @@ impl Reconciler {
     /// Files as they are now, with each broken file replaced by its last good version.
     fn load(&mut self) -> Result<Loaded, String> {
         self.step = FailureCause::Load;
-        let files =
-            load_dir_with(&self.dir, &self.config.input_limits).map_err(|e| error_chain(&e))?;
+        let files = self
+            .parsed
+            .load_dir(&self.dir, &self.config.input_limits)
+            .map_err(|e| error_chain(&e))?;
         self.metrics
             .invalid_files(files.iter().filter(|f| f.has_errors()).count());
         let mut diagnostics = Vec::new();

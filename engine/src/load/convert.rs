@@ -39,7 +39,7 @@ pub struct FileCtx<'a> {
     file: &'a SourceFile,
     /// Where each document starts, from a scan of the text (see [`document_lines`]).
     document_lines: Option<Vec<usize>>,
-    /// The full line index: a second parse, made only when some other line is asked for.
+    /// The full line index (a scan of the text), made only when some other line is asked for.
     positions: OnceCell<Positions>,
     diagnostics: Vec<Diagnostic>,
 }

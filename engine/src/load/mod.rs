@@ -3,12 +3,13 @@
 //! [`read_dir`] is the only I/O here; [`parse_file`] is pure and works file by file so one bad
 //! file never hides the good ones.
 
+pub mod cache;
 mod convert;
 pub mod depth;
-mod fast;
 pub mod fields;
 pub mod file;
 pub mod positions;
+mod scan;
 pub mod spec;
 pub mod yaml;
 
@@ -177,8 +178,9 @@ pub fn parse_file_limited(file: &SourceFile, limits: &InputLimits) -> ParsedFile
     parse_file_with(file, Shortcuts::On)
 }
 
-/// Whether [`parse_file`] takes its shortcuts (the fast YAML reader, the scan for object
-/// lines); off, it takes the general way for everything, which the tests compare with.
+/// Whether [`parse_file`] takes its shortcut (the line scan for where objects start, see
+/// [`positions::document_lines`]); off, every line comes from the full line index, which the
+/// tests compare with.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Shortcuts {
     On,
@@ -207,12 +209,7 @@ fn parse_file_with(file: &SourceFile, shortcuts: Shortcuts) -> ParsedFile {
         objects: Vec::new(),
         diagnostics: Vec::new(),
     };
-    let documents = match shortcuts {
-        Shortcuts::On => yaml::parse_documents(&file.text, json),
-        Shortcuts::Off if json => yaml::parse_documents(&file.text, json),
-        Shortcuts::Off => yaml::parse_yaml(&file.text),
-    };
-    match documents {
+    match yaml::parse_documents(&file.text, json) {
         Err(e) => parsed.diagnostics.push(Diagnostic {
             file: file.path.clone(),
             line: e.line,
@@ -244,23 +241,40 @@ pub fn parse_all(files: &[SourceFile]) -> Vec<ParsedFile> {
 }
 
 /// Parses files on every core; files are independent, and the result keeps their order.
+///
+/// std's scoped threads, one per core, each taking the next file not yet taken: files differ
+/// in size, so a shared counter keeps every core busy to the end where fixed shares would
+/// not, and no thread pool crate is needed for one loop.
 pub fn parse_all_with(files: &[SourceFile], limits: &InputLimits) -> Vec<ParsedFile> {
     let parse_file = |file| parse_file_limited(file, limits);
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if workers < 2 || files.len() < 8 {
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(files.len());
+    if workers < 2 {
         return files.iter().map(parse_file).collect();
     }
-    let chunk = files.len().div_ceil(workers);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = files
-            .chunks(chunk)
-            .map(|part| scope.spawn(move || part.iter().map(parse_file).collect::<Vec<_>>()))
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut parsed: Vec<(usize, ParsedFile)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(file) = files.get(i) else { break };
+                        done.push((i, parse_file(file)));
+                    }
+                    done
+                })
+            })
             .collect();
         handles
             .into_iter()
             .flat_map(|h| h.join().expect("parsing a file panicked"))
             .collect()
-    })
+    });
+    parsed.sort_by_key(|(i, _)| *i);
+    parsed.into_iter().map(|(_, file)| file).collect()
 }
 
 /// Reads and parses a whole directory within the default limits.
@@ -271,7 +285,7 @@ pub fn load_dir(dir: &Path) -> Result<Vec<ParsedFile>, LoadError> {
 /// Reads and parses a whole directory; a file past `limits` is an error of its own.
 pub fn load_dir_with(dir: &Path, limits: &InputLimits) -> Result<Vec<ParsedFile>, LoadError> {
     let (files, read_errors) = read_dir_with(dir, limits)?;
-    Ok(parse_read(&files, read_errors, limits))
+    Ok(parse_read(parse_all_with(&files, limits), read_errors))
 }
 
 /// Reads and parses a whole directory, and digests what was read (see [`digest_files`]):
@@ -282,7 +296,10 @@ pub fn load_dir_digest(
 ) -> Result<(Vec<ParsedFile>, String), LoadError> {
     let (files, read_errors) = read_dir_with(dir, limits)?;
     let digest = digest_files(&files, &read_errors);
-    Ok((parse_read(&files, read_errors, limits), digest))
+    Ok((
+        parse_read(parse_all_with(&files, limits), read_errors),
+        digest,
+    ))
 }
 
 /// SHA-256 (lower-case hex) over the files of a services directory as [`read_dir`] read
@@ -315,12 +332,8 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn parse_read(
-    files: &[SourceFile],
-    read_errors: Vec<Diagnostic>,
-    limits: &InputLimits,
-) -> Vec<ParsedFile> {
-    let mut parsed = parse_all_with(files, limits);
+/// The parsed files and one entry per file that could not be read, in path order.
+fn parse_read(mut parsed: Vec<ParsedFile>, read_errors: Vec<Diagnostic>) -> Vec<ParsedFile> {
     for diagnostic in read_errors {
         parsed.push(ParsedFile {
             path: diagnostic.file.clone(),
@@ -349,7 +362,7 @@ mod tests {
         }
     }
 
-    /// The shortcuts change nothing: same objects, same diagnostics with the same lines, on
+    /// The shortcut changes nothing: same objects, same diagnostics with the same lines, on
     /// the fixtures, the examples, the corpus, and small edits of them (a line deleted, its
     /// indentation changed, a bad port or name put on it).
     #[test]

@@ -1,12 +1,18 @@
 //! Finds the line of a field in a YAML or JSON document, so diagnostics can point at it.
 //!
-//! The full index ([`Positions`]) is a second YAML parse, built only when a file has something
-//! to report or a field's line is needed. The line every object carries (where its document
-//! starts) comes from [`document_lines`], a scan of the text that gives the same lines.
+//! serde_yaml reads every file once (see [`super::yaml`]), but its values carry no positions,
+//! so lines come from a scan of that same text, made only when they are needed:
+//! [`document_lines`], a line scan, gives where each document starts (the line every object
+//! carries); [`Positions`] (the scan in [`super::scan`]), built only when a file has a problem to report, an explicit VIP
+//! or objects inside a `List`, gives the line of any field. It runs on text serde_yaml has
+//! accepted, so it checks nothing: it follows the structure (YAML 1.2 chapters 6 to 9: block
+//! and flow collections, plain, quoted and block scalars, comments, anchors, aliases, tags,
+//! explicit `?` keys, directives, `---` and `...`, CRLF) with libyaml's token rules (a simple
+//! key is known when its `:` is met; a block mapping starts on its first key's line, an item
+//! on its first token's), far enough to know the path and line of every key and item. Only
+//! keys are decoded (they name the path); other values are skipped.
 
 use std::collections::BTreeMap;
-use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
-use yaml_rust2::scanner::Marker;
 
 /// Line (1-based) of every path in every document of one file, such as `spec.ports[1].port`.
 #[derive(Debug, Default)]
@@ -15,12 +21,12 @@ pub struct Positions {
 }
 
 impl Positions {
-    /// Indexes `text`; a text the YAML parser rejects yields what was read before the error.
+    /// Indexes `text`; past anything the scan cannot follow (text that is not YAML), the
+    /// index holds what was read before it.
     pub fn index(text: &str) -> Self {
-        let mut indexer = Indexer::default();
-        let mut parser = Parser::new_from_str(text);
-        let _ = parser.load(&mut indexer, true);
-        Positions { docs: indexer.docs }
+        Positions {
+            docs: super::scan::index(text),
+        }
     }
 
     /// The line of `path` in document `doc`, or of its nearest ancestor that has one.
@@ -92,105 +98,6 @@ pub fn document_lines(text: &str, json: bool) -> Option<Vec<usize>> {
         in_document = true;
     }
     Some(lines)
-}
-
-enum Frame {
-    Map { key: Option<String> },
-    Seq { index: usize },
-}
-
-#[derive(Default)]
-struct Indexer {
-    docs: Vec<BTreeMap<String, usize>>,
-    stack: Vec<Frame>,
-}
-
-impl Indexer {
-    fn path(&self) -> String {
-        let mut path = String::new();
-        for frame in &self.stack {
-            match frame {
-                Frame::Map { key: Some(key) } => {
-                    if !path.is_empty() {
-                        path.push('.');
-                    }
-                    path.push_str(key);
-                }
-                Frame::Map { key: None } => {}
-                Frame::Seq { index } => {
-                    path.push_str(&format!("[{index}]"));
-                }
-            }
-        }
-        path
-    }
-
-    fn record(&mut self, line: usize) {
-        let path = self.path();
-        if let Some(doc) = self.docs.last_mut() {
-            doc.entry(path).or_insert(line);
-        }
-    }
-
-    /// A value (scalar, alias or closed collection) just ended: move the parent along.
-    fn value_done(&mut self) {
-        match self.stack.last_mut() {
-            Some(Frame::Map { key }) => *key = None,
-            Some(Frame::Seq { index }) => *index += 1,
-            None => {}
-        }
-    }
-
-    fn expecting_key(&self) -> bool {
-        matches!(self.stack.last(), Some(Frame::Map { key: None }))
-    }
-}
-
-impl MarkedEventReceiver for Indexer {
-    fn on_event(&mut self, event: Event, mark: Marker) {
-        let line = mark.line();
-        match event {
-            Event::DocumentStart => {
-                self.docs.push(BTreeMap::new());
-                self.stack.clear();
-                self.record(line);
-            }
-            Event::Scalar(value, ..) => {
-                if self.expecting_key() {
-                    if let Some(Frame::Map { key }) = self.stack.last_mut() {
-                        *key = Some(value);
-                    }
-                    self.record(line);
-                } else {
-                    self.record(line);
-                    self.value_done();
-                }
-            }
-            Event::Alias(_) => {
-                self.record(line);
-                self.value_done();
-            }
-            Event::MappingStart(..) => {
-                if self.expecting_key() {
-                    // A complex key (`? {a: b}`): index it under a placeholder name.
-                    if let Some(Frame::Map { key }) = self.stack.last_mut() {
-                        *key = Some("?".into());
-                    }
-                }
-                self.record(line);
-                self.stack.push(Frame::Map { key: None });
-            }
-            Event::SequenceStart(..) => {
-                self.record(line);
-                self.stack.push(Frame::Seq { index: 0 });
-            }
-            Event::MappingEnd | Event::SequenceEnd => {
-                self.stack.pop();
-                self.value_done();
-            }
-            _ => {}
-        }
-    }
 }
 
 #[cfg(test)]
