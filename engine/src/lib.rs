@@ -12,6 +12,7 @@ pub mod diff;
 pub mod endpoints;
 pub mod escape;
 pub mod exec;
+pub mod health;
 pub mod load;
 pub mod model;
 pub mod netns;
