@@ -56,6 +56,21 @@ struct KindLabels {
     kind: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProbeLabels {
+    r#type: &'static str,
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransitionLabels {
+    service: String,
+    port: String,
+    endpoint: String,
+    check: String,
+    to: &'static str,
+}
+
 /// The last pass, for `/healthz` and `/livez`.
 #[derive(Debug, Clone, Default)]
 struct State {
@@ -83,6 +98,8 @@ pub struct Metrics {
     rules: Family<KindLabels, Gauge>,
     invalid_files: Gauge,
     conflicts: Family<KindLabels, Gauge>,
+    probes: Family<ProbeLabels, Counter>,
+    transitions: Family<TransitionLabels, Counter>,
     state: Mutex<State>,
 }
 
@@ -115,6 +132,8 @@ impl Metrics {
             rules: Family::default(),
             invalid_files: Gauge::default(),
             conflicts: Family::default(),
+            probes: Family::default(),
+            transitions: Family::default(),
             state: Mutex::new(State {
                 started: Some(Instant::now()),
                 ..State::default()
@@ -175,6 +194,16 @@ impl Metrics {
             "portald_conflicts",
             "Conflicts found by the last pass: allocation (clusterIP, ports) and foreign_rule",
             metrics.conflicts.clone(),
+        );
+        registry.register(
+            "portald_probes",
+            "Readiness probes and health checks run, by type (tcp, http, grpc) and result (success, failure)",
+            metrics.probes.clone(),
+        );
+        registry.register(
+            "portald_endpoint_health_transitions",
+            "Endpoints judged healthy or unhealthy by portald's own checks, per endpoint and check",
+            metrics.transitions.clone(),
         );
         // Every cause from the start at 0, so `rate()` and alerts see a series before the
         // first failure.
@@ -314,6 +343,37 @@ impl Metrics {
         }
     }
 
+    /// One probe ran: its type (`tcp`, `http`, `grpc`) and whether it succeeded.
+    pub fn probe(&self, kind: &'static str, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.probes
+            .get_or_create(&ProbeLabels {
+                r#type: kind,
+                result,
+            })
+            .inc();
+    }
+
+    /// An endpoint's verdict changed (`healthy`: to healthy, else to unhealthy).
+    pub fn endpoint_transition(
+        &self,
+        service: &str,
+        port: &str,
+        endpoint: &str,
+        check: &str,
+        healthy: bool,
+    ) {
+        self.transitions
+            .get_or_create(&TransitionLabels {
+                service: service.to_string(),
+                port: port.to_string(),
+                endpoint: endpoint.to_string(),
+                check: check.to_string(),
+                to: if healthy { "healthy" } else { "unhealthy" },
+            })
+            .inc();
+    }
+
     /// Sets the number of files with at least one error (their last good version stays in
     /// force).
     pub fn invalid_files(&self, files: usize) {
@@ -414,6 +474,43 @@ fn unix_seconds(at: SystemTime) -> f64 {
 
 fn count(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// `portald_endpoint_healthy`, read from the prober's verdicts at each scrape: 1 healthy,
+/// 0 not, absent while a target has no judgement (or is no longer checked).
+pub struct EndpointHealthGauge(pub std::sync::Weak<super::prober::Prober>);
+
+impl std::fmt::Debug for EndpointHealthGauge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EndpointHealthGauge")
+    }
+}
+
+impl Collector for EndpointHealthGauge {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let views = self.0.upgrade().map(|p| p.views()).unwrap_or_default();
+        let mut family = encoder.encode_descriptor(
+            "portald_endpoint_healthy",
+            "Whether portald's own check finds the endpoint healthy (1) or not (0); absent while unknown",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for view in views {
+            let value = match view.state.as_str() {
+                "healthy" => 1,
+                "unhealthy" => 0,
+                _ => continue,
+            };
+            let labels = [
+                ("service", view.service),
+                ("port", view.port),
+                ("endpoint", view.endpoint),
+                ("check", view.check),
+            ];
+            ConstGauge::new(value as i64).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
 }
 
 /// The userspace data plane's per-listener counters, read from its atomics at each scrape

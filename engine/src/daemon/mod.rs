@@ -5,6 +5,7 @@ pub mod control;
 pub mod http;
 pub mod kernel_counters;
 pub mod metrics;
+pub mod prober;
 pub mod reconciler;
 pub mod systemd;
 pub mod watch;
@@ -50,6 +51,8 @@ pub struct DaemonConfig {
     pub healthz_bind: Option<SocketAddr>,
     /// Where a SIGHUP reads the settings again (the config file and the environment).
     pub settings: Option<reconciler::SettingsSource>,
+    /// Readiness probes and health checks in flight at once (`--probe-concurrency`).
+    pub probe_concurrency: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +89,9 @@ enum Trigger {
     Retry,
     /// The drift check saw portald's kernel objects changed.
     Drift,
+    /// A probe or health check changed an endpoint's verdict (flips within
+    /// `prober::BATCH_WINDOW` come as one).
+    Health,
     Request(Request, tokio::sync::oneshot::Sender<Response>),
     Stop,
 }
@@ -99,6 +105,7 @@ impl Trigger {
             Trigger::Reload => "reload",
             Trigger::Retry => "retry",
             Trigger::Drift => "drift",
+            Trigger::Health => "health",
             Trigger::Request(..) => "request",
             Trigger::Stop => "stop",
         }
@@ -171,8 +178,24 @@ pub async fn run(cfg: DaemonConfig, exec: Arc<dyn Exec>) -> Result<(), DaemonErr
         exec: exec.clone(),
         status: status.clone(),
     };
-    let metrics =
-        Arc::new(metrics::Metrics::new(Some(dataplane.clone())).with(Box::new(kernel_counters)));
+    let prober = {
+        let tx = tx.clone();
+        Arc::new(prober::Prober::new(
+            tokio::runtime::Handle::current(),
+            cfg.probe_concurrency,
+            Arc::new(move || {
+                let _ = tx.send(Trigger::Health);
+            }),
+        ))
+    };
+    let metrics = Arc::new(
+        metrics::Metrics::new(Some(dataplane.clone()))
+            .with(Box::new(kernel_counters))
+            .with(Box::new(metrics::EndpointHealthGauge(Arc::downgrade(
+                &prober,
+            )))),
+    );
+    prober.set_metrics(metrics.clone());
     let http_tasks = serve_http(&cfg, &metrics);
     let _watcher = {
         let tx = tx.clone();
@@ -219,6 +242,7 @@ pub async fn run(cfg: DaemonConfig, exec: Arc<dyn Exec>) -> Result<(), DaemonErr
     .with_state_file(cfg.state_path.clone());
     reconciler.metrics = metrics;
     reconciler.settings = cfg.settings.clone();
+    reconciler.prober = Some(prober.clone());
     let timing = Timing {
         resync: cfg.resync,
         drift_check: cfg.drift_check,
@@ -261,7 +285,10 @@ pub async fn run(cfg: DaemonConfig, exec: Arc<dyn Exec>) -> Result<(), DaemonErr
         let status = status.clone();
         let dataplane = dataplane.clone();
         let control = control.clone();
-        tokio::spawn(serve_control(socket, tx, status, dataplane, control))
+        let prober = prober.clone();
+        tokio::spawn(serve_control(
+            socket, tx, status, dataplane, control, prober,
+        ))
     };
 
     signals.wait(&tx).await;
@@ -662,6 +689,7 @@ async fn serve_control(
     status: Arc<Mutex<Status>>,
     dataplane: DataPlane,
     control: Arc<DataPlaneControl>,
+    prober: Arc<prober::Prober>,
 ) {
     // Out of descriptors, a failed accept leaves the connection queued and the socket
     // ready: retrying at once would spin a core and log without end. Back off instead, and
@@ -693,6 +721,7 @@ async fn serve_control(
         let status = status.clone();
         let dataplane = dataplane.clone();
         let control = control.clone();
+        let prober = prober.clone();
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
             let mut line = String::new();
@@ -713,6 +742,15 @@ async fn serve_control(
                         .into_iter()
                         .map(|(key, listener)| crate::observe::ListenerEntry { key, listener })
                         .collect();
+                    snapshot.endpoint_health.extend(prober.views());
+                    snapshot.endpoint_health.sort_by(|a, b| {
+                        (&a.service, &a.port, &a.endpoint, &a.check).cmp(&(
+                            &b.service,
+                            &b.port,
+                            &b.endpoint,
+                            &b.check,
+                        ))
+                    });
                     Response {
                         ok: true,
                         status: Some(Box::new(snapshot)),
