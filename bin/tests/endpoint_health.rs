@@ -239,6 +239,14 @@ fn scenario(backend: &str, mode: &str) {
     });
     c.stop(pod1.pid, SIGKILL);
     sleep_until(Instant::now() + OUT_WITHIN);
+    // In userspace mode a dial to a dead pod is retried on another: the rules and
+    // listeners must show pod1 gone, not only the answers.
+    assert_eq!(
+        endpoints(&c.status(), "default/web", 80),
+        Ok(vec![format!("{POD2}:80")]),
+        "{}",
+        c.daemon_logs()
+    );
     all_on(&c, &client, WEB, "pod2", 50);
     c.stop(pod2.pid, SIGKILL);
     sleep_until(Instant::now() + OUT_WITHIN);

@@ -179,3 +179,33 @@ fn the_rows_of_a_daemons_status_make_the_same_overlay_for_plan() {
     assert_eq!(endpoints(&health, "default/web"), ["10.244.0.6:8080"]);
     assert_eq!(endpoints(&health, "default/db"), ["10.244.1.1:5432"]);
 }
+
+#[test]
+fn a_flip_changes_only_the_rules_of_the_affected_portal() {
+    let files = vec![parse_file(&SourceFile {
+        path: "svc.yaml".into(),
+        text: PODS.into(),
+    })];
+    let config = Config {
+        mode: crate::config::Mode::Kernel,
+        ..Config::default()
+    };
+    let run = |observed: &Observed, health: &Health| {
+        crate::pipeline::run_with_health(&files, &Lock::default(), observed, &config, false, health)
+    };
+    let before = run(&Observed::default(), &Health::default());
+    let mut observed = Observed::default();
+    observed.live.owned = before.intent.nat.clone();
+    assert!(run(&observed, &Health::default()).plan.batch.is_empty());
+    let mut health = Health::default();
+    health.pods.insert(ObjectKey::new("default", "a"), false);
+    let after = run(&observed, &health);
+    let batch = &after.plan.batch;
+    // Chains are named after the VIP: 10.11.0.10 (web) is 0A0B000A, 10.11.0.11 (db) 0A0B000B.
+    assert!(batch.contains("PORTAL-C-0A0B000A-TCP-80"), "{batch}");
+    assert!(!batch.contains("0A0B000B"), "{batch}");
+    assert!(
+        !batch.contains("--to-destination 10.244.0.5"),
+        "pod a left: {batch}"
+    );
+}
