@@ -144,13 +144,79 @@ fn sleep_until(deadline: Instant) {
     }
 }
 
+/// Service `grpc` selects pod3, whose readiness probe is the standard gRPC health check.
+const GRPC_YAML: &str = "apiVersion: v1
+kind: Service
+metadata: {name: grpc}
+spec:
+  clusterIP: 10.11.0.42
+  selector: {app: grpc}
+  ports: [{port: 9000}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: pod3, labels: {app: grpc}}
+spec:
+  containers:
+    - name: app
+      readinessProbe: {grpc: {port: 9000}, periodSeconds: 1, failureThreshold: 2}
+status: {podIP: 10.244.1.4}
+";
+
+/// A real grpc.health.v1 server (tonic-health's) listening in pod3's namespace, served by
+/// the test's own runtime; the reporter flips its answer.
+fn start_grpc_pod(
+    c: &mut Cluster,
+) -> (
+    tonic_health::server::HealthReporter,
+    tokio::runtime::Runtime,
+) {
+    let ns = c.client("pod3", POD3);
+    let listener = in_netns(&ns, || std::net::TcpListener::bind("0.0.0.0:9000"))
+        .expect("binding the gRPC server in pod3");
+    listener
+        .set_nonblocking(true)
+        .expect("a non-blocking listener");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("the gRPC server's runtime");
+    let (reporter, service) = tonic_health::server::health_reporter();
+    runtime.spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).expect("a tokio listener");
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        let _ = tonic::transport::Server::builder()
+            .serve_with_incoming(service, incoming)
+            .await;
+    });
+    (reporter, runtime)
+}
+
+fn set_grpc(
+    reporter: &tonic_health::server::HealthReporter,
+    runtime: &tokio::runtime::Runtime,
+    serving: bool,
+) {
+    use tonic_health::ServingStatus;
+    let status = if serving {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    runtime.block_on(reporter.set_service_status("", status));
+}
+
 fn scenario(backend: &str, mode: &str) {
     let mut c = Cluster::new(&format!("eh{}{}", &backend[..1], &mode[..1]));
     let pod1 = start_pod(&mut c, "pod1", POD1);
     let pod2 = start_pod(&mut c, "pod2", POD2);
+    let (grpc, grpc_runtime) = start_grpc_pod(&mut c);
+    set_grpc(&grpc, &grpc_runtime, true);
     let client = c.client("client", CLIENT);
     c.write("web.yaml", &web(HTTP_PROBE));
     c.write("db.yaml", DB_YAML);
+    c.write("grpc.yaml", GRPC_YAML);
     c.start_daemon(&["--backend", backend, "--mode", mode]);
     c.wait_status("every checked endpoint judged healthy", |s| {
         for pod in [&pod1, &pod2] {
@@ -218,6 +284,43 @@ fn scenario(backend: &str, mode: &str) {
     all_on(&c, &client, WEB, "pod2", 50);
     pod1.set("ok");
     both_serve(&c, "pod1 back after its probes answer again", &client, WEB);
+
+    // grpc readiness probe: pod3's health service answers NOT_SERVING, then SERVING.
+    c.wait_status(
+        "pod3 judged healthy by its grpc probe",
+        |s| match row_state(s, "default/grpc", POD3, "readiness-probe")?.as_str() {
+            "healthy" => Ok(()),
+            other => Err(other.to_string()),
+        },
+    );
+    assert_eq!(
+        endpoints(&c.status(), "default/grpc", 9000),
+        Ok(vec![format!("{POD3}:9000")])
+    );
+    set_grpc(&grpc, &grpc_runtime, false);
+    sleep_until(Instant::now() + OUT_WITHIN);
+    let status = c.status();
+    assert_eq!(
+        endpoints(&status, "default/grpc", 9000),
+        Ok(vec![]),
+        "{:?}\n{}",
+        status.endpoint_health,
+        c.daemon_logs()
+    );
+    let reason = status
+        .endpoint_health
+        .iter()
+        .find(|r| r.service == "default/grpc")
+        .and_then(|r| r.reason.clone())
+        .unwrap_or_default();
+    assert!(reason.contains("NOT_SERVING"), "{reason}");
+    set_grpc(&grpc, &grpc_runtime, true);
+    c.wait_status("pod3 back after SERVING", |s| {
+        match endpoints(s, "default/grpc", 9000)?.as_slice() {
+            [one] if one == &format!("{POD3}:9000") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
 
     // tcpSocket readiness probe: pod1's server is killed, then pod2's too.
     c.write("web.yaml", &web(TCP_PROBE));

@@ -370,3 +370,112 @@ fn unix_now() -> u64 {
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::{Check, ProbePort, Row, Subject};
+    use crate::model::{Endpoint, ObjectKey};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A tcpSocket target on a loopback port nothing listens on, judged after one failure.
+    fn refused_target(name: &str, port: u16) -> Target {
+        let address = SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, port);
+        let mut probe = Probe::with_defaults(ProbeAction::TcpSocket {
+            port: ProbePort::Number(port),
+        });
+        probe.period_seconds = 1;
+        probe.failure_threshold = 1;
+        Target {
+            check: Check::ReadinessProbe,
+            subject: Subject::Pod(ObjectKey::new("default", name)),
+            probe,
+            address: Ok(address),
+            rows: vec![Row {
+                service: ObjectKey::new("default", "web"),
+                port: "80/TCP".into(),
+                endpoint: Endpoint(address),
+            }],
+        }
+    }
+
+    fn closed_port() -> u16 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+        listener.local_addr().expect("its address").port()
+    }
+
+    #[test]
+    fn flips_of_several_targets_ask_for_one_reconcile_and_show_in_status_and_metrics() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let asked = Arc::new(AtomicUsize::new(0));
+        let notify: Notify = {
+            let asked = asked.clone();
+            Arc::new(move || {
+                asked.fetch_add(1, Ordering::SeqCst);
+            })
+        };
+        let prober = Arc::new(Prober::new(runtime.handle().clone(), 4, notify));
+        let metrics = Arc::new(super::super::metrics::Metrics::new(None).with(Box::new(
+            super::super::metrics::EndpointHealthGauge(Arc::downgrade(&prober)),
+        )));
+        prober.set_metrics(metrics.clone());
+        let port = closed_port();
+        // Two targets whose offsets in the period lie within 50 ms: their flips come
+        // together, as in a burst.
+        let name = |i: usize| format!("readiness-probe default/p{i} app");
+        let offset = |i: usize| health::state::offset(&name(i), Duration::from_secs(1));
+        let (i, j) = (0..100)
+            .flat_map(|i| (i + 1..100).map(move |j| (i, j)))
+            .find(|(i, j)| offset(*i).abs_diff(offset(*j)) < Duration::from_millis(50))
+            .expect("two names with close offsets");
+        let targets: BTreeMap<String, Target> = [i, j]
+            .into_iter()
+            .map(|k| (name(k), refused_target(&format!("p{k}"), port)))
+            .collect();
+        prober.sync(targets);
+        assert!(
+            prober.health().is_empty(),
+            "no judgement before a probe ran"
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while prober.health().pods.len() < 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let health = prober.health();
+        assert_eq!(health.pods.values().collect::<Vec<_>>(), [&false, &false]);
+        std::thread::sleep(BATCH_WINDOW * 3);
+        assert_eq!(
+            asked.load(Ordering::SeqCst),
+            1,
+            "one reconcile for both flips"
+        );
+        let views = prober.views();
+        assert_eq!(views.len(), 2);
+        assert!(views.iter().all(|v| v.state == "unhealthy"
+            && v.reason
+                .as_deref()
+                .is_some_and(|r| r.contains("connection refused"))));
+        let text = metrics.encode();
+        assert!(text.contains(&format!(
+            "portald_endpoint_healthy{{service=\"default/web\",port=\"80/TCP\",endpoint=\"127.0.0.1:{port}\",check=\"readiness-probe\"}} 0"
+        )), "{text}");
+        assert!(
+            text.contains("portald_probes_total{type=\"tcp\",result=\"failure\"}"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "portald_endpoint_health_transitions_total{service=\"default/web\",port=\"80/TCP\""
+            ),
+            "{text}"
+        );
+        // Gone from the catalog: no more probing, no row, no gauge.
+        prober.sync(BTreeMap::new());
+        assert!(prober.views().is_empty());
+        assert!(!metrics.encode().contains("portald_endpoint_healthy{"));
+    }
+}
