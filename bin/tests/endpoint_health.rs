@@ -18,7 +18,9 @@ const SERVER: &str = concat!(
 const WEB: &str = "http://10.11.0.40/";
 const DB: &str = "http://10.11.0.41/";
 /// periodSeconds 1, failureThreshold 2, plus the 2 s the issue allows for the reconcile.
-const OUT_WITHIN: Duration = Duration::from_secs(1 * 2 + 2);
+const OUT_WITHIN: Duration = Duration::from_secs(PERIOD * THRESHOLD + 2);
+const PERIOD: u64 = 1;
+const THRESHOLD: u64 = 2;
 
 const HTTP_PROBE: &str =
     "{httpGet: {path: /healthz, port: http}, periodSeconds: 1, timeoutSeconds: 1, failureThreshold: 2}";

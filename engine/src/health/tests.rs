@@ -131,7 +131,7 @@ fn an_unhealthy_pod_leaves_the_endpoints_and_a_healthy_one_stays() {
         };
         (t, verdict)
     }));
-    assert_eq!(health.pods[&ObjectKey::new("default", "a")], false);
+    assert!(!health.pods[&ObjectKey::new("default", "a")]);
     assert_eq!(endpoints(&health, "default/web"), ["10.244.0.6:8080"]);
 }
 
