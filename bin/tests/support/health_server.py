@@ -16,6 +16,7 @@ def main():
     parser.add_argument("--name", required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--state-file", required=True)
+    parser.add_argument("--address", default="0.0.0.0")
     args = parser.parse_args()
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -49,7 +50,7 @@ def main():
         daemon_threads = True
         allow_reuse_address = True
 
-    server = Server(("0.0.0.0", args.port), Handler)
+    server = Server((args.address, args.port), Handler)
     print(f"ready on :{args.port}", flush=True)
     server.serve_forever()
 
