@@ -6,8 +6,8 @@ pub mod probe;
 pub mod state;
 
 pub use probe::{
-    parse_annotation, parse_probe, Probe, ProbeAction, ProbePort, ProbeProblem, Scheme,
-    HEALTH_CHECK_ANNOTATION,
+    parse_annotation, parse_probe, unknown_fields, Probe, ProbeAction, ProbePort, ProbeProblem,
+    Scheme, HEALTH_CHECK_ANNOTATION,
 };
 pub use state::{TargetState, Verdict};
 

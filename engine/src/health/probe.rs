@@ -229,25 +229,6 @@ pub fn parse_probe(value: &Value, port_optional: bool) -> Result<Probe, Vec<Prob
     let timeout_seconds = seconds("timeoutSeconds", DEFAULT_TIMEOUT_SECONDS, 1);
     let success_threshold = seconds("successThreshold", DEFAULT_SUCCESS_THRESHOLD, 1);
     let failure_threshold = seconds("failureThreshold", DEFAULT_FAILURE_THRESHOLD, 1);
-    for key in map.keys() {
-        if ![
-            "exec",
-            "httpGet",
-            "tcpSocket",
-            "grpc",
-            "initialDelaySeconds",
-            "periodSeconds",
-            "timeoutSeconds",
-            "successThreshold",
-            "failureThreshold",
-            // Only for liveness and startup probes (the grace before a kill).
-            "terminationGracePeriodSeconds",
-        ]
-        .contains(&key.as_str())
-        {
-            problem(key, "unknown field".into());
-        }
-    }
     match action {
         Some(action) if problems.is_empty() => Ok(Probe {
             action,
@@ -278,15 +259,6 @@ fn action(
         return None;
     };
     let field = |name: &str| format!("{handler}.{name}");
-    let known: &[&str] = match handler {
-        "exec" => &["command"],
-        "tcpSocket" => &["port", "host"],
-        "httpGet" => &["port", "path", "host", "scheme", "httpHeaders"],
-        _ => &["port", "service"],
-    };
-    for key in map.keys().filter(|k| !known.contains(&k.as_str())) {
-        problem(&field(key), "unknown field".into());
-    }
     match handler {
         "exec" => Some(ProbeAction::Exec),
         "tcpSocket" => {
@@ -507,6 +479,47 @@ fn port(
     }
 }
 
+/// The fields of a probe object that are not the API's (`httpGet.prot`), for a warning:
+/// as elsewhere in portald, an unknown field is ignored, never an error.
+pub fn unknown_fields(value: &Value) -> Vec<String> {
+    const PROBE: &[&str] = &[
+        "exec",
+        "httpGet",
+        "tcpSocket",
+        "grpc",
+        "initialDelaySeconds",
+        "periodSeconds",
+        "timeoutSeconds",
+        "successThreshold",
+        "failureThreshold",
+        // Only for liveness and startup probes (the grace before a kill).
+        "terminationGracePeriodSeconds",
+    ];
+    let mut out = Vec::new();
+    let Some(map) = value.as_object() else {
+        return out;
+    };
+    for (key, inner) in map {
+        if !PROBE.contains(&key.as_str()) {
+            out.push(key.clone());
+            continue;
+        }
+        let known: &[&str] = match key.as_str() {
+            "exec" => &["command"],
+            "tcpSocket" => &["port", "host"],
+            "httpGet" => &["port", "path", "host", "scheme", "httpHeaders"],
+            "grpc" => &["port", "service"],
+            _ => continue,
+        };
+        if let Some(fields) = inner.as_object() {
+            for name in fields.keys().filter(|k| !known.contains(&k.as_str())) {
+                out.push(format!("{key}.{name}"));
+            }
+        }
+    }
+    out
+}
+
 /// Kubernetes' `IsValidPortName` (IANA service names, RFC 6335).
 pub fn check_service_name(name: &str) -> Result<(), &'static str> {
     if name.is_empty() || name.len() > 15 {
@@ -715,6 +728,13 @@ mod tests {
             fields(parse_annotation(r#"{"httpGet":{"port":0}}"#)),
             ["httpGet.port"]
         );
+    }
+
+    #[test]
+    fn unknown_fields_are_named_but_do_not_make_the_probe_invalid() {
+        let value = json!({"httpGet": {"port": 80, "prot": 1}, "periodSecond": 5});
+        assert!(parse_probe(&value, false).is_ok());
+        assert_eq!(unknown_fields(&value), ["httpGet.prot", "periodSecond"]);
     }
 
     #[test]

@@ -969,6 +969,13 @@ impl<'a> FileCtx<'a> {
                 continue;
             };
             let field = format!("{at}.readinessProbe");
+            for unknown in crate::health::unknown_fields(value) {
+                self.warn(
+                    place,
+                    &format!("{field}.{unknown}"),
+                    "unknown field; ignored",
+                );
+            }
             let probe = match crate::health::parse_probe(value, false) {
                 Ok(probe) => probe,
                 Err(problems) => {
@@ -1077,6 +1084,19 @@ impl<'a> FileCtx<'a> {
             );
             return None;
         };
+        if let Ok(value) = serde_json::from_str::<Value>(text) {
+            for unknown in crate::health::unknown_fields(&value) {
+                let field = format!("metadata.annotations[\"{KEY}\"].{unknown}");
+                self.diagnostics.push(Diagnostic {
+                    file: self.file.path.clone(),
+                    line,
+                    severity: Severity::Warning,
+                    object: place.object.clone(),
+                    field: Some(field),
+                    message: "unknown field; ignored".into(),
+                });
+            }
+        }
         match crate::health::parse_annotation(text) {
             Ok(probe) => Some(probe),
             Err(problems) => {
