@@ -7,7 +7,10 @@
 #     (httpGet readiness probe, periodSeconds 1, failureThreshold 2) to the last request it
 #     served, seen by a client sending requests back to back through the VIP.
 #
-#   bench/probes.sh        # env: SIZES="1000 10000" TYPES="tcp http" WINDOW=30 BACKEND=nftables KEEP=0
+#   bench/probes.sh        # env: SIZES="1000 10000" TYPES="none tcp http" WINDOW=30 BACKEND=nftables KEEP=0
+#
+# `none` is the baseline: the same Services and Endpoints without the annotation (what the
+# daemon costs anyway: its drift checks, its listeners); the checking cost is the difference.
 #
 # Topology (bench/lib.sh): node 10.244.1.1 (portald run), server 10.244.1.2 (nginx on :8080
 # for every endpoint address 10.245.0.0/16 held on its loopback, two pods' HTTP servers on
@@ -16,7 +19,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SIZES=${SIZES:-1000 10000}
-TYPES=${TYPES:-tcp http}
+TYPES=${TYPES:-none tcp http}
 WINDOW=${WINDOW:-30}
 BACKEND=${BACKEND:-nftables}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/tmp/target-bench}
@@ -56,13 +59,13 @@ http {
   server { listen 8080 reuseport backlog=4096; location / { return 200 "ok\n"; } }
 }
 EOF
-in_ns server nginx -c "$WORK/nginx.conf" -g 'daemon off;' &
+ip netns exec "$N-server" nginx -c "$WORK/nginx.conf" -g 'daemon off;' &
 PIDS+=($!)
 
 SOCK=$WORK/s.sock
 start_daemon() { # mode
   rm -f "$WORK/state.json"
-  in_ns node "$P" run "$WORK/services" --backend "$BACKEND" --mode "$1" --control-socket "$SOCK" \
+  ip netns exec "$N-node" "$P" run "$WORK/services" --backend "$BACKEND" --mode "$1" --control-socket "$SOCK" \
     --state-file "$WORK/state.json" --metrics-bind-address 0 --healthz-bind-address 0 \
     --resync-seconds 300 >"$WORK/daemon.log" 2>&1 &
   DAEMON=$!
@@ -93,12 +96,14 @@ for size in $SIZES; do
   for type in $TYPES; do
     rm -rf "$WORK/services"; mkdir -p "$WORK/services"
     case $type in
+      none) check='' ;;
       tcp) check='{"tcpSocket":{},"periodSeconds":10}' ;;
       http) check='{"httpGet":{"path":"/healthz"},"periodSeconds":10}' ;;
     esac
     python3 - "$size" "$check" >"$WORK/services/checked.yaml" <<'EOF'
 import sys
 size, check = int(sys.argv[1]), sys.argv[2]
+annotation = f"  annotations:\n    portald.io/health-check: '{check}'\n" if check else ""
 docs = []
 for s in range(size // 10):
     addrs = "".join(f"      - ip: 10.245.{i // 250}.{i % 250 + 1}\n" for i in range(s * 10, s * 10 + 10))
@@ -106,9 +111,7 @@ for s in range(size // 10):
 kind: Service
 metadata:
   name: svc-{s}
-  annotations:
-    portald.io/health-check: '{check}'
-spec:
+{annotation}spec:
   ports: [{{port: 80, targetPort: 8080}}]
 ---
 apiVersion: v1
@@ -123,9 +126,11 @@ EOF
     start_daemon kernel
     idle=$(rss_mib "$DAEMON")
     # Every endpoint judged (first verdicts within one period), then a quiet window.
+    expected=$size
+    [ "$type" = none ] && expected=0
     for _ in $(seq 60); do
       counts=$(health_counts)
-      [[ $counts == "healthy=$size "* ]] && break
+      [[ $counts == "healthy=$expected "* ]] && break
       sleep 1
     done
     before=$(cpu_ticks "$DAEMON")
@@ -142,7 +147,7 @@ echo "== failover: a pod's health endpoint starts failing (httpGet, periodSecond
 rm -rf "$WORK/services"; mkdir -p "$WORK/services"
 for pod in 1 2; do
   echo ok >"$WORK/pod$pod.health"
-  in_ns server python3 "$ROOT/bin/tests/support/health_server.py" --name "pod$pod" --port 80 \
+  ip netns exec "$N-server" python3 "$ROOT/bin/tests/support/health_server.py" --name "pod$pod" --port 80 \
     --address "10.245.255.$pod" --state-file "$WORK/pod$pod.health" >"$WORK/pod$pod.log" 2>&1 &
   PIDS+=($!)
 done
@@ -151,7 +156,7 @@ done
 kind: Service
 metadata: {name: web}
 spec:
-  clusterIP: 10.11.0.40
+  clusterIP: 10.11.200.40
   selector: {app: web}
   ports: [{port: 80}]"
   for pod in 1 2; do
@@ -175,12 +180,12 @@ for mode in userspace kernel; do
     sleep 0.2
   done
   # Requests back to back for 8 s, each line "<unix time> <pod>"; pod1 fails at 2 s.
-  in_ns client python3 -c "
+  ip netns exec "$N-client" python3 -c "
 import time, urllib.request
 end = time.time() + 8
 while time.time() < end:
     try:
-        name = urllib.request.urlopen('http://10.11.0.40/', timeout=2).read().decode().strip()
+        name = urllib.request.urlopen('http://10.11.200.40/', timeout=2).read().decode().strip()
     except Exception as e:
         name = 'error'
     print(f'{time.time():.3f} {name}', flush=True)
