@@ -350,9 +350,47 @@ async fn probe_once(
     }
 }
 
+/// The standard grpc.health.v1 `Check` over plaintext HTTP/2, as the kubelet's gRPC probe:
+/// `SERVING` is a success, any other status, an error status or no answer a failure.
 async fn grpc_probe(address: SocketAddrV4, service: &str, timeout: Duration) -> Result<(), String> {
-    let _ = (address, service, timeout);
-    Err("grpc probes are not supported yet".into())
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    let at = format!("grpc health check of {address}");
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|e| format!("{at}: {e}"))?
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .user_agent(concat!("portald-probe/", env!("CARGO_PKG_VERSION")))
+        .map_err(|e| format!("{at}: {e}"))?;
+    let check = async {
+        let channel = endpoint.connect().await.map_err(|e| {
+            let io = std::error::Error::source(&e)
+                .and_then(|s| s.downcast_ref::<std::io::Error>())
+                .map(io_reason);
+            format!(
+                "{at}: connect: {}",
+                io.unwrap_or_else(|| super::reconciler::error_chain(&e))
+            )
+        })?;
+        let response = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: service.to_string(),
+            })
+            .await
+            .map_err(|status| format!("{at}: {:?}: {}", status.code(), status.message()))?;
+        let status = response.into_inner().status;
+        if status == ServingStatus::Serving as i32 {
+            Ok(())
+        } else {
+            let name = ServingStatus::try_from(status)
+                .map(|s| s.as_str_name())
+                .unwrap_or("an unknown status");
+            Err(format!("{at}: {name}"))
+        }
+    };
+    tokio::time::timeout(timeout, check)
+        .await
+        .unwrap_or_else(|_| Err(format!("{at}: timed out after {}s", timeout.as_secs())))
 }
 
 /// An I/O error in a few words (`connection refused`).
