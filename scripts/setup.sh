@@ -21,6 +21,8 @@ have gzip || need+=(gzip)
 # The metrics tests scrape the daemon with a real Prometheus server and check the
 # exposition with promtool (both in Debian's `prometheus` package; never run as a service).
 have prometheus && have promtool || need+=(prometheus)
+# The endpoint health tests run a tiny HTTP server per pod whose health answer they flip.
+have python3 || need+=(python3)
 # The schema tests validate real outputs against docs/schema/ with python3-jsonschema.
 python3 -c 'import jsonschema' 2>/dev/null || need+=(python3-jsonschema)
 

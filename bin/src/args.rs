@@ -171,6 +171,10 @@ pub struct RunArgs {
     /// maxconn); more wait in the listen backlog. Default: as many as file descriptors allow.
     #[arg(long)]
     pub max_connections: Option<usize>,
+    /// Readiness probes and health checks in flight at once over all endpoints; more wait
+    /// for a free slot (their period stretches rather than bursting).
+    #[arg(long, default_value_t = engine::daemon::prober::DEFAULT_CONCURRENCY)]
+    pub probe_concurrency: usize,
     /// File descriptors kept free for the control path (spawning iptables/nft, the control
     /// socket, files): the data plane takes no more than the soft limit less this.
     #[arg(long, default_value_t = dataplane::DEFAULT_FD_RESERVE)]

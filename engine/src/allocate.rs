@@ -529,6 +529,7 @@ mod tests {
             affinity_seconds: None,
             external_ips: Vec::new(),
             publish_not_ready: false,
+            health_check: None,
         }
     }
 

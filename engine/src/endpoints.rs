@@ -121,6 +121,8 @@ pub struct EndpointIndex<'a> {
     groups: BTreeMap<&'a ObjectKey, Vec<&'a EndpointGroup>>,
     /// (namespace, label key, label value) → pods.
     labels: BTreeMap<(&'a str, &'a str, &'a str), Vec<&'a Pod>>,
+    /// portald's own judgements (the catalog's).
+    health: &'a crate::health::Health,
 }
 
 /// The endpoints of one service port and why some may be missing.
@@ -146,7 +148,41 @@ impl<'a> EndpointIndex<'a> {
                     .push(pod);
             }
         }
-        EndpointIndex { groups, labels }
+        EndpointIndex {
+            groups,
+            labels,
+            health: &catalog.health,
+        }
+    }
+
+    /// The Pods `service` selects for `port`, with the endpoint each makes (whatever its
+    /// readiness): what readiness probes judge.
+    pub fn pod_endpoints(&self, service: &Service, port: &ServicePort) -> Vec<(&'a Pod, Endpoint)> {
+        let mut out = Vec::new();
+        if let Some(selector) = service.selector.as_ref().filter(|s| !s.is_empty()) {
+            self.each_selected_pod(service, selector, port, |pod, endpoint| {
+                if let Some(endpoint) = endpoint {
+                    out.push((pod, endpoint));
+                }
+            });
+        }
+        out
+    }
+
+    /// The endpoints of `port` from the Service's Endpoints objects and EndpointSlices,
+    /// whatever their conditions: what its health check judges.
+    pub fn group_endpoints(&self, service: &Service, port: &ServicePort) -> Vec<Endpoint> {
+        let mut out = BTreeSet::new();
+        if let Some(groups) = self.groups.get(&service.key) {
+            for group in groups {
+                if let Some(target) = group_port(group, port) {
+                    for address in &group.addresses {
+                        out.insert(Endpoint(SocketAddrV4::new(address.ip, target)));
+                    }
+                }
+            }
+        }
+        out.into_iter().collect()
     }
 
     /// The endpoints of `port`: the Pods a selector picks plus the slices kept for the
@@ -157,7 +193,7 @@ impl<'a> EndpointIndex<'a> {
         let mut notes = Vec::new();
         let groups = self.groups.get(&service.key);
         if let Some(groups) = groups {
-            from_groups(groups, port, &mut candidates);
+            from_groups(groups, service, port, self.health, &mut candidates);
         }
         match &service.selector {
             Some(selector) if !selector.is_empty() => {
@@ -180,6 +216,47 @@ impl<'a> EndpointIndex<'a> {
         candidates: &mut Candidates,
         notes: &mut Vec<String>,
     ) {
+        let mut missing_port = 0;
+        let matched = self.each_selected_pod(service, selector, port, |pod, endpoint| {
+            let Some(endpoint) = endpoint else {
+                missing_port += 1;
+                return;
+            };
+            // portald's probe verdict stands for the Ready condition, as the kubelet's.
+            let (ready, serving) = match self.health.pods.get(&pod.key).copied().or_else(|| {
+                self.health
+                    .endpoints
+                    .get(&(service.key.clone(), endpoint))
+                    .copied()
+            }) {
+                Some(judged) => (judged && !pod.terminating, judged),
+                None => (pod.ready, pod.serving),
+            };
+            // publishNotReadyAddresses: the controller marks every such Pod ready.
+            let ready = ready || service.publish_not_ready;
+            candidates.add(endpoint, ready, serving, pod.terminating);
+        });
+        if !matched {
+            notes.push("no pod matches the selector".into());
+        }
+        if missing_port > 0 {
+            notes.push(format!(
+                "{missing_port} selected pod(s) declare no port named `{}`",
+                port.target
+            ));
+        }
+    }
+
+    /// Calls `each` with every selected Pod that has an IP and is not finished, and its
+    /// endpoint for `port` (`None`: it declares no port of that name). Returns false when
+    /// some label of the selector matches no Pod at all.
+    fn each_selected_pod(
+        &self,
+        service: &Service,
+        selector: &BTreeMap<String, String>,
+        port: &ServicePort,
+        mut each: impl FnMut(&'a Pod, Option<Endpoint>),
+    ) -> bool {
         // Intersect starting from the rarest label so large catalogs stay cheap.
         let mut lists: Vec<&Vec<&Pod>> = Vec::new();
         for (k, v) in selector {
@@ -188,14 +265,10 @@ impl<'a> EndpointIndex<'a> {
                 .get(&(service.key.namespace.as_str(), k.as_str(), v.as_str()))
             {
                 Some(list) => lists.push(list),
-                None => {
-                    notes.push("no pod matches the selector".into());
-                    return;
-                }
+                None => return false,
             }
         }
         lists.sort_by_key(|l| l.len());
-        let mut missing_port = 0;
         for pod in lists[0].iter() {
             if !selector.iter().all(|(k, v)| pod.labels.get(k) == Some(v)) {
                 continue;
@@ -212,25 +285,9 @@ impl<'a> EndpointIndex<'a> {
                     .find(|p| p.name.as_deref() == Some(name) && p.protocol == port.protocol)
                     .map(|p| p.port),
             };
-            let Some(target) = target else {
-                missing_port += 1;
-                continue;
-            };
-            // publishNotReadyAddresses: the controller marks every such Pod ready.
-            let ready = pod.ready || service.publish_not_ready;
-            candidates.add(
-                Endpoint(SocketAddrV4::new(ip, target)),
-                ready,
-                pod.serving,
-                pod.terminating,
-            );
+            each(pod, target.map(|t| Endpoint(SocketAddrV4::new(ip, t))));
         }
-        if missing_port > 0 {
-            notes.push(format!(
-                "{missing_port} selected pod(s) declare no port named `{}`",
-                port.target
-            ));
-        }
+        true
     }
 }
 
@@ -261,21 +318,41 @@ impl Candidates {
     }
 }
 
-fn from_groups(groups: &[&EndpointGroup], port: &ServicePort, candidates: &mut Candidates) {
-    for group in groups {
-        let matching = group.ports.iter().find(|p| {
+/// The port of `group` that serves `port`, if any.
+fn group_port(group: &EndpointGroup, port: &ServicePort) -> Option<u16> {
+    group
+        .ports
+        .iter()
+        .find(|p| {
             p.protocol == port.protocol
                 && match &port.name {
                     Some(name) => p.name.as_deref() == Some(name),
                     None => group.ports.len() == 1,
                 }
-        });
-        let Some(target) = matching else { continue };
+        })
+        .map(|p| p.port)
+}
+
+/// A health check can only take an address out: the file's conditions say whether it is
+/// meant to serve, the check whether it can.
+fn from_groups(
+    groups: &[&EndpointGroup],
+    service: &Service,
+    port: &ServicePort,
+    health: &crate::health::Health,
+    candidates: &mut Candidates,
+) {
+    for group in groups {
+        let Some(target) = group_port(group, port) else {
+            continue;
+        };
         for address in &group.addresses {
+            let endpoint = Endpoint(SocketAddrV4::new(address.ip, target));
+            let failing = health.endpoints.get(&(service.key.clone(), endpoint)) == Some(&false);
             candidates.add(
-                Endpoint(SocketAddrV4::new(address.ip, target.port)),
-                address.ready,
-                address.serving,
+                endpoint,
+                address.ready && !failing,
+                address.serving && !failing,
                 address.terminating,
             );
         }

@@ -17,6 +17,7 @@ pub mod diff;
 pub mod endpoints;
 pub mod escape;
 pub mod exec;
+pub mod health;
 pub mod listeners;
 pub mod load;
 /// Typed log fields, shared with the data plane (the lowest crate that logs).

@@ -194,6 +194,10 @@ pub struct Service {
     /// or not (the EndpointSlice controller marks them ready).
     #[serde(default)]
     pub publish_not_ready: bool,
+    /// The `portald.io/health-check` annotation: how portald checks the endpoints of this
+    /// Service's Endpoints objects and EndpointSlices (Pods are judged by their own probes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<crate::health::Probe>,
 }
 
 /// One backend address from an Endpoints or EndpointSlice object.
@@ -256,6 +260,20 @@ pub struct Pod {
     /// `status.phase` is `Succeeded` or `Failed`: never an endpoint.
     pub finished: bool,
     pub ports: Vec<NamedPort>,
+    /// The containers' `readinessProbe`s portald runs (an `exec` probe is not among them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub probes: Vec<PodProbe>,
+}
+
+/// One container's readiness probe, its port resolved against that container's ports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodProbe {
+    /// The container's name, else `#<index>`.
+    pub container: String,
+    pub probe: crate::health::Probe,
+    /// The port probed on the Pod's IP, or why none can be (a named port the container
+    /// does not declare): the probe then fails with that reason, as the kubelet's does.
+    pub port: Result<u16, String>,
 }
 
 /// Everything valid that was loaded, keyed for deterministic iteration.
@@ -264,4 +282,8 @@ pub struct Catalog {
     pub services: BTreeMap<ObjectKey, Service>,
     pub endpoint_groups: Vec<EndpointGroup>,
     pub pods: Vec<Pod>,
+    /// portald's own judgements of the Pods and endpoints it checks, applied when the
+    /// endpoints are resolved; empty without a daemon (the files' conditions hold).
+    #[serde(skip)]
+    pub health: crate::health::Health,
 }

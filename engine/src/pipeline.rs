@@ -46,7 +46,28 @@ pub fn run(
     config: &Config,
     listeners_known: bool,
 ) -> Outcome {
+    run_with_health(
+        files,
+        lock,
+        observed,
+        config,
+        listeners_known,
+        &crate::health::Health::default(),
+    )
+}
+
+/// [`run`] with portald's own judgements of the endpoints it checks (a daemon's probes and
+/// health checks), which stand for the files' conditions where they have a verdict.
+pub fn run_with_health(
+    files: &[ParsedFile],
+    lock: &Lock,
+    observed: &Observed,
+    config: &Config,
+    listeners_known: bool,
+    health: &crate::health::Health,
+) -> Outcome {
     let mut assembled = assemble(files);
+    assembled.catalog.health = health.clone();
     let refused = crate::endpoints::refuse_portal_addresses(&mut assembled.catalog, config);
     if !refused.is_empty() {
         assembled.diagnostics.extend(refused);

@@ -37,6 +37,7 @@ const REQUIRED_CASES: &[&str] = &[
     "invalid-protocol",
     "invalid-hostile-strings",
     "refused-endpoint-addresses",
+    "readiness-probes",
 ];
 
 /// The artifact files of a case, in a fixed order.

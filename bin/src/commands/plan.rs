@@ -53,14 +53,25 @@ pub fn run(args: PlanArgs) -> Result<u8> {
         observed.node_state = super::load_state(&args.engine)?;
     }
     // Against the kernel, the running daemon tells which listeners are open.
+    // Its probes' and health checks' verdicts too: they are the daemon's judgement of the
+    // endpoints, not a change to plan (without a daemon the files' conditions hold).
     let mut listeners_known = args.live.live.is_some();
+    let mut health = engine::health::Health::default();
     if args.live.live.is_none() && !args.live.no_live {
         if let Some(status) = super::daemon_status(&args.control.control_socket)? {
             observed.listeners = super::listeners_of(&status);
             listeners_known = true;
+            health = engine::health::Health::from_views(&status.endpoint_health);
         }
     }
-    let outcome = engine::pipeline::run(&files, &lock, &observed, &config, listeners_known);
+    let outcome = engine::pipeline::run_with_health(
+        &files,
+        &lock,
+        &observed,
+        &config,
+        listeners_known,
+        &health,
+    );
     let document = PlanDocument {
         backend: outcome.plan.backend,
         batch: &outcome.plan.batch,

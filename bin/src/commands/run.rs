@@ -26,6 +26,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
         cleanup_on_exit: args.cleanup_on_exit,
         metrics_bind: args.metrics_bind_address.0,
         healthz_bind: args.healthz_bind_address.0,
+        probe_concurrency: args.probe_concurrency.max(1),
         // SIGHUP reads the config file and the environment again, over the same flags.
         settings: Some(engine::daemon::reconciler::SettingsSource(Arc::new(|| {
             crate::reparse_run()

@@ -27,6 +27,59 @@ pub fn run(args: StatusArgs) -> Result<u8> {
     Ok(0)
 }
 
+/// Rows of the endpoint health section shown at most; the rest are counted (all are in
+/// `status --json`).
+const MAX_HEALTH_ROWS: usize = 20;
+
+/// The endpoints portald checks: those out of rotation first (unhealthy, ejected), then
+/// those without a judgement yet, then the healthy ones; at most [`MAX_HEALTH_ROWS`].
+fn health_section(out: &mut String, status: &Status) {
+    if status.endpoint_health.is_empty() {
+        return;
+    }
+    let rank = |state: &str| match state {
+        "unhealthy" | "ejected" => 0,
+        "unknown" => 1,
+        _ => 2,
+    };
+    let mut rows: Vec<_> = status.endpoint_health.iter().collect();
+    rows.sort_by_key(|r| rank(&r.state));
+    let out_of_rotation = rows.iter().filter(|r| rank(&r.state) == 0).count();
+    let _ = writeln!(
+        out,
+        "\nENDPOINT HEALTH ({} checked, {out_of_rotation} out of rotation)",
+        rows.len()
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    for r in rows.iter().take(MAX_HEALTH_ROWS) {
+        let _ = writeln!(
+            out,
+            "  {} {} {} {}: {} for {}s{}; {}",
+            escape::clipped(&r.service, escape::MAX_NAME),
+            escape::clipped(&r.port, escape::MAX_NAME),
+            escape::clipped(&r.endpoint, escape::MAX_NAME),
+            escape::clipped(&r.check, escape::MAX_NAME),
+            escape::clipped(&r.state, escape::MAX_NAME),
+            now.saturating_sub(r.since),
+            r.reason
+                .as_ref()
+                .map(|why| format!(" ({})", escape::clipped(why, escape::MAX_TEXT)))
+                .unwrap_or_default(),
+            escape::clipped(&r.detail, escape::MAX_TEXT),
+        );
+    }
+    if rows.len() > MAX_HEALTH_ROWS {
+        let _ = writeln!(
+            out,
+            "  ... and {} more (`portald status --json` lists them all)",
+            rows.len() - MAX_HEALTH_ROWS
+        );
+    }
+}
+
 /// The status as text: one line per record, whatever the daemon reports. Paths, names and
 /// errors are escaped and clipped by [`engine::escape`], lists shortened, so a line stays
 /// under [`escape::MAX_LINE`] characters.
@@ -78,26 +131,7 @@ pub fn render(status: &Status) -> String {
             }
         );
     }
-    if !status.endpoint_health.is_empty() {
-        out.push_str("\nENDPOINT HEALTH\n");
-        for h in &status.endpoint_health {
-            let _ = writeln!(
-                out,
-                "  {} {} {} ({}): {} since {}{}; {}",
-                escape::clipped(&h.service, escape::MAX_NAME),
-                escape::clipped(&h.port, escape::MAX_NAME),
-                escape::clipped(&h.endpoint, escape::MAX_NAME),
-                escape::clipped(&h.check, escape::MAX_NAME),
-                escape::clipped(&h.state, escape::MAX_NAME),
-                h.since,
-                h.reason
-                    .as_ref()
-                    .map(|r| format!(": {}", escape::clipped(r, escape::MAX_TEXT)))
-                    .unwrap_or_default(),
-                escape::clipped(&h.detail, escape::MAX_TEXT),
-            );
-        }
-    }
+    health_section(&mut out, status);
     if !status.held.is_empty() {
         let _ = writeln!(
             out,

@@ -11,8 +11,9 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, linear_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Why a reconcile failed, the `cause` label of
@@ -56,6 +57,21 @@ struct KindLabels {
     kind: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProbeLabels {
+    r#type: &'static str,
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, PartialOrd, Ord)]
+struct TransitionLabels {
+    service: String,
+    port: String,
+    endpoint: String,
+    check: String,
+    to: &'static str,
+}
+
 /// The last pass, for `/healthz` and `/livez`.
 #[derive(Debug, Clone, Default)]
 struct State {
@@ -83,6 +99,10 @@ pub struct Metrics {
     rules: Family<KindLabels, Gauge>,
     invalid_files: Gauge,
     conflicts: Family<KindLabels, Gauge>,
+    probes: Family<ProbeLabels, Counter>,
+    /// Verdict changes of the prober's checks; outlier detection's are counted by the data
+    /// plane. Both reach one family through [`EndpointHealth`].
+    transitions: Arc<Mutex<BTreeMap<TransitionLabels, u64>>>,
     state: Mutex<State>,
 }
 
@@ -115,6 +135,8 @@ impl Metrics {
             rules: Family::default(),
             invalid_files: Gauge::default(),
             conflicts: Family::default(),
+            probes: Family::default(),
+            transitions: Arc::default(),
             state: Mutex::new(State {
                 started: Some(Instant::now()),
                 ..State::default()
@@ -175,6 +197,11 @@ impl Metrics {
             "portald_conflicts",
             "Conflicts found by the last pass: allocation (clusterIP, ports), foreign_rule, and forward_drop (a foreign forward chain that drops the VIPs' traffic)",
             metrics.conflicts.clone(),
+        );
+        registry.register(
+            "portald_probes",
+            "Readiness probes and health checks run, by type (tcp, http, grpc) and result (success, failure)",
+            metrics.probes.clone(),
         );
         // Every cause from the start at 0, so `rate()` and alerts see a series before the
         // first failure.
@@ -315,6 +342,57 @@ impl Metrics {
         }
     }
 
+    /// One probe ran: its type (`tcp`, `http`, `grpc`) and whether it succeeded.
+    pub fn probe(&self, kind: &'static str, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.probes
+            .get_or_create(&ProbeLabels {
+                r#type: kind,
+                result,
+            })
+            .inc();
+    }
+
+    /// An endpoint's verdict changed (`healthy`: to healthy, else to unhealthy).
+    pub fn endpoint_transition(
+        &self,
+        service: &str,
+        port: &str,
+        endpoint: &str,
+        check: &str,
+        healthy: bool,
+    ) {
+        let labels = TransitionLabels {
+            service: service.to_string(),
+            port: port.to_string(),
+            endpoint: endpoint.to_string(),
+            check: check.to_string(),
+            to: if healthy { "healthy" } else { "unhealthy" },
+        };
+        *self
+            .transitions
+            .lock()
+            .expect("transitions lock")
+            .entry(labels)
+            .or_default() += 1;
+    }
+
+    /// The collector of `portald_endpoint_healthy` and
+    /// `portald_endpoint_health_transitions_total`: the prober's verdicts and transitions,
+    /// and outlier detection's (from `dataplane`, in userspace mode), in one family each as
+    /// the exposition format requires.
+    pub fn endpoint_health(
+        &self,
+        prober: std::sync::Weak<super::prober::Prober>,
+        dataplane: Option<DataPlane>,
+    ) -> Box<dyn Collector> {
+        Box::new(EndpointHealth {
+            prober,
+            dataplane,
+            transitions: self.transitions.clone(),
+        })
+    }
+
     /// Sets the number of files with at least one error (their last good version stays in
     /// force).
     pub fn invalid_files(&self, files: usize) {
@@ -428,6 +506,92 @@ fn count(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+/// `portald_endpoint_healthy` and `portald_endpoint_health_transitions_total`, read at each
+/// scrape from every check: the prober's verdicts (1 healthy, 0 unhealthy, absent while
+/// unknown) and outlier detection's records (0 while ejected, else 1: an endpoint held in by
+/// the ejection cap still serves). Built by [`Metrics::endpoint_health`].
+struct EndpointHealth {
+    prober: std::sync::Weak<super::prober::Prober>,
+    dataplane: Option<DataPlane>,
+    transitions: Arc<Mutex<BTreeMap<TransitionLabels, u64>>>,
+}
+
+impl std::fmt::Debug for EndpointHealth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EndpointHealth")
+    }
+}
+
+impl Collector for EndpointHealth {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use super::outliers::{service_port, state, CHECK};
+        use prometheus_client::metrics::MetricType;
+        let views = self.prober.upgrade().map(|p| p.views()).unwrap_or_default();
+        let listeners = self
+            .dataplane
+            .as_ref()
+            .map(|d| d.endpoint_health())
+            .unwrap_or_default();
+        let labels = |service: &str, port: &str, endpoint: &str, check: &str| {
+            vec![
+                ("service", service.to_string()),
+                ("port", port.to_string()),
+                ("endpoint", endpoint.to_string()),
+                ("check", check.to_string()),
+            ]
+        };
+        let mut family = encoder.encode_descriptor(
+            "portald_endpoint_healthy",
+            "Whether an endpoint serves by portald's own check: 1 yes, 0 held out (probe: unhealthy; outlier detection: ejected); absent while unknown",
+            None,
+            MetricType::Gauge,
+        )?;
+        for view in &views {
+            let value = match view.state.as_str() {
+                "healthy" => 1,
+                "unhealthy" => 0,
+                _ => continue,
+            };
+            let set = labels(&view.service, &view.port, &view.endpoint, &view.check);
+            ConstGauge::new(value).encode(family.encode_family(&set)?)?;
+        }
+        for listener in &listeners {
+            let (service, port) = service_port(&listener.name, listener.protocol);
+            for endpoint in &listener.endpoints {
+                let value = i64::from(state(endpoint) != "ejected");
+                let set = labels(&service, &port, &endpoint.endpoint.to_string(), CHECK);
+                ConstGauge::new(value).encode(family.encode_family(&set)?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "portald_endpoint_health_transitions",
+            "Changes of an endpoint's health by check, to the state named by `to`",
+            None,
+            MetricType::Counter,
+        )?;
+        let probed = self.transitions.lock().expect("transitions lock").clone();
+        for (t, count) in probed {
+            let mut set = labels(&t.service, &t.port, &t.endpoint, &t.check);
+            set.push(("to", t.to.to_string()));
+            ConstCounter::new(count).encode(family.encode_family(&set)?)?;
+        }
+        for listener in &listeners {
+            let (service, port) = service_port(&listener.name, listener.protocol);
+            for endpoint in &listener.endpoints {
+                for (to, count) in [
+                    ("ejected", endpoint.ejections),
+                    ("healthy", endpoint.returns),
+                ] {
+                    let mut set = labels(&service, &port, &endpoint.endpoint.to_string(), CHECK);
+                    set.push(("to", to.to_string()));
+                    ConstCounter::new(count).encode(family.encode_family(&set)?)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The userspace data plane's per-listener counters, read from its atomics at each scrape
 /// (so a closed listener's series end with it). kube-proxy's userspace proxy had none.
 struct Listeners(DataPlane);
@@ -508,8 +672,8 @@ impl Collector for Listeners {
     }
 }
 
-/// Outlier detection's view of the endpoints, read at each scrape: a removed endpoint's
-/// series end with it, a closed listener's too.
+/// Outlier detection's ejections per service port, read at each scrape (its per-endpoint
+/// health is in [`EndpointHealth`]); a closed listener's series end with it.
 struct Outliers(DataPlane);
 
 impl std::fmt::Debug for Outliers {
@@ -520,52 +684,13 @@ impl std::fmt::Debug for Outliers {
 
 impl Collector for Outliers {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        use super::outliers::{service_port, state, CHECK};
+        use super::outliers::service_port;
         use prometheus_client::metrics::MetricType;
         let listeners = self.0.endpoint_health();
         let ports: Vec<(String, String)> = listeners
             .iter()
             .map(|l| service_port(&l.name, l.protocol))
             .collect();
-        let endpoint_labels = |(service, port): &(String, String), endpoint: &str| {
-            vec![
-                ("service", service.clone()),
-                ("port", port.clone()),
-                ("endpoint", endpoint.to_string()),
-                ("check", CHECK.to_string()),
-            ]
-        };
-        let mut family = encoder.encode_descriptor(
-            "portald_endpoint_healthy",
-            "1 while an endpoint serves, 0 while a check holds it out (outlier detection: ejected)",
-            None,
-            MetricType::Gauge,
-        )?;
-        for (listener, labels) in listeners.iter().zip(&ports) {
-            for endpoint in &listener.endpoints {
-                let value = i64::from(state(endpoint) != "ejected");
-                let set = endpoint_labels(labels, &endpoint.endpoint.to_string());
-                ConstGauge::new(value).encode(family.encode_family(&set)?)?;
-            }
-        }
-        let mut family = encoder.encode_descriptor(
-            "portald_endpoint_health_transitions",
-            "Changes of an endpoint's health by check, to the state named by `to`",
-            None,
-            MetricType::Counter,
-        )?;
-        for (listener, labels) in listeners.iter().zip(&ports) {
-            for endpoint in &listener.endpoints {
-                for (to, count) in [
-                    ("ejected", endpoint.ejections),
-                    ("healthy", endpoint.returns),
-                ] {
-                    let mut set = endpoint_labels(labels, &endpoint.endpoint.to_string());
-                    set.push(("to", to.to_string()));
-                    ConstCounter::new(count).encode(family.encode_family(&set)?)?;
-                }
-            }
-        }
         let mut family = encoder.encode_descriptor(
             "portald_outlier_ejections",
             "Endpoints taken out of the rotation by outlier detection, per service port",
@@ -722,8 +847,20 @@ mod tests {
             let _ = tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut sink).await;
         }
         let metrics = Metrics::new(Some(dataplane.clone()));
+        let health = metrics.endpoint_health(std::sync::Weak::new(), Some(dataplane.clone()));
+        let metrics = metrics.with(health);
 
         let text = metrics.encode();
+
+        // Probes and outlier detection share each family: one descriptor, or scrapers refuse
+        // the exposition.
+        for family in [
+            "portald_endpoint_healthy",
+            "portald_endpoint_health_transitions",
+        ] {
+            let descriptors = text.matches(&format!("# TYPE {family} ")).count();
+            assert_eq!(descriptors, 1, "{family}: {text}");
+        }
 
         let labels = format!(
             "service=\"default/web\",port=\"http/TCP\",endpoint=\"{dead}\",check=\"outlier-detection\""

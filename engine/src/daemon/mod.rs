@@ -6,6 +6,7 @@ pub mod http;
 pub mod kernel_counters;
 pub mod metrics;
 pub mod outliers;
+pub mod prober;
 pub mod reconciler;
 pub mod systemd;
 pub mod watch;
@@ -51,6 +52,8 @@ pub struct DaemonConfig {
     pub healthz_bind: Option<SocketAddr>,
     /// Where a SIGHUP reads the settings again (the config file and the environment).
     pub settings: Option<reconciler::SettingsSource>,
+    /// Readiness probes and health checks in flight at once (`--probe-concurrency`).
+    pub probe_concurrency: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +90,9 @@ enum Trigger {
     Retry,
     /// The drift check saw portald's kernel objects changed.
     Drift,
+    /// A probe or health check changed an endpoint's verdict (flips within
+    /// `prober::BATCH_WINDOW` come as one).
+    Health,
     Request(Request, tokio::sync::oneshot::Sender<Response>),
     Stop,
 }
@@ -100,6 +106,7 @@ impl Trigger {
             Trigger::Reload => "reload",
             Trigger::Retry => "retry",
             Trigger::Drift => "drift",
+            Trigger::Health => "health",
             Trigger::Request(..) => "request",
             Trigger::Stop => "stop",
         }
@@ -172,8 +179,24 @@ pub async fn run(cfg: DaemonConfig, exec: Arc<dyn Exec>) -> Result<(), DaemonErr
         exec: exec.clone(),
         status: status.clone(),
     };
-    let metrics =
-        Arc::new(metrics::Metrics::new(Some(dataplane.clone())).with(Box::new(kernel_counters)));
+    let prober = {
+        let tx = tx.clone();
+        Arc::new(prober::Prober::new(
+            tokio::runtime::Handle::current(),
+            cfg.probe_concurrency,
+            Arc::new(move || {
+                let _ = tx.send(Trigger::Health);
+            }),
+        ))
+    };
+    let metrics = metrics::Metrics::new(Some(dataplane.clone()));
+    let endpoint_health = metrics.endpoint_health(Arc::downgrade(&prober), Some(dataplane.clone()));
+    let metrics = Arc::new(
+        metrics
+            .with(Box::new(kernel_counters))
+            .with(endpoint_health),
+    );
+    prober.set_metrics(metrics.clone());
     let http_tasks = serve_http(&cfg, &metrics);
     let _watcher = {
         let tx = tx.clone();
@@ -220,6 +243,7 @@ pub async fn run(cfg: DaemonConfig, exec: Arc<dyn Exec>) -> Result<(), DaemonErr
     .with_state_file(cfg.state_path.clone());
     reconciler.metrics = metrics;
     reconciler.settings = cfg.settings.clone();
+    reconciler.prober = Some(prober.clone());
     let timing = Timing {
         resync: cfg.resync,
         drift_check: cfg.drift_check,
@@ -262,7 +286,10 @@ pub async fn run(cfg: DaemonConfig, exec: Arc<dyn Exec>) -> Result<(), DaemonErr
         let status = status.clone();
         let dataplane = dataplane.clone();
         let control = control.clone();
-        tokio::spawn(serve_control(socket, tx, status, dataplane, control))
+        let prober = prober.clone();
+        tokio::spawn(serve_control(
+            socket, tx, status, dataplane, control, prober,
+        ))
     };
 
     signals.wait(&tx).await;
@@ -669,6 +696,7 @@ async fn serve_control(
     status: Arc<Mutex<Status>>,
     dataplane: DataPlane,
     control: Arc<DataPlaneControl>,
+    prober: Arc<prober::Prober>,
 ) {
     // Out of descriptors, a failed accept leaves the connection queued and the socket
     // ready: retrying at once would spin a core and log without end. Back off instead, and
@@ -704,6 +732,7 @@ async fn serve_control(
         let status = status.clone();
         let dataplane = dataplane.clone();
         let control = control.clone();
+        let prober = prober.clone();
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
             let mut line = String::new();
@@ -719,7 +748,13 @@ async fn serve_control(
                 Ok(Request::Status) => {
                     let mut snapshot = status.lock().expect("status lock").clone();
                     snapshot.listeners = Reconciler::listener_views(&dataplane);
-                    // Beside the rows of the other checks, in the order the field promises.
+                    snapshot.open = control
+                        .listeners()
+                        .into_iter()
+                        .map(|(key, listener)| crate::listeners::ListenerEntry { key, listener })
+                        .collect();
+                    // Every check's rows, in the order the field promises.
+                    snapshot.endpoint_health.extend(prober.views());
                     snapshot
                         .endpoint_health
                         .extend(outliers::rows(&dataplane.endpoint_health()));
@@ -731,11 +766,6 @@ async fn serve_control(
                             &b.check,
                         ))
                     });
-                    snapshot.open = control
-                        .listeners()
-                        .into_iter()
-                        .map(|(key, listener)| crate::listeners::ListenerEntry { key, listener })
-                        .collect();
                     Response {
                         ok: true,
                         status: Some(Box::new(snapshot)),

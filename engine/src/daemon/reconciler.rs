@@ -171,6 +171,9 @@ pub struct Reconciler {
     /// and through which backend: the reference of [`Reconciler::drift`]. `None` when the
     /// last pass failed or a saved plan was applied since.
     settled: Option<(crate::config::Backend, planners::Live)>,
+    /// Runs the readiness probes and health checks (a daemon only): its verdicts go into
+    /// each pass, and each pass gives it the targets of the catalog.
+    pub prober: Option<Arc<super::prober::Prober>>,
 }
 
 impl Reconciler {
@@ -200,6 +203,7 @@ impl Reconciler {
             diagnosed: false,
             settings: None,
             settled: None,
+            prober: None,
         }
     }
 
@@ -470,7 +474,18 @@ impl Reconciler {
         self.step = FailureCause::Observe;
         let mut observed = self.observe()?;
         observed.node_state = state.clone();
-        let outcome = pipeline::run(&loaded.merged, &lock, &observed, &self.config, true);
+        let health = self.prober.as_ref().map(|p| p.health()).unwrap_or_default();
+        let outcome = pipeline::run_with_health(
+            &loaded.merged,
+            &lock,
+            &observed,
+            &self.config,
+            true,
+            &health,
+        );
+        if let Some(prober) = &self.prober {
+            prober.sync(crate::health::targets(&outcome.assembled.catalog));
+        }
         let allocation_conflicts = outcome.allocation.diagnostics.iter();
         self.metrics.conflicts(
             allocation_conflicts.filter(|d| d.is_error()).count(),

@@ -372,6 +372,7 @@ impl<'a> FileCtx<'a> {
         let (Some(key), Some(vip), Some(affinity)) = (key, vip, affinity) else {
             return;
         };
+        let health_check = self.health_check(place, spec.metadata.annotations.as_ref());
         let vip_at = self.field_ref(place, "spec.clusterIP", vip);
         out.push(Object::Service(Service {
             key,
@@ -384,6 +385,7 @@ impl<'a> FileCtx<'a> {
             affinity_seconds: affinity,
             external_ips,
             publish_not_ready: spec.spec.publish_not_ready_addresses.unwrap_or(false),
+            health_check,
         }));
     }
 
@@ -470,6 +472,7 @@ impl<'a> FileCtx<'a> {
             affinity_seconds: affinity,
             external_ips: Vec::new(),
             publish_not_ready: false,
+            health_check: None,
         }));
     }
 
@@ -928,6 +931,7 @@ impl<'a> FileCtx<'a> {
                 }
             }
         }
+        let probes = self.pod_probes(place, &spec.spec.containers);
         if self.error_count() == before {
             out.push(Object::Pod(Pod {
                 key,
@@ -939,7 +943,168 @@ impl<'a> FileCtx<'a> {
                 terminating,
                 finished,
                 ports,
+                probes,
             }));
+        }
+    }
+
+    /// The containers' readiness probes, each bad field an error naming it (the API server
+    /// refuses such a Pod). Liveness and startup probes restart containers, which is the
+    /// kubelet's job, not portald's: one note per Pod. An `exec` probe cannot run here: a
+    /// warning, and the Pod's own Ready condition is used.
+    fn pod_probes(&mut self, place: &Place, containers: &[spec::Container]) -> Vec<PodProbe> {
+        let mut out = Vec::new();
+        let mut restarting = Vec::new();
+        for (c, container) in containers.iter().enumerate() {
+            let at = format!("spec.containers[{c}]");
+            for (kind, probe) in [
+                ("livenessProbe", &container.liveness_probe),
+                ("startupProbe", &container.startup_probe),
+            ] {
+                if probe.as_ref().is_some_and(|p| !p.is_null()) {
+                    restarting.push(format!("{at}.{kind}"));
+                }
+            }
+            let Some(value) = container.readiness_probe.as_ref().filter(|v| !v.is_null()) else {
+                continue;
+            };
+            let field = format!("{at}.readinessProbe");
+            for unknown in crate::health::unknown_fields(value) {
+                self.warn(
+                    place,
+                    &format!("{field}.{unknown}"),
+                    "unknown field; ignored",
+                );
+            }
+            let probe = match crate::health::parse_probe(value, false) {
+                Ok(probe) => probe,
+                Err(problems) => {
+                    for problem in problems {
+                        let f = if problem.field.is_empty() {
+                            field.clone()
+                        } else {
+                            format!("{field}.{}", problem.field)
+                        };
+                        self.error(place, &f, problem.message);
+                    }
+                    continue;
+                }
+            };
+            if probe.action == crate::health::ProbeAction::Exec {
+                self.warn(
+                    place,
+                    &format!("{field}.exec"),
+                    "an exec probe cannot run here; the Pod's own Ready condition is used",
+                );
+                continue;
+            }
+            let port = match probe.port() {
+                Some(crate::health::ProbePort::Number(n)) => Ok(*n),
+                Some(crate::health::ProbePort::Name(name)) => container
+                    .ports
+                    .iter()
+                    .find(|p| p.name.as_deref() == Some(name.as_str()))
+                    .and_then(|p| p.container_port)
+                    .and_then(|p| u16::try_from(p).ok())
+                    .ok_or_else(|| {
+                        format!("the container declares no port named `{}`", escape(name))
+                    }),
+                _ => Err("the probe names no port".to_string()),
+            };
+            if let Err(why) = &port {
+                let kind = probe.kind();
+                let handler = match kind {
+                    "tcp" => "tcpSocket",
+                    "http" => "httpGet",
+                    _ => "grpc",
+                };
+                self.warn(
+                    place,
+                    &format!("{field}.{handler}.port"),
+                    format!("{why}: the probe fails until it does"),
+                );
+            }
+            out.push(PodProbe {
+                container: container.name.clone().unwrap_or_else(|| format!("#{c}")),
+                probe,
+                port,
+            });
+        }
+        if !restarting.is_empty() {
+            self.report(
+                Severity::Note,
+                place,
+                &restarting[0],
+                format!(
+                    "ignored{}: liveness and startup probes restart containers, which is the kubelet's job, not portald's",
+                    if restarting.len() > 1 {
+                        format!(" (with {})", restarting[1..].join(", "))
+                    } else {
+                        String::new()
+                    }
+                ),
+            );
+        }
+        out
+    }
+
+    /// The `portald.io/health-check` annotation of a Service; a bad value is a warning and
+    /// the service serves unchecked.
+    fn health_check(
+        &mut self,
+        place: &Place,
+        annotations: Option<&Value>,
+    ) -> Option<crate::health::Probe> {
+        use crate::health::HEALTH_CHECK_ANNOTATION as KEY;
+        let value = annotations?.get(KEY)?;
+        let line = self.line(place, &format!("metadata.annotations.{KEY}"));
+        let warn = |this: &mut Self, below: &str, message: String| {
+            let field = format!(
+                "metadata.annotations[\"{KEY}\"]{}",
+                if below.is_empty() {
+                    String::new()
+                } else {
+                    format!(".{below}")
+                }
+            );
+            this.diagnostics.push(Diagnostic {
+                file: this.file.path.clone(),
+                line,
+                severity: Severity::Warning,
+                object: place.object.clone(),
+                field: Some(field),
+                message: format!("{message}; the service serves unchecked"),
+            });
+        };
+        let Some(text) = value.as_str() else {
+            warn(
+                self,
+                "",
+                "expected a string (`tcp`, `http` or a JSON probe)".into(),
+            );
+            return None;
+        };
+        if let Ok(value) = serde_json::from_str::<Value>(text) {
+            for unknown in crate::health::unknown_fields(&value) {
+                let field = format!("metadata.annotations[\"{KEY}\"].{unknown}");
+                self.diagnostics.push(Diagnostic {
+                    file: self.file.path.clone(),
+                    line,
+                    severity: Severity::Warning,
+                    object: place.object.clone(),
+                    field: Some(field),
+                    message: "unknown field; ignored".into(),
+                });
+            }
+        }
+        match crate::health::parse_annotation(text) {
+            Ok(probe) => Some(probe),
+            Err(problems) => {
+                for problem in problems {
+                    warn(self, &problem.field, problem.message);
+                }
+                None
+            }
         }
     }
 

@@ -12,6 +12,9 @@ pub struct ObjectMeta {
     pub labels: BTreeMap<String, String>,
     /// Set when the object is being deleted (read for Pods: a terminating Pod).
     pub deletion_timestamp: Option<serde_json::Value>,
+    /// Kept raw: only `portald.io/health-check` is read, and a value of another type
+    /// elsewhere in the map is not portald's concern.
+    pub annotations: Option<serde_json::Value>,
 }
 
 /// Fields of Kubernetes objects that portald reads past without comment.
@@ -19,7 +22,6 @@ pub const KNOWN_UNUSED: &[&str] = &[
     "apiVersion",
     "kind",
     "status",
-    "metadata.annotations",
     "metadata.uid",
     "metadata.resourceVersion",
     "metadata.creationTimestamp",
@@ -218,9 +220,15 @@ pub struct PodSpec {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Container {
+    pub name: Option<String>,
     #[serde(default)]
     pub ports: Vec<ContainerPort>,
+    /// Kept raw: checked field by field in `health::probe`, so that every bad field is named.
+    pub readiness_probe: Option<serde_json::Value>,
+    pub liveness_probe: Option<serde_json::Value>,
+    pub startup_probe: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]
