@@ -1,8 +1,8 @@
 //! Serde types for the objects of the libnftables JSON schema (libnftables-json(5)) that
-//! portald reads from `nft -j list`: chains, rules, maps and sets, and their elements. Rule
-//! statements and the expressions inside an element (its value, a map's data) are still
-//! `serde_json::Value` (see [`RuleObject::expr`]); the render (`json.rs`, the expected rules
-//! in `mod.rs`) still builds `Value`s with `json!`.
+//! portald reads from `nft -j list`: chains, rules, maps and sets, and their elements. A
+//! rule's statements are kept as listed (see [`RuleObject::expr`]) and read one by one into
+//! `stmt.rs`'s typed `Listed` where they are judged; the expressions inside an element (its
+//! value, a map's data) are still `serde_json::Value`.
 //!
 //! Own types, not the `nftables` crate: 0.6.3, tried against `fixtures/live/nftables`,
 //! parses the foreign rulesets and every rule there, but fails on a map whose data is a
@@ -81,7 +81,8 @@ pub(crate) struct RuleObject {
     #[serde(default, deserialize_with = "lenient")]
     pub comment: Option<String>,
     /// The statements, as listed: portald compares its own rules by their canonical JSON
-    /// text and shows foreign ones as nft-like text.
+    /// text (kept as text, not as a tree: see `parse.rs`), and reads each statement into a
+    /// typed `Listed` to show foreign rules as nft-like text and to judge them.
     #[serde(default, deserialize_with = "lenient")]
     pub expr: Option<Vec<Value>>,
 }
