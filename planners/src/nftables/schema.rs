@@ -18,7 +18,7 @@
 //! failing the dump.
 
 use serde::de::{DeserializeOwned, Deserializer};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// A field read as `T` when it has that shape, else as absent.
@@ -88,7 +88,7 @@ pub(crate) struct RuleObject {
 }
 
 /// A set's or map's key type: one type, or the parts of a concatenation.
-#[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Deserialize, Serialize, Debug, Clone, PartialEq, Eq)]
 #[serde(untagged)]
 pub(crate) enum KeyType {
     One(String),
@@ -213,7 +213,7 @@ pub(crate) struct Described {
 }
 
 /// An element's counter (a map declared with `counter`).
-#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Deserialize, Serialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Counter {
     pub packets: u64,
     pub bytes: u64,

@@ -54,6 +54,8 @@ pub(crate) enum Stmt {
     },
     Accept(()),
     Masquerade(()),
+    /// In a set's declaration: each element counts its packets and bytes.
+    Counter(()),
 }
 
 /// An expression: a literal, or an object naming its kind.
