@@ -1,15 +1,16 @@
-//! Compact nft-like text for libnftables JSON rule expressions, and the facts a conflict
-//! report needs from a foreign rule. Unknown expressions never fail: they are shown as
-//! their JSON.
+//! Compact nft-like text for the statements of a rule read from a dump ([`Listed`]), and
+//! the facts a conflict report needs from a foreign rule. A statement or expression portald
+//! does not know never fails: it is shown as its JSON.
 
+use super::stmt::{Known, Listed, ListedExpr, ListedNamed, Nat, Payload, ToPort};
 use crate::Protocol;
 use serde_json::Value;
 use std::net::Ipv4Addr;
 
 /// A rule's statements as one line, close to what `nft list` prints. Counter values are
 /// left out so that a rule's text stays the same while traffic flows.
-pub(crate) fn rule_text(exprs: &[Value], comment: Option<&str>) -> String {
-    let mut parts: Vec<String> = exprs.iter().map(statement).collect();
+pub(crate) fn rule_text(stmts: &[Listed], comment: Option<&str>) -> String {
+    let mut parts: Vec<String> = stmts.iter().map(statement).collect();
     if let Some(comment) = comment {
         parts.push(format!("comment {}", quoted(comment)));
     }
@@ -21,142 +22,119 @@ fn quoted(text: &str) -> String {
 }
 
 /// Renders one statement (`match`, `counter`, `dnat`, verdicts, ...).
-fn statement(stmt: &Value) -> String {
-    let Some((name, body)) = single(stmt) else {
-        return compact_json(stmt);
+fn statement(stmt: &Listed) -> String {
+    let known = match stmt {
+        Listed::Known(known) => known,
+        Listed::Other(value) => return compact_json(value),
     };
-    match name {
-        "match" => {
-            let left = expr(&body["left"]);
-            let right = expr(&body["right"]);
-            match body["op"].as_str().unwrap_or("==") {
+    match known {
+        Known::Match { op, left, right } => {
+            let (left, right) = (expr(left), expr(right));
+            match op.as_str() {
                 "==" | "in" => format!("{left} {right}"),
                 op => format!("{left} {op} {right}"),
             }
         }
-        "counter" => "counter".to_string(),
-        "vmap" => format!("{} vmap {}", expr(&body["key"]), expr(&body["data"])),
-        "accept" | "drop" | "continue" | "return" => name.to_string(),
-        "jump" | "goto" => format!("{name} {}", text_or_json(&body["target"])),
-        "dnat" | "snat" => {
-            let mut s = name.to_string();
-            if let Some(family) = body.get("family").and_then(Value::as_str) {
-                s.push(' ');
-                s.push_str(family);
-            }
-            if let Some(addr) = body.get("addr") {
-                s.push_str(" to ");
-                s.push_str(&expr(addr));
-                if let Some(port) = body.get("port") {
-                    s.push(':');
-                    s.push_str(&expr(port));
-                }
-            } else if let Some(port) = body.get("port") {
-                s.push_str(" to :");
-                s.push_str(&expr(port));
-            }
-            s
-        }
-        "redirect" | "masquerade" => match body.get("port") {
-            Some(port) => format!("{name} to :{}", expr(port)),
-            None => name.to_string(),
-        },
-        "reject" => match (body.get("type"), body.get("expr")) {
-            (Some(t), Some(e)) => format!("reject with {} {}", text_or_json(t), expr(e)),
-            (Some(t), None) => format!("reject with {}", text_or_json(t)),
+        Known::Counter(_) => "counter".to_string(),
+        Known::Vmap { key, data } => format!("{} vmap {}", expr(key), expr(data)),
+        Known::Accept(_) => "accept".to_string(),
+        Known::Drop(_) => "drop".to_string(),
+        Known::Continue(_) => "continue".to_string(),
+        Known::Return(_) => "return".to_string(),
+        Known::Jump(to) => format!("jump {}", to.target),
+        Known::Goto(to) => format!("goto {}", to.target),
+        Known::Dnat(nat) => nat_text("dnat", nat),
+        Known::Snat(nat) => nat_text("snat", nat),
+        Known::Redirect(to) => port_text("redirect", to.as_ref()),
+        Known::Masquerade(to) => port_text("masquerade", to.as_ref()),
+        Known::Reject(with) => match with.as_ref().map(|w| (&w.kind, &w.expr)) {
+            Some((Some(kind), Some(e))) => format!("reject with {kind} {}", expr(e)),
+            Some((Some(kind), None)) => format!("reject with {kind}"),
             _ => "reject".to_string(),
         },
-        "log" => match body.get("prefix") {
-            Some(prefix) => format!("log prefix {}", quoted(&text_or_json(prefix))),
+        Known::Log(log) => match log.as_ref().and_then(|l| l.prefix.as_deref()) {
+            Some(prefix) => format!("log prefix {}", quoted(prefix)),
             None => "log".to_string(),
         },
-        "xt" => format!(
-            "xt {} {}",
-            text_or_json(&body["type"]),
-            text_or_json(&body["name"])
-        ),
-        _ => compact_json(stmt),
+        Known::Xt { kind, name } => format!("xt {kind} {name}"),
+        Known::Set(update) => {
+            let body = serde_json::to_value(update).unwrap_or_default();
+            compact_json(&Value::Object(
+                [("set".to_string(), body)].into_iter().collect(),
+            ))
+        }
+    }
+}
+
+/// `dnat ip to ADDR:PORT`, `snat to :PORT`, ...
+fn nat_text(name: &str, nat: &Nat) -> String {
+    let mut s = name.to_string();
+    if let Some(family) = &nat.family {
+        s.push(' ');
+        s.push_str(family);
+    }
+    if let Some(addr) = &nat.addr {
+        s.push_str(" to ");
+        s.push_str(&expr(addr));
+        if let Some(port) = &nat.port {
+            s.push(':');
+            s.push_str(&expr(port));
+        }
+    } else if let Some(port) = &nat.port {
+        s.push_str(" to :");
+        s.push_str(&expr(port));
+    }
+    s
+}
+
+/// `redirect`, `masquerade to :PORT`.
+fn port_text(name: &str, to: Option<&ToPort>) -> String {
+    match to.and_then(|t| t.port.as_ref()) {
+        Some(port) => format!("{name} to :{}", expr(port)),
+        None => name.to_string(),
     }
 }
 
 /// Renders one expression (`payload`, `meta`, `set`, `prefix`, literals, ...).
-fn expr(value: &Value) -> String {
-    match value {
-        Value::String(s) => s.clone(),
-        Value::Number(n) => n.to_string(),
-        Value::Bool(b) => b.to_string(),
-        Value::Null => String::new(),
-        Value::Array(items) => items.iter().map(expr).collect::<Vec<_>>().join(", "),
-        Value::Object(_) => {
-            let Some((name, body)) = single(value) else {
-                return compact_json(value);
-            };
-            match name {
-                "payload" => match (body.get("protocol"), body.get("field")) {
-                    (Some(p), Some(f)) => format!("{} {}", text_or_json(p), text_or_json(f)),
-                    _ => format!(
-                        "@{},{},{}",
-                        text_or_json(&body["base"]),
-                        text_or_json(&body["offset"]),
-                        text_or_json(&body["len"])
-                    ),
-                },
-                "meta" => format!("meta {}", text_or_json(&body["key"])),
-                "ct" => match body.get("dir") {
-                    Some(dir) => format!("ct {} {}", text_or_json(dir), text_or_json(&body["key"])),
-                    None => format!("ct {}", text_or_json(&body["key"])),
-                },
-                "fib" => format!(
-                    "fib {} {}",
-                    expr(&body["flags"]).replace(", ", " . "),
-                    text_or_json(&body["result"])
-                ),
-                "set" => match body {
-                    Value::Array(items) => {
-                        let items: Vec<String> = items.iter().map(expr).collect();
-                        format!("{{ {} }}", items.join(", "))
-                    }
-                    other => format!("{{ {} }}", expr(other)),
-                },
-                "prefix" => format!("{}/{}", expr(&body["addr"]), expr(&body["len"])),
-                "range" => match body {
-                    Value::Array(ends) if ends.len() == 2 => {
-                        format!("{}-{}", expr(&ends[0]), expr(&ends[1]))
-                    }
-                    other => compact_json(other),
-                },
-                "concat" => match body {
-                    Value::Array(items) => items.iter().map(expr).collect::<Vec<_>>().join(" . "),
-                    other => compact_json(other),
-                },
-                "map" => format!("{} map {}", expr(&body["key"]), expr(&body["data"])),
-                "elem" => expr(&body["val"]),
-                "&" | "|" | "^" | "<<" | ">>" => match body {
-                    Value::Array(ops) if ops.len() == 2 => {
-                        format!("{} {name} {}", expr(&ops[0]), expr(&ops[1]))
-                    }
-                    other => compact_json(other),
-                },
-                _ => compact_json(value),
-            }
+fn expr(value: &ListedExpr) -> String {
+    let named = match value {
+        ListedExpr::Text(s) => return s.clone(),
+        ListedExpr::Number(n) => return n.to_string(),
+        ListedExpr::Bool(b) => return b.to_string(),
+        ListedExpr::List(items) => return joined(items, ", "),
+        ListedExpr::Other(Value::Null) => return String::new(),
+        ListedExpr::Other(other) => return compact_json(other),
+        ListedExpr::Named(named) => named,
+    };
+    match named.as_ref() {
+        ListedNamed::Payload(Payload::Field { protocol, field }) => format!("{protocol} {field}"),
+        ListedNamed::Payload(Payload::Raw { base, offset, len }) => {
+            format!("@{base},{offset},{len}")
         }
+        ListedNamed::Meta { key } => format!("meta {key}"),
+        ListedNamed::Ct { key, dir } => match dir {
+            Some(dir) => format!("ct {dir} {key}"),
+            None => format!("ct {key}"),
+        },
+        ListedNamed::Fib { flags, result } => {
+            format!("fib {} {result}", expr(flags).replace(", ", " . "))
+        }
+        ListedNamed::Set(items) => format!("{{ {} }}", expr(items)),
+        ListedNamed::Prefix { addr, len } => format!("{addr}/{len}"),
+        ListedNamed::Range([low, high]) => format!("{}-{}", expr(low), expr(high)),
+        ListedNamed::Concat(items) => joined(items, " . "),
+        ListedNamed::Map { key, data } => format!("{} map {}", expr(key), expr(data)),
+        ListedNamed::Elem { val } => expr(val),
+        ListedNamed::And([a, b]) => format!("{} & {}", expr(a), expr(b)),
+        ListedNamed::Or([a, b]) => format!("{} | {}", expr(a), expr(b)),
+        ListedNamed::Xor([a, b]) => format!("{} ^ {}", expr(a), expr(b)),
+        ListedNamed::Lshift([a, b]) => format!("{} << {}", expr(a), expr(b)),
+        ListedNamed::Rshift([a, b]) => format!("{} >> {}", expr(a), expr(b)),
     }
 }
 
-/// The only key of a one-key object, with its value: the shape of every JSON expression.
-fn single(value: &Value) -> Option<(&str, &Value)> {
-    let object = value.as_object()?;
-    if object.len() != 1 {
-        return None;
-    }
-    object.iter().next().map(|(k, v)| (k.as_str(), v))
-}
-
-fn text_or_json(value: &Value) -> String {
-    match value {
-        Value::String(s) => s.clone(),
-        other => compact_json(other),
-    }
+fn joined(items: &[ListedExpr], separator: &str) -> String {
+    items.iter().map(expr).collect::<Vec<_>>().join(separator)
 }
 
 fn compact_json(value: &Value) -> String {
@@ -183,59 +161,53 @@ pub(crate) struct Facts {
 
 /// Reads `ip daddr X`, `meta l4proto tcp` / `ip protocol tcp`, `tcp dport N` / `th dport N`
 /// and whether a statement ends or rewrites the packet's path.
-pub(crate) fn facts(exprs: &[Value]) -> Facts {
+pub(crate) fn facts(stmts: &[Listed]) -> Facts {
     let mut facts = Facts::default();
-    for stmt in exprs {
-        let Some((name, body)) = single(stmt) else {
+    for stmt in stmts {
+        let Listed::Known(known) = stmt else {
             continue;
         };
-        match name {
-            "match" => {
-                let op = body["op"].as_str().unwrap_or("==");
-                let left = &body["left"];
-                let right = &body["right"];
-                let field = |proto: &str| {
-                    left.get("payload")
-                        .filter(|p| p["protocol"] == proto)
-                        .and_then(|p| p["field"].as_str())
-                };
-                let is_dport = left.get("payload").is_some_and(|p| p["field"] == "dport");
+        match known {
+            Known::Match { op, left, right } => {
+                let payload = left.payload();
+                let field = |proto: &str| payload.filter(|(p, _)| *p == proto).map(|(_, f)| f);
+                let is_dport = payload.is_some_and(|(_, f)| f == "dport");
                 if op != "==" {
                     facts.dst_unread |= field("ip") == Some("daddr");
                     facts.dport_unread |= is_dport;
                     continue;
                 }
+                let meta_l4 =
+                    matches!(left.named(), Some(ListedNamed::Meta { key }) if key == "l4proto");
                 if field("ip") == Some("daddr") {
                     facts.dst = single_address(right).or(facts.dst);
                     facts.dst_net = network(right);
                     facts.dst_unread |= facts.dst_net.is_none();
-                } else if field("ip") == Some("protocol")
-                    || left.get("meta").is_some_and(|m| m["key"] == "l4proto")
-                {
+                } else if field("ip") == Some("protocol") || meta_l4 {
                     facts.protocol = protocol(right).or(facts.protocol);
                     facts.dport_unread |= protocol(right).is_none();
-                } else if let Some(p) = left.get("payload") {
-                    if p["field"] == "dport" {
-                        match right.as_u64().and_then(|n| u16::try_from(n).ok()) {
-                            Some(port) => facts.dport = Some(port),
-                            None => facts.dport_unread = true,
-                        }
-                        let proto = p["protocol"].as_str().unwrap_or_default();
-                        facts.protocol = protocol(&Value::from(proto)).or(facts.protocol);
+                } else if let Some((proto, "dport")) = payload {
+                    match right.as_u64().and_then(|n| u16::try_from(n).ok()) {
+                        Some(port) => facts.dport = Some(port),
+                        None => facts.dport_unread = true,
                     }
+                    facts.protocol =
+                        protocol(&ListedExpr::Text(proto.to_string())).or(facts.protocol);
                 }
             }
-            "dnat" | "redirect" | "drop" | "reject" => {
+            Known::Dnat(_) | Known::Redirect(_) | Known::Drop(_) | Known::Reject(_) => {
                 facts.terminal = true;
                 facts.ends = true;
             }
-            "accept" => facts.terminal = true,
-            "xt" if body["type"] == "target" => {
-                let target = body["name"].as_str().unwrap_or_default();
-                if matches!(target, "DNAT" | "REDIRECT" | "DROP" | "REJECT" | "ACCEPT") {
+            Known::Accept(_) => facts.terminal = true,
+            Known::Xt { kind, name } if kind == "target" => {
+                if matches!(
+                    name.as_str(),
+                    "DNAT" | "REDIRECT" | "DROP" | "REJECT" | "ACCEPT"
+                ) {
                     facts.terminal = true;
                 }
-                facts.ends |= matches!(target, "DNAT" | "REDIRECT" | "DROP" | "REJECT");
+                facts.ends |= matches!(name.as_str(), "DNAT" | "REDIRECT" | "DROP" | "REJECT");
             }
             _ => {}
         }
@@ -244,40 +216,149 @@ pub(crate) fn facts(exprs: &[Value]) -> Facts {
 }
 
 /// An exact address: `10.0.0.1` or `10.0.0.1/32`.
-fn single_address(value: &Value) -> Option<Ipv4Addr> {
+fn single_address(value: &ListedExpr) -> Option<Ipv4Addr> {
     match value {
-        Value::String(s) => s.parse().ok(),
-        Value::Object(_) => {
-            let prefix = value.get("prefix")?;
-            if prefix["len"].as_u64() == Some(32) {
-                prefix["addr"].as_str()?.parse().ok()
-            } else {
-                None
-            }
-        }
-        _ => None,
+        ListedExpr::Text(s) => s.parse().ok(),
+        _ => match value.named()? {
+            ListedNamed::Prefix { addr, len: 32 } => addr.parse().ok(),
+            _ => None,
+        },
     }
 }
 
 /// An address or prefix as a network: `10.0.0.1`, `{"prefix": {"addr": .., "len": ..}}`.
-fn network(value: &Value) -> Option<crate::Net> {
+pub(crate) fn network(value: &ListedExpr) -> Option<crate::Net> {
     match value {
-        Value::String(s) => s.parse().ok(),
-        Value::Object(_) => {
-            let prefix = value.get("prefix")?;
-            let len = u8::try_from(prefix["len"].as_u64()?).ok()?;
-            crate::Net::new(prefix["addr"].as_str()?.parse().ok()?, len).ok()
-        }
+        ListedExpr::Text(s) => s.parse().ok(),
+        _ => match value.named()? {
+            ListedNamed::Prefix { addr, len } => {
+                crate::Net::new(addr.parse().ok()?, u8::try_from(*len).ok()?).ok()
+            }
+            _ => None,
+        },
+    }
+}
+
+fn protocol(value: &ListedExpr) -> Option<Protocol> {
+    match value {
+        ListedExpr::Text(s) if s == "tcp" => Some(Protocol::Tcp),
+        ListedExpr::Text(s) if s == "udp" => Some(Protocol::Udp),
+        ListedExpr::Number(n) if n.as_u64() == Some(6) => Some(Protocol::Tcp),
+        ListedExpr::Number(n) if n.as_u64() == Some(17) => Some(Protocol::Udp),
         _ => None,
     }
 }
 
-fn protocol(value: &Value) -> Option<Protocol> {
-    match value {
-        Value::String(s) if s == "tcp" => Some(Protocol::Tcp),
-        Value::String(s) if s == "udp" => Some(Protocol::Udp),
-        Value::Number(n) if n.as_u64() == Some(6) => Some(Protocol::Tcp),
-        Value::Number(n) if n.as_u64() == Some(17) => Some(Protocol::Udp),
-        _ => None,
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(stmts: &str) -> Vec<Listed> {
+        let values: Vec<Value> = serde_json::from_str(stmts).unwrap();
+        values.iter().map(Listed::read).collect()
+    }
+
+    fn text(stmts: &str) -> String {
+        rule_text(&read(stmts), None)
+    }
+
+    #[test]
+    fn each_statement_portald_knows_reads_typed_and_shows_as_nft_lists_it() {
+        let cases = [
+            (
+                r#"[{"match": {"op": "==", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}, {"accept": null}]"#,
+                "ct state established, related accept",
+            ),
+            (
+                r#"[{"match": {"op": "!=", "left": {"ct": {"key": "state"}}, "right": {"set": ["new", "invalid"]}}}, {"reject": {"type": "icmpx", "expr": "admin-prohibited"}}]"#,
+                "ct state != { new, invalid } reject with icmpx admin-prohibited",
+            ),
+            (
+                r#"[{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": {"prefix": {"addr": "10.11.0.0", "len": 16}}}}, {"match": {"op": "==", "left": {"payload": {"protocol": "th", "field": "dport"}}, "right": {"range": [1000, 2000]}}}, {"counter": {"packets": 5, "bytes": 300}}, {"redirect": {"port": 99}}]"#,
+                "ip daddr 10.11.0.0/16 th dport 1000-2000 counter redirect to :99",
+            ),
+            (
+                r#"[{"snat": {"family": "ip", "addr": "1.2.3.4", "port": 5}}, {"dnat": {"port": 80}}, {"masquerade": {"port": 5}}, {"masquerade": null}, {"redirect": null}, {"reject": null}, {"drop": null}]"#,
+                "snat ip to 1.2.3.4:5 dnat to :80 masquerade to :5 masquerade redirect reject drop",
+            ),
+            (
+                r#"[{"match": {"op": "==", "left": {"fib": {"flags": ["daddr", "iif"], "result": "type"}}, "right": "local"}}, {"match": {"op": "==", "left": {"&": [{"meta": {"key": "mark"}}, 255]}, "right": 1}}, {"match": {"op": "==", "left": {"payload": {"base": "nh", "offset": 12, "len": 32}}, "right": "1.2.3.4"}}, {"match": {"op": "==", "left": {"ct": {"key": "daddr", "dir": "original", "family": "ip"}}, "right": "1.1.1.1"}}]"#,
+                "fib daddr . iif type local meta mark & 255 1 @nh,12,32 1.2.3.4 ct original daddr 1.1.1.1",
+            ),
+            (
+                r#"[{"log": {"prefix": "x: "}}, {"log": null}, {"xt": {"type": "target", "name": "DNAT"}}, {"jump": {"target": "docker"}}, {"goto": {"target": "x"}}, {"return": null}, {"continue": null}]"#,
+                r#"log prefix "x: " log xt target DNAT jump docker goto x return continue"#,
+            ),
+            (
+                r#"[{"match": {"op": "==", "left": {"concat": [{"payload": {"protocol": "ip", "field": "saddr"}}, {"meta": {"key": "l4proto"}}]}, "right": {"elem": {"val": "@s", "timeout": 5}}}}, {"vmap": {"key": {"meta": {"key": "iifname"}}, "data": {"set": [["lo", {"accept": null}]]}}}]"#,
+                r#"ip saddr . meta l4proto @s meta iifname vmap { lo, {"accept":null} }"#,
+            ),
+        ];
+        for (stmts, expected) in cases {
+            assert!(
+                read(stmts).iter().all(|s| matches!(s, Listed::Known(_))),
+                "{stmts}"
+            );
+            assert_eq!(text(stmts), expected, "{stmts}");
+        }
+    }
+
+    #[test]
+    fn a_statement_or_expression_portald_does_not_know_is_shown_as_its_json_and_never_fails() {
+        let stmts = r#"[{"limit": {"rate": 5, "per": "second"}}, {"weird": 1, "two": 2}, 7, "text",
+            {"match": {"op": "==", "left": {"numgen": {"mode": "random", "mod": 2, "offset": 0}}, "right": 0}},
+            {"set": {"op": "update", "elem": {"payload": {"protocol": "ip", "field": "saddr"}}, "set": "@aff", "stmt": [{"counter": null}]}},
+            {"jump": {"target": 7}}]"#;
+        let listed = read(stmts);
+        assert!(matches!(listed[0], Listed::Other(_)));
+        assert!(matches!(listed[5], Listed::Known(Known::Set(ref s)) if s.set == "@aff"));
+        assert!(matches!(listed[6], Listed::Other(_)));
+        assert_eq!(
+            rule_text(&listed, Some(r#"say "hi""#)),
+            concat!(
+                r#"{"limit":{"per":"second","rate":5}} {"two":2,"weird":1} 7 "text" "#,
+                r#"{"numgen":{"mod":2,"mode":"random","offset":0}} 0 "#,
+                r#"{"set":{"elem":{"payload":{"field":"saddr","protocol":"ip"}},"op":"update","set":"@aff","stmt":[{"counter":null}]}} "#,
+                r#"{"jump":{"target":7}} comment "say \"hi\"""#
+            )
+        );
+    }
+
+    #[test]
+    fn facts_read_destination_protocol_port_and_whether_the_rule_ends_the_packets_way() {
+        let dnat = facts(&read(
+            r#"[{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": {"prefix": {"addr": "10.11.0.7", "len": 32}}}},
+                {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 80}},
+                {"dnat": {"family": "ip", "addr": "10.0.0.1", "port": 8080}}]"#,
+        ));
+        assert_eq!(
+            dnat,
+            Facts {
+                dst: Some(Ipv4Addr::new(10, 11, 0, 7)),
+                protocol: Some(Protocol::Tcp),
+                dport: Some(80),
+                terminal: true,
+                dst_net: "10.11.0.7/32".parse().ok(),
+                dst_unread: false,
+                dport_unread: false,
+                ends: true,
+            }
+        );
+        let wide = facts(&read(
+            r#"[{"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": "10.0.0.1"}},
+                {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": 17}},
+                {"match": {"op": "==", "left": {"payload": {"protocol": "th", "field": "dport"}}, "right": {"set": [53, 54]}}},
+                {"xt": {"type": "target", "name": "ACCEPT"}}]"#,
+        ));
+        assert_eq!(
+            wide,
+            Facts {
+                protocol: Some(Protocol::Udp),
+                terminal: true,
+                dst_unread: true,
+                dport_unread: true,
+                ..Facts::default()
+            }
+        );
     }
 }

@@ -51,11 +51,15 @@
 //! data is a verdict or a concatenation (both of which portald writes), drops a map's
 //! `counter` statement, does not write elements back as `nft -j list` prints them, and
 //! fails a whole dump on one construct it does not know (details in `schema.rs`).
-//! `schema.rs` reads the dump's chains, rules, maps, sets and elements; `stmt.rs` types the
-//! statements and expressions of portald's own rules and elements. Still untyped: the
-//! statements of rules read from the dump (`expr.rs` shows any statement of a foreign rule
-//! as text and reads its facts; own rules are compared by canonical JSON text) and the
-//! object level of the fake kernel's dump (`json.rs`).
+//! What is typed: `schema.rs` reads the dump's chains, rules, maps, sets and elements;
+//! `stmt.rs` types the statements and expressions portald writes (`Stmt`, `Expr`) and those
+//! of any rule read from a dump (`Listed`, `ListedExpr`: what portald shows or judges, with
+//! any other statement or expression kept as its JSON so a foreign rule never fails the
+//! parse); `expr.rs` shows foreign rules as text and reads their facts from those, and
+//! `json.rs` builds the fake kernel's dump from typed objects. Still JSON values: a rule's
+//! statements as the parse keeps them (portald's own rules are compared by their canonical
+//! JSON text, which is lighter than a typed tree for 200,000 rules) and the value and data
+//! of a set or map element (read through `schema.rs`'s `Element`).
 
 mod counters;
 mod expr;
@@ -184,7 +188,7 @@ pub(crate) fn entry_element(scaffold: &Scaffold) -> Option<(&'static str, String
 }
 
 /// The same element as `nft -j` lists it.
-pub(crate) fn entry_json(scaffold: &Scaffold) -> Option<(&'static str, Value)> {
+pub(crate) fn entry_json(scaffold: &Scaffold) -> Option<(&'static str, Expr)> {
     let entry = match scaffold {
         Scaffold::Chain(_) | Scaffold::Hook(_) => return None,
         Scaffold::Masquerade(m) => (
@@ -210,7 +214,7 @@ pub(crate) fn entry_json(scaffold: &Scaffold) -> Option<(&'static str, Value)> {
         Scaffold::Forward(n) if n.len == 32 => (FORWARD_SET, Expr::text(n.addr.to_string())),
         Scaffold::Forward(n) => (FORWARD_SET, Expr::prefix(n)),
     };
-    Some((entry.0, to_value(&entry.1)))
+    Some(entry)
 }
 
 /// The sets of scaffold entries, each with the slot whose chain looks it up.

@@ -6,6 +6,7 @@
 
 use super::expr::{facts, rule_text};
 use super::schema::{Dump, Element, Item, Key, KeyType, RuleObject, SetObject};
+use super::stmt::{Known, Listed, ListedExpr, ListedNamed, Nat};
 use super::{
     affinity_set, chain_name, hook_chain, hook_facts, is_counted, jump_exprs, map_name,
     service_chain, service_exprs, slot_exprs, slot_maps, Kind, AFFINITY_SET_SIZE, ENTRY_SETS,
@@ -46,15 +47,12 @@ impl Rule {
         let mut targets = Vec::new();
         let mut updates = None;
         for stmt in &stmts {
-            if let Some(dnat) = stmt.get("dnat") {
-                targets.extend(dnat_targets(dnat));
-            }
-            if let Some(set) = stmt
-                .get("set")
-                .and_then(|s| s.get("set"))
-                .and_then(Value::as_str)
-            {
-                updates.get_or_insert(set.trim_start_matches('@').to_string());
+            match Listed::read(stmt) {
+                Listed::Known(Known::Dnat(dnat)) => targets.extend(dnat_targets(&dnat)),
+                Listed::Known(Known::Set(update)) => {
+                    updates.get_or_insert(update.set.trim_start_matches('@').to_string());
+                }
+                _ => {}
             }
         }
         Rule {
@@ -67,8 +65,10 @@ impl Rule {
     }
 
     fn text(&self) -> String {
-        let exprs: Vec<Value> = serde_json::from_str(&self.canon).unwrap_or_default();
-        rule_text(&exprs, self.comment.as_deref())
+        // Every statement reads (an odd one as its JSON), so only a canon that is not a list
+        // could fail, and the canon is always one.
+        let stmts: Vec<Listed> = serde_json::from_str(&self.canon).unwrap_or_default();
+        rule_text(&stmts, self.comment.as_deref())
     }
 
     fn is(&self, expected: &Value) -> bool {
@@ -159,15 +159,15 @@ pub(crate) fn parse_live(dump: &str) -> Result<Live, ParseError> {
             if ours(&rule.family, &rule.table) {
                 table.rules.entry(chain).or_default().push(Rule::read(rule));
             } else {
-                let exprs = rule.expr.as_deref().unwrap_or_default();
-                let facts = facts(exprs);
-                if facts.ends && matches!(family.as_str(), "ip" | "inet") && catches_new(exprs) {
+                let stmts: Vec<Listed> = rule.expr.iter().flatten().map(Listed::read).collect();
+                let facts = facts(&stmts);
+                if facts.ends && matches!(family.as_str(), "ip" | "inet") && catches_new(&stmts) {
                     let place = (family.clone(), table_name.clone(), chain.clone());
                     ending.push((live.foreign.len(), place));
                 }
                 live.foreign.push(ForeignRule {
                     location: format!("{family} {table_name}/{chain}"),
-                    text: rule_text(exprs, rule.comment.as_deref()),
+                    text: rule_text(&stmts, rule.comment.as_deref()),
                     dst: facts.dst,
                     protocol: facts.protocol,
                     dport: facts.dport,
@@ -285,25 +285,29 @@ pub(crate) fn parse_live(dump: &str) -> Result<Live, ParseError> {
 
 /// Whether a rule can match a connection's first packet: not when it matches `ct state`
 /// values that leave `new` out.
-fn catches_new(exprs: &[Value]) -> bool {
-    exprs.iter().all(|stmt| {
-        let Some(m) = stmt.get("match") else {
+fn catches_new(stmts: &[Listed]) -> bool {
+    let texts = |items: &[ListedExpr]| -> Vec<String> {
+        items
+            .iter()
+            .filter_map(|i| i.as_str().map(str::to_string))
+            .collect()
+    };
+    stmts.iter().all(|stmt| {
+        let Listed::Known(Known::Match { op, left, right }) = stmt else {
             return true;
         };
-        if m["left"].get("ct").is_none_or(|ct| ct["key"] != "state") {
+        if !matches!(left.named(), Some(ListedNamed::Ct { key, .. }) if key == "state") {
             return true;
         }
-        let states: Vec<&str> = match &m["right"] {
-            Value::String(s) => vec![s.as_str()],
-            Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
-            other => other
-                .get("set")
-                .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default(),
+        let states = match right {
+            ListedExpr::Text(s) => vec![s.clone()],
+            ListedExpr::List(items) => texts(items),
+            other => match other.named() {
+                Some(ListedNamed::Set(ListedExpr::List(items))) => texts(items),
+                _ => Vec::new(),
+            },
         };
-        let op = m["op"].as_str().unwrap_or("==");
-        op == "!=" || states.contains(&"new")
+        op == "!=" || states.iter().any(|s| s == "new")
     })
 }
 
@@ -497,29 +501,35 @@ fn service_action(table: &Table, key: &PortalKey) -> Option<Action> {
 }
 
 /// The addresses a `dnat` statement may send to: one, or the data of a numgen map.
-fn dnat_targets(dnat: &Value) -> Vec<SocketAddrV4> {
-    let one = |addr: &Value, port: &Value| -> Option<SocketAddrV4> {
-        Some(SocketAddrV4::new(
-            addr.as_str()?.parse().ok()?,
-            port_of(port)?,
-        ))
+fn dnat_targets(dnat: &Nat) -> Vec<SocketAddrV4> {
+    let one = |addr: &ListedExpr, port: &ListedExpr| -> Option<SocketAddrV4> {
+        let port = port.as_u64().and_then(|n| u16::try_from(n).ok())?;
+        Some(SocketAddrV4::new(addr.as_str()?.parse().ok()?, port))
     };
-    if let (Some(addr), Some(port)) = (dnat.get("addr"), dnat.get("port")) {
+    if let (Some(addr), Some(port)) = (&dnat.addr, &dnat.port) {
         return one(addr, port).into_iter().collect();
     }
-    let pairs = dnat
-        .get("addr")
-        .and_then(|a| a.get("map"))
-        .and_then(|m| m.get("data"))
-        .and_then(|d| d.get("set"))
-        .and_then(Value::as_array);
+    let pairs = match dnat.addr.as_ref().and_then(ListedExpr::named) {
+        Some(ListedNamed::Map { data, .. }) => match data.named() {
+            Some(ListedNamed::Set(ListedExpr::List(pairs))) => pairs.as_slice(),
+            _ => &[],
+        },
+        _ => &[],
+    };
     pairs
-        .into_iter()
-        .flatten()
+        .iter()
         .filter_map(|pair| {
-            let (_, data) = split_pair(pair)?;
-            match data.get("concat")?.as_array()?.as_slice() {
-                [addr, port] => one(addr, port),
+            let ListedExpr::List(pair) = pair else {
+                return None;
+            };
+            let [_, data] = pair.as_slice() else {
+                return None;
+            };
+            match data.named()? {
+                ListedNamed::Concat(parts) => match parts.as_slice() {
+                    [addr, port] => one(addr, port),
+                    _ => None,
+                },
                 _ => None,
             }
         })
@@ -540,7 +550,7 @@ fn read_entries(table: &Table, live: &mut Live) {
                 }
                 None => live.stray.push(StrayRule {
                     chain: name.to_string(),
-                    text: rule_text(std::slice::from_ref(elem), None),
+                    text: rule_text(&[Listed::read(elem)], None),
                 }),
             }
         }
@@ -595,13 +605,6 @@ fn net_of(value: &Value) -> Option<Net> {
             let len = u8::try_from(prefix.get("len")?.as_u64()?).ok()?;
             Net::new(prefix.get("addr")?.as_str()?.parse().ok()?, len).ok()
         }
-    }
-}
-
-fn split_pair(pair: &Value) -> Option<(&Value, &Value)> {
-    match pair.as_array()?.as_slice() {
-        [key, data] => Some((key, data)),
-        _ => None,
     }
 }
 
@@ -667,5 +670,61 @@ mod tests {
             ]
         );
         assert_eq!(live.foreign[0].dst_net, "10.11.0.0/16".parse().ok());
+    }
+
+    #[test]
+    fn a_foreign_rule_for_established_connections_only_is_never_ahead_but_one_that_lets_new_through_is(
+    ) {
+        let rule = |state: &str| {
+            format!(
+                r#"{{"rule": {{"family": "ip", "table": "early", "chain": "pre", "expr": [
+                    {{"match": {{"op": "{}", "left": {{"ct": {{"key": "state"}}}}, "right": {}}}}},
+                    {{"drop": null}}]}}}}"#,
+                if state.starts_with('!') { "!=" } else { "in" },
+                state.trim_start_matches('!')
+            )
+        };
+        let dump = format!(
+            r#"{{"nftables": [
+                {{"chain": {{"family": "ip", "table": "early", "name": "pre", "type": "filter", "hook": "prerouting", "prio": -300}}}},
+                {}, {}, {}, {}]}}"#,
+            rule(r#""established""#),
+            rule(r#"["established", "related"]"#),
+            rule(r#"{"set": ["new", "invalid"]}"#),
+            rule(r#"!"established""#),
+        );
+        let live = parse_live(&dump).unwrap();
+        let ahead: Vec<bool> = live
+            .foreign
+            .iter()
+            .map(|f| !f.ahead_of.is_empty())
+            .collect();
+        assert_eq!(ahead, [false, false, true, true]);
+    }
+
+    #[test]
+    fn a_dnat_through_a_numgen_map_names_every_endpoint_of_the_map_in_order() {
+        let stmt: Value = serde_json::from_str(
+            r#"{"dnat": {"family": "ip", "addr": {"map": {
+                "key": {"numgen": {"mode": "random", "mod": 2, "offset": 0}},
+                "data": {"set": [[0, {"concat": ["10.0.0.2", 81]}], [1, {"concat": ["10.0.0.1", 80]}], [2, "odd"]]}}}}}"#,
+        )
+        .unwrap();
+        let Listed::Known(Known::Dnat(dnat)) = Listed::read(&stmt) else {
+            panic!("{stmt}")
+        };
+        assert_eq!(
+            dnat_targets(&dnat),
+            [
+                "10.0.0.2:81".parse::<SocketAddrV4>().unwrap(),
+                "10.0.0.1:80".parse().unwrap()
+            ]
+        );
+        let one: Value =
+            serde_json::from_str(r#"{"dnat": {"addr": "10.0.0.3", "port": 82}}"#).unwrap();
+        let Listed::Known(Known::Dnat(dnat)) = Listed::read(&one) else {
+            panic!("{one}")
+        };
+        assert_eq!(dnat_targets(&dnat), ["10.0.0.3:82".parse().unwrap()]);
     }
 }

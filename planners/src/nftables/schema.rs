@@ -1,8 +1,8 @@
 //! Serde types for the objects of the libnftables JSON schema (libnftables-json(5)) that
-//! portald reads from `nft -j list`: chains, rules, maps and sets, and their elements. Rule
-//! statements and the expressions inside an element (its value, a map's data) are still
-//! `serde_json::Value` (see [`RuleObject::expr`]); the render (`json.rs`, the expected rules
-//! in `mod.rs`) still builds `Value`s with `json!`.
+//! portald reads from `nft -j list`: chains, rules, maps and sets, and their elements. A
+//! rule's statements are kept as listed (see [`RuleObject::expr`]) and read one by one into
+//! `stmt.rs`'s typed `Listed` where they are judged; the expressions inside an element (its
+//! value, a map's data) are still `serde_json::Value`.
 //!
 //! Own types, not the `nftables` crate: 0.6.3, tried against `fixtures/live/nftables`,
 //! parses the foreign rulesets and every rule there, but fails on a map whose data is a
@@ -18,7 +18,7 @@
 //! failing the dump.
 
 use serde::de::{DeserializeOwned, Deserializer};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// A field read as `T` when it has that shape, else as absent.
@@ -81,13 +81,14 @@ pub(crate) struct RuleObject {
     #[serde(default, deserialize_with = "lenient")]
     pub comment: Option<String>,
     /// The statements, as listed: portald compares its own rules by their canonical JSON
-    /// text and shows foreign ones as nft-like text.
+    /// text (kept as text, not as a tree: see `parse.rs`), and reads each statement into a
+    /// typed `Listed` to show foreign rules as nft-like text and to judge them.
     #[serde(default, deserialize_with = "lenient")]
     pub expr: Option<Vec<Value>>,
 }
 
 /// A set's or map's key type: one type, or the parts of a concatenation.
-#[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Deserialize, Serialize, Debug, Clone, PartialEq, Eq)]
 #[serde(untagged)]
 pub(crate) enum KeyType {
     One(String),
@@ -212,7 +213,7 @@ pub(crate) struct Described {
 }
 
 /// An element's counter (a map declared with `counter`).
-#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Deserialize, Serialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Counter {
     pub packets: u64,
     pub bytes: u64,
