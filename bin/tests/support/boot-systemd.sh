@@ -36,9 +36,25 @@ done
 mount -t tmpfs tmpfs /etc/systemd/system
 cp -r "$scratch/units/." /etc/systemd/system/
 mount -t tmpfs tmpfs /run
-# sysfs and cgroup2 as seen from the new namespaces (pure cgroup2: systemd's unified mode).
-mount -t sysfs sysfs /sys
+# Nothing of the host's boot runs: the units of sysinit.target (which every service with
+# default dependencies waits for) that would set kernel-wide state are masked.
+for unit in systemd-sysctl.service systemd-modules-load.service systemd-remount-fs.service \
+    systemd-binfmt.service proc-sys-fs-binfmt_misc.automount proc-sys-fs-binfmt_misc.mount \
+    systemd-udevd.service systemd-udev-trigger.service systemd-udev-settle.service \
+    systemd-random-seed.service systemd-hwdb-update.service systemd-firstboot.service \
+    systemd-machine-id-commit.service systemd-pstore.service systemd-boot-update.service \
+    sys-kernel-debug.mount sys-kernel-tracing.mount sys-kernel-config.mount \
+    sys-fs-fuse-connections.mount dev-hugepages.mount; do
+    ln -s /dev/null "/etc/systemd/system/$unit"
+done
+# As systemd-nspawn does: /sys and /proc/sys read-only (kernel-wide knobs), but for this
+# network namespace's own /proc/sys/net; sysfs and cgroup2 as seen from the new namespaces
+# (pure cgroup2: systemd's unified mode).
+mount -t sysfs -o ro sysfs /sys
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
+mount --bind /proc/sys /proc/sys
+mount --bind /proc/sys/net /proc/sys/net
+mount -o remount,bind,ro /proc/sys
 # A /dev of its own: the basic nodes, a private devpts, and the console as a log file.
 mount -t tmpfs -o mode=755 tmpfs /dev
 mknod -m 666 /dev/null c 1 3
@@ -68,4 +84,6 @@ ip route add default dev sd-host
 # `container=` tells systemd it is a container's init (no udev, no hardware, no
 # switch-root); debug logging puts every sd_notify message it receives in the journal.
 export container=portald-test
-exec /lib/systemd/systemd --unit=portald-test.target --log-level=debug
+# No module loading from inside (CAP_SYS_MODULE out of the bounding set); the kernel still
+# loads the netfilter modules nft and iptables ask for.
+exec setpriv --bounding-set -sys_module -- /lib/systemd/systemd --unit=portald-test.target --log-level=debug
