@@ -13,6 +13,10 @@ have curl || need+=(curl)
 have socat || need+=(socat)
 have pkill || need+=(procps)
 have systemd-analyze || need+=(systemd)
+# bin/tests/systemd_real.rs boots a private systemd as PID 1 of new namespaces (unshare,
+# nsenter, setpriv) and drives it with systemctl and journalctl.
+[ -x /lib/systemd/systemd ] && have systemctl && have journalctl || need+=(systemd)
+have unshare && have nsenter && have setpriv || need+=(util-linux)
 have prlimit || need+=(util-linux)
 have sysctl || need+=(procps)
 # The packaging test unpacks the .deb (bin/tests/packaging.rs).
