@@ -7,7 +7,7 @@
 #     (httpGet readiness probe, periodSeconds 1, failureThreshold 2) to the last request it
 #     served, seen by a client sending requests back to back through the VIP.
 #
-#   bench/probes.sh        # env: SIZES="1000 10000" TYPES="none tcp http" WINDOW=30 BACKEND=nftables KEEP=0
+#   bench/probes.sh        # env: SIZES="1000 10000" TYPES="none tcp http" WINDOW=30 FLOOR=10000 BACKEND=nftables KEEP=0
 #
 # `none` is the baseline: the same Services and Endpoints without the annotation (what the
 # daemon costs anyway: its drift checks, its listeners); the checking cost is the difference.
@@ -21,6 +21,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SIZES=${SIZES:-1000 10000}
 TYPES=${TYPES:-none tcp http}
 WINDOW=${WINDOW:-30}
+FLOOR=${FLOOR:-10000}
 BACKEND=${BACKEND:-nftables}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/tmp/target-bench}
 
@@ -88,10 +89,11 @@ c = collections.Counter(r['state'] for r in rows)
 print(' '.join(f'{k}={c[k]}' for k in ('healthy', 'unhealthy', 'unknown')))"
 }
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+sys_ticks() { awk '{ print $15 }' "/proc/$1/stat"; }
 rss_mib() { awk '/^VmRSS/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
 
 echo "== checking cost: $BACKEND, kernel mode, every endpoint checked every 10 s, window ${WINDOW}s"
-printf '%-8s %-5s %-10s %-10s %-9s %s\n' endpoints type "cpu(%core)" "rss(MiB)" "idle rss" states
+printf '%-8s %-5s %-10s %-10s %-10s %-9s %s\n' endpoints type "cpu(%core)" "of it sys" "rss(MiB)" "idle rss" states
 for size in $SIZES; do
   for type in $TYPES; do
     rm -rf "$WORK/services"; mkdir -p "$WORK/services"
@@ -133,14 +135,45 @@ EOF
       [[ $counts == "healthy=$expected "* ]] && break
       sleep 1
     done
-    before=$(cpu_ticks "$DAEMON")
+    before=$(cpu_ticks "$DAEMON") sys_before=$(sys_ticks "$DAEMON")
     sleep "$WINDOW"
-    after=$(cpu_ticks "$DAEMON")
-    cpu=$(awk -v t=$((after - before)) -v hz="$HZ" -v w="$WINDOW" 'BEGIN { printf "%.2f", 100 * t / hz / w }')
-    printf '%-8s %-5s %-10s %-10s %-9s %s\n' "$size" "$type" "$cpu" "$(rss_mib "$DAEMON")" "$idle" "$(health_counts)"
+    after=$(cpu_ticks "$DAEMON") sys_after=$(sys_ticks "$DAEMON")
+    share() { awk -v t="$1" -v hz="$HZ" -v w="$WINDOW" 'BEGIN { printf "%.2f", 100 * t / hz / w }'; }
+    cpu=$(share $((after - before)))
+    sys=$(share $((sys_after - sys_before)))
+    printf '%-8s %-5s %-10s %-10s %-10s %-9s %s\n' "$size" "$type" "$cpu" "$sys" "$(rss_mib "$DAEMON")" "$idle" "$(health_counts)"
     stop_daemon
   done
 done
+
+echo
+echo "== kernel floor: a bare loop (python3, zero linger) connecting to $FLOOR endpoints at the same rate (each every 10 s) for ${WINDOW}s, no daemon"
+# What any prober pays in the kernel for real TCP handshakes through the veth and both
+# namespaces' netfilter hooks (the peer's receive path runs in the sender's context).
+in_ns node python3 - "$FLOOR" "$WINDOW" <<'PY'
+import os, socket, struct, sys, time
+n, window = int(sys.argv[1]), float(sys.argv[2])
+addrs = [f"10.245.{i // 250}.{i % 250 + 1}" for i in range(n)]
+linger = struct.pack("ii", 1, 0)
+before = os.times()
+start, done = time.monotonic(), 0
+while time.monotonic() - start < window:
+    due = int((time.monotonic() - start) * n / 10)
+    while done < due:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+        try:
+            s.connect((addrs[done % n], 8080))
+        except OSError:
+            pass
+        s.close()
+        done += 1
+    time.sleep(0.001)
+after = os.times()
+def share(t):
+    return 100 * t / window
+print(f"connects {done}  sys {share(after.system - before.system):.2f} % of a core  user {share(after.user - before.user):.2f} % (python's own)")
+PY
 
 echo
 echo "== failover: a pod's health endpoint starts failing (httpGet, periodSeconds 1, failureThreshold 2)"
