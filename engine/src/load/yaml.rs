@@ -3,6 +3,7 @@
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use std::marker::PhantomData;
 
 /// A syntax error with the line it was found on (1-based).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,7 +28,7 @@ pub fn parse_documents(text: &str, json: bool) -> Result<Vec<Value>, SyntaxError
     }
     let mut docs = Vec::new();
     for document in serde_yaml::Deserializer::from_str(text) {
-        let Yaml(value) = Yaml::deserialize(document).map_err(|e| {
+        let Tree(value, _) = Yaml::deserialize(document).map_err(|e| {
             let line = e.location().map(|l| l.line());
             match tab_in_indentation(text, line) {
                 Some(tab) => SyntaxError {
@@ -60,25 +61,92 @@ fn tab_in_indentation(text: &str, error_line: Option<usize>) -> Option<usize> {
         .map(|i| i + 1)
 }
 
-/// A YAML document read straight into a JSON value (no `serde_yaml::Value` in between: one
-/// tree built, not two), as `serde_yaml::Value` would read it and then fold it into JSON:
-/// tags dropped, keys that are not strings written as YAML (`80`, `true`), and a key given
-/// twice refused with serde_yaml's own words (YAML 1.2 §3.2.1.1: mapping keys are unique).
-struct Yaml(Value);
+/// A document read straight into a JSON value (no `serde_yaml::Value` in between: one tree
+/// built, not two). Scalars, sequences and tags read the same from either library; the one
+/// difference is how a mapping's keys are read ([`Keys`]).
+struct Tree<K>(Value, PhantomData<K>);
 
-impl<'de> Deserialize<'de> for Yaml {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(YamlVisitor).map(Yaml)
+/// YAML, as `serde_yaml::Value` would read it and then fold it into JSON: tags dropped, keys
+/// that are not strings written as YAML (`80`, `true`), and a key given twice refused with
+/// serde_yaml's own words (YAML 1.2 §3.2.1.1: mapping keys are unique).
+type Yaml = Tree<YamlKeys>;
+
+/// JSON whose objects have no key twice. serde_json keeps the last of duplicate keys
+/// silently, where YAML makes them an error: reading JSON with this makes the two formats
+/// agree, and the error carries the line of the second key.
+type Strict = Tree<JsonKeys>;
+
+/// How one format's mappings are read into a JSON object.
+trait Keys: Sized {
+    fn read_map<'de, A: serde::de::MapAccess<'de>>(map: A) -> Result<Value, A::Error>;
+}
+
+struct YamlKeys;
+struct JsonKeys;
+
+impl Keys for YamlKeys {
+    fn read_map<'de, A: serde::de::MapAccess<'de>>(mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        // Keys that are not strings, as YAML compares them (`1` is not `"1"`).
+        let mut others: Vec<serde_yaml::Value> = Vec::new();
+        while let Some(key) = map.next_key::<serde_yaml::Value>()? {
+            let duplicate = match &key {
+                serde_yaml::Value::String(s) => out.contains_key(s),
+                other => others.contains(other),
+            };
+            if duplicate {
+                return Err(serde::de::Error::custom(duplicate_entry(&key)));
+            }
+            let name = match key {
+                serde_yaml::Value::String(s) => s,
+                other => {
+                    let name = serde_yaml::to_string(&other)
+                        .unwrap_or_default()
+                        .trim_end()
+                        .to_string();
+                    others.push(other);
+                    name
+                }
+            };
+            let Tree(value, _) = map.next_value::<Yaml>()?;
+            out.insert(name, value);
+        }
+        Ok(Value::Object(out))
     }
 }
 
-struct YamlVisitor;
+impl Keys for JsonKeys {
+    fn read_map<'de, A: serde::de::MapAccess<'de>>(mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            // Checked before the value is read, so the error's line is the key's.
+            if out.contains_key(&key) {
+                return Err(serde::de::Error::custom(format_args!(
+                    "duplicate key `{key}`"
+                )));
+            }
+            let Tree(value, _) = map.next_value::<Strict>()?;
+            out.insert(key, value);
+        }
+        Ok(Value::Object(out))
+    }
+}
 
-impl<'de> serde::de::Visitor<'de> for YamlVisitor {
+impl<'de, K: Keys> Deserialize<'de> for Tree<K> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer
+            .deserialize_any(TreeVisitor::<K>(PhantomData))
+            .map(|value| Tree(value, PhantomData))
+    }
+}
+
+struct TreeVisitor<K>(PhantomData<K>);
+
+impl<'de, K: Keys> serde::de::Visitor<'de> for TreeVisitor<K> {
     type Value = Value;
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("any YAML value")
+        f.write_str("any YAML or JSON value")
     }
     fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
         Ok(Value::Bool(v))
@@ -106,48 +174,23 @@ impl<'de> serde::de::Visitor<'de> for YamlVisitor {
         Ok(Value::Null)
     }
     fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        Yaml::deserialize(d).map(|y| y.0)
+        Tree::<K>::deserialize(d).map(|t| t.0)
     }
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let mut items = Vec::new();
-        while let Some(Yaml(item)) = seq.next_element()? {
+        while let Some(Tree(item, _)) = seq.next_element::<Tree<K>>()? {
             items.push(item);
         }
         Ok(Value::Array(items))
     }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut out = Map::new();
-        // Keys that are not strings, as YAML compares them (`1` is not `"1"`).
-        let mut others: Vec<serde_yaml::Value> = Vec::new();
-        while let Some(key) = map.next_key::<serde_yaml::Value>()? {
-            let duplicate = match &key {
-                serde_yaml::Value::String(s) => out.contains_key(s),
-                other => others.contains(other),
-            };
-            if duplicate {
-                return Err(serde::de::Error::custom(duplicate_entry(&key)));
-            }
-            let name = match key {
-                serde_yaml::Value::String(s) => s,
-                other => {
-                    let name = serde_yaml::to_string(&other)
-                        .unwrap_or_default()
-                        .trim_end()
-                        .to_string();
-                    others.push(other);
-                    name
-                }
-            };
-            let Yaml(value) = map.next_value()?;
-            out.insert(name, value);
-        }
-        Ok(Value::Object(out))
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Value, A::Error> {
+        K::read_map(map)
     }
-    /// A node with a tag of its own (`!foo x`): the tag is dropped.
+    /// A node with a tag of its own (`!foo x`, YAML only): the tag is dropped.
     fn visit_enum<A: serde::de::EnumAccess<'de>>(self, data: A) -> Result<Value, A::Error> {
         use serde::de::VariantAccess;
         let (_tag, contents) = data.variant::<String>()?;
-        contents.newtype_variant::<Yaml>().map(|y| y.0)
+        contents.newtype_variant::<Tree<K>>().map(|t| t.0)
     }
 }
 
@@ -159,70 +202,6 @@ fn duplicate_entry(key: &serde_yaml::Value) -> String {
         serde_yaml::Value::Number(n) => format!("duplicate entry with key {n}"),
         serde_yaml::Value::String(s) => format!("duplicate entry with key {s:?}"),
         _ => "duplicate entry in YAML map".to_string(),
-    }
-}
-
-/// A JSON value whose objects have no key twice. serde_json keeps the last of duplicate keys
-/// silently, where YAML makes them an error (YAML 1.2 §3.2.1.1: mapping keys are unique):
-/// reading JSON with this makes the two formats agree, and the error carries the line of
-/// the second key.
-struct Strict(Value);
-
-impl<'de> Deserialize<'de> for Strict {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(StrictVisitor).map(Strict)
-    }
-}
-
-struct StrictVisitor;
-
-impl<'de> serde::de::Visitor<'de> for StrictVisitor {
-    type Value = Value;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(v.to_string()))
-    }
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
-        Ok(Value::String(v))
-    }
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut items = Vec::new();
-        while let Some(Strict(item)) = seq.next_element()? {
-            items.push(item);
-        }
-        Ok(Value::Array(items))
-    }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut out = Map::new();
-        while let Some(key) = map.next_key::<String>()? {
-            // Checked before the value is read, so the error's line is the key's.
-            if out.contains_key(&key) {
-                return Err(serde::de::Error::custom(format_args!(
-                    "duplicate key `{key}`"
-                )));
-            }
-            let Strict(value) = map.next_value()?;
-            out.insert(key, value);
-        }
-        Ok(Value::Object(out))
     }
 }
 
