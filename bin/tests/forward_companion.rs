@@ -105,27 +105,6 @@ fn wait_portal_lines(c: &Cluster, tool: &str, expected: &[&str], what: &str) {
     });
 }
 
-/// `portald plan` against the live state: exit 0, nothing to do.
-fn plans_nothing(c: &Cluster, backend: &str) {
-    let dir = c.dir.display().to_string();
-    let out = c.portald(&[
-        "plan",
-        &dir,
-        "--backend",
-        backend,
-        "--mode",
-        "kernel",
-        "--detailed-exitcode",
-    ]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "a second pass would change something:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Whether portald's nft table exists in the node.
 fn nft_table(c: &Cluster) -> bool {
     c.run(&c.node(), "nft", &["list", "table", "ip", "portald"])
@@ -158,7 +137,7 @@ fn nftables_kernel_mode_crosses_a_docker_forward_drop_in_iptables_legacy_and_lea
         baseline,
         "a foreign rule or policy changed"
     );
-    plans_nothing(&c, "nftables");
+    c.assert_plans_nothing_in_kernel_mode("nftables");
 }
 
 #[test]
@@ -181,7 +160,7 @@ fn the_forward_chain_follows_each_flavours_policy_and_goes_with_the_daemon() {
     crosses(&c, &client, "past both FORWARD DROPs");
     assert_eq!(portal_lines(&save(&c, "iptables-nft")), COMPANION);
     assert_eq!(portal_lines(&save(&c, "iptables-legacy")), COMPANION);
-    plans_nothing(&c, "nftables");
+    c.assert_plans_nothing_in_kernel_mode("nftables");
 
     // iptables-nft's policy accepts again: its chain goes at the next pass, legacy's stays.
     c.run_ok(&node, "iptables-nft", &["-P", "FORWARD", "ACCEPT"]);
@@ -277,7 +256,7 @@ fn backend_switches_under_a_docker_forward_drop_keep_traffic_and_only_the_shared
         "{owned:#?}"
     );
     assert_eq!(portal_lines(&save(&c, "iptables-legacy")), COMPANION);
-    plans_nothing(&c, "iptables");
+    c.assert_plans_nothing_in_kernel_mode("iptables");
 
     // iptables -> nftables: of all portald owned through iptables, only the shared chain.
     switch("nftables");
@@ -286,7 +265,7 @@ fn backend_switches_under_a_docker_forward_drop_keep_traffic_and_only_the_shared
     assert_eq!(portal_lines(&save(&c, "iptables-nft")), COMPANION);
     assert_eq!(portal_lines(&save(&c, "iptables-legacy")), COMPANION);
     assert_eq!(foreign_lines(&save(&c, "iptables-nft")), baseline);
-    plans_nothing(&c, "nftables");
+    c.assert_plans_nothing_in_kernel_mode("nftables");
 
     // Userspace mode forwards nothing of portald's: the chains go.
     let out = c.portald(&["switch", "--mode", "userspace"]);

@@ -399,6 +399,28 @@ impl Cluster {
         self.bed.temp_dir().join("state.json")
     }
 
+    /// Asserts that `portald plan DIR --backend B --mode kernel --detailed-exitcode` against
+    /// the live state exits 0: a second pass would change nothing.
+    pub fn assert_plans_nothing_in_kernel_mode(&self, backend: &str) {
+        let dir = self.dir.display().to_string();
+        let out = self.portald(&[
+            "plan",
+            &dir,
+            "--backend",
+            backend,
+            "--mode",
+            "kernel",
+            "--detailed-exitcode",
+        ]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "a second pass would change something:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// `portald ARGS --control-socket S` in the node namespace (and, for the commands that
     /// read or write it, `--state-file` as the daemon's).
     pub fn portald(&self, args: &[&str]) -> Output {

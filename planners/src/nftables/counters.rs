@@ -26,19 +26,7 @@ pub fn counters_command() -> Invocation {
 /// # Errors
 /// A [`ParseError`] when the dump is not JSON with an `nftables` list.
 pub fn portal_counters(dump: &str) -> Result<PortalCounters, ParseError> {
-    let error = |line: usize, message: String| ParseError {
-        dialect: "nftables",
-        line,
-        message,
-    };
-    let root: Dump = serde_json::from_str(dump).map_err(|e| {
-        let message = if e.is_data() {
-            "no top-level `nftables` array".to_string()
-        } else {
-            format!("not libnftables JSON: {e}")
-        };
-        error(e.line().max(1), message)
-    })?;
+    let root = Dump::read(dump)?;
     let maps: BTreeMap<String, Path> = Path::ALL
         .into_iter()
         .flat_map(|path| Kind::NAT.map(|kind| (map_name(path, kind), path)))

@@ -20,14 +20,6 @@ use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-fn error(line: usize, message: impl Into<String>) -> ParseError {
-    ParseError {
-        dialect: "nftables",
-        line,
-        message: message.into(),
-    }
-}
-
 /// A rule of portald's table, in dump order. Its expressions are kept as canonical compact
 /// JSON (sorted keys), not as a `Value` tree: a table of 10,000 kernel-mode portals lists
 /// 200,000 rules, and their trees would take gigabytes.
@@ -100,14 +92,7 @@ impl Table {
 }
 
 pub(crate) fn parse_live(dump: &str) -> Result<Live, ParseError> {
-    let root: Dump = serde_json::from_str(dump).map_err(|e| {
-        let message = if e.is_data() {
-            "no top-level `nftables` array".to_string()
-        } else {
-            format!("not libnftables JSON: {e}")
-        };
-        error(e.line().max(1), message)
-    })?;
+    let root = Dump::read(dump)?;
 
     let ours = |family: &Option<String>, table: &Option<String>| {
         family.as_deref() == Some(FAMILY) && table.as_deref() == Some(TABLE)

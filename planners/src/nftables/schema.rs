@@ -34,6 +34,21 @@ pub(crate) struct Dump<'a> {
     pub nftables: Vec<&'a serde_json::value::RawValue>,
 }
 
+impl<'a> Dump<'a> {
+    /// The top level of an `nft -j list` dump; an error names its line.
+    pub fn read(dump: &'a str) -> Result<Self, crate::ParseError> {
+        serde_json::from_str(dump).map_err(|e| crate::ParseError {
+            dialect: "nftables",
+            line: e.line().max(1),
+            message: if e.is_data() {
+                "no top-level `nftables` array".to_string()
+            } else {
+                format!("not libnftables JSON: {e}")
+            },
+        })
+    }
+}
+
 /// One item of the list: an object with one key naming its kind. Kinds portald does not
 /// read (`metainfo`, `table`, `flowtable`, named counters, ...) leave all four absent.
 #[derive(Deserialize, Default)]
